@@ -1,0 +1,27 @@
+//! tern-formats: everything about bytes at rest.
+//!
+//! - [`ternary`]: the BitNet b1.58 maths (absmean weight ternarisation, per-token int8
+//!   activation quantisation), written to match transformers bit for bit.
+//! - [`hf_packed`]: transformers' uint8 packing of ternary weights (4 rows per byte).
+//! - [`layout`]: the packed ternary layouts tern writes ([`Layout`]), one module each
+//!   ([`i2s`], ...).
+//! - [`tensor_type`]: the GGUF tensor-type table (ids are ABI, sizes derive from it).
+//! - [`gguf`]: GGUF v2/v3 reading (mmap, paranoid) and streaming writing.
+//! - [`safetensors_file`] and [`hf`]: safetensors files and Hugging Face checkpoint folders.
+//!
+//! No threads beyond rayon inside a single tensor, no SIMD, no model semantics: the
+//! converters and the runtime build on this crate, never the other way round.
+
+pub mod error;
+pub mod gguf;
+pub mod hf;
+pub mod hf_packed;
+pub mod i2s;
+pub mod layout;
+pub mod safetensors_file;
+pub mod tensor_type;
+pub mod ternary;
+
+pub use error::{FormatError, Result};
+pub use layout::Layout;
+pub use tensor_type::TensorType;

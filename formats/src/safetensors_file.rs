@@ -1,0 +1,143 @@
+//! One safetensors file, memory-mapped: the header is parsed and validated by the safetensors
+//! crate (offsets tile the data exactly, dtype × shape = byte span, no overflow), and tern adds
+//! errors that name the file and say what is wrong in words. Tensor data is never copied here.
+
+use crate::error::{FormatError, Result};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use safetensors::SafeTensors;
+pub use safetensors::tensor::Dtype;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct StTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub start: usize,
+    pub end: usize,
+}
+
+impl StTensor {
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    map: memmap2::Mmap,
+    /// In file (offset) order.
+    tensors: Vec<StTensor>,
+    by_name: HashMap<String, usize>,
+    pub user_metadata: Option<HashMap<String, String>>,
+}
+
+/// Words for the safetensors crate's errors, with the numbers that explain them.
+fn explain(err: safetensors::SafeTensorError, bytes: &[u8]) -> String {
+    use safetensors::SafeTensorError as E;
+    let claimed = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))).unwrap_or(0);
+    match err {
+        E::HeaderTooSmall => format!("file is too short to be safetensors ({} bytes)", bytes.len()),
+        E::HeaderTooLarge => format!(
+            "header length field says {claimed} bytes (limit 100 MB): not a safetensors file, or corrupt"
+        ),
+        E::InvalidHeaderLength => format!(
+            "header length field says {claimed} bytes but the file has only {} after it: truncated or corrupt",
+            bytes.len().saturating_sub(8)
+        ),
+        E::InvalidHeader(_) => "header is not valid UTF-8".into(),
+        E::InvalidHeaderDeserialization(e) => format!("header is not valid safetensors JSON: {e}"),
+        E::MetadataIncompleteBuffer => format!(
+            "tensor data does not match the file size ({} bytes): truncated, or bytes appended",
+            bytes.len()
+        ),
+        E::TensorInvalidInfo => "a tensor's byte range does not match its dtype and shape".into(),
+        E::InvalidOffset(name) => format!("tensor '{name}' has invalid data offsets (gap or overlap)"),
+        E::ValidationOverflow => "a tensor's shape overflows when multiplied out".into(),
+        other => other.to_string(),
+    }
+}
+
+impl SafetensorsFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::File::open(&path).map_err(|e| FormatError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| FormatError::io(&path, e))?.len();
+        if len < 8 {
+            return Err(FormatError::corrupt(
+                &path,
+                format!("file is too short to be safetensors ({len} bytes)"),
+            ));
+        }
+        // SAFETY: read-only map; tern never writes to its inputs.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| FormatError::corrupt(&path, explain(e, &map)))?;
+        let data_start = 8 + header_len;
+        let mut tensors: Vec<StTensor> = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| StTensor {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                start: data_start + info.data_offsets.0,
+                end: data_start + info.data_offsets.1,
+            })
+            .collect();
+        tensors.sort_by_key(|t| (t.start, t.end));
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Ok(SafetensorsFile { path, map, tensors, by_name, user_metadata: metadata.metadata().clone() })
+    }
+
+    pub fn tensors(&self) -> &[StTensor] {
+        &self.tensors
+    }
+
+    pub fn get(&self, name: &str) -> Option<&StTensor> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    pub fn data(&self, t: &StTensor) -> &[u8] {
+        &self.map[t.start..t.end]
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// A tensor as f32 (from BF16, F16 or F32), refusing NaN and ±Inf: a master weight or norm
+    /// that is not finite would silently poison every output.
+    pub fn to_f32(&self, t: &StTensor) -> Result<Vec<f32>> {
+        let bytes = self.data(t);
+        let values: Vec<f32> = match t.dtype {
+            Dtype::F32 => {
+                bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            Dtype::BF16 => {
+                bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            Dtype::F16 => {
+                bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => {
+                return Err(FormatError::tensor(
+                    &self.path,
+                    &t.name,
+                    format!("dtype {other:?} where a float tensor (BF16, F16 or F32) was expected"),
+                ));
+            }
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(FormatError::tensor(
+                &self.path,
+                &t.name,
+                format!("value #{i} is {} (weights must be finite)", values[i]),
+            ));
+        }
+        Ok(values)
+    }
+}

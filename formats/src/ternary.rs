@@ -1,0 +1,118 @@
+//! BitNet b1.58 quantisation maths, bit-exact with transformers (`WeightQuant`, `ActQuant` in
+//! `integrations/bitnet.py`), see `../shared/docs/hf-checkpoints.md` §2.
+//!
+//! Weights: one scale per tensor, β = mean|W| in f32, `t = clamp(round_ties_even(W · (1/max(β,
+//! 1e-5))), -1, 1)`. It is `W * inv`, not `W / β`: the two differ in the last ulp exactly at ±β/2.
+//!
+//! Activations: one scale per token, `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_ties_even(x ·
+//! s), -128, 127)`. Since |x·s| ≤ 127 (+ an ulp), −128 never occurs.
+//!
+//! Rust's `f32::round` rounds half away from zero; torch rounds half to even, hence
+//! `round_ties_even` everywhere.
+
+/// The smallest scale transformers lets β and absmax reach (its `clamp(min=1e-5)`).
+pub const SCALE_FLOOR: f32 = 1e-5;
+
+/// β = mean(|W|) as torch computes it for an f32 tensor.
+///
+/// Reduction order: the sum of |w| is accumulated in f64 (exact for any real checkpoint: at most
+/// 2^29 terms of 24-bit mantissas lose nothing that matters) and rounded once to f32, then divided
+/// by the element count *in f32*, as `torch.mean` does (sum in f32, then one f32 division).
+/// torch's own f32 sum uses a cascade of partial sums, so on rare tensors its sum differs from the
+/// correctly rounded one by one ulp; the tests compare against torch's β and allow exactly that.
+pub fn absmean(values: &[f32]) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = values.iter().map(|v| v.abs() as f64).sum();
+    (sum as f32) / (values.len() as f32)
+}
+
+/// The multiplier transformers applies before rounding: `1 / max(β, 1e-5)` in f32.
+pub fn weight_inverse_scale(beta: f32) -> f32 {
+    1.0 / beta.max(SCALE_FLOOR)
+}
+
+/// Ternarises one weight: `clamp(round_ties_even(w * inv), -1, 1)`.
+#[inline]
+pub fn ternarise_one(w: f32, inv: f32) -> i8 {
+    (w * inv).round_ties_even().clamp(-1.0, 1.0) as i8
+}
+
+/// Ternarises a whole tensor with its per-tensor β; returns the codes in {-1, 0, 1}.
+pub fn ternarise(values: &[f32], beta: f32) -> Vec<i8> {
+    let inv = weight_inverse_scale(beta);
+    values.iter().map(|&w| ternarise_one(w, inv)).collect()
+}
+
+/// Per-token activation scale `s = 127 / max(absmax, 1e-5)`.
+pub fn activation_scale(row: &[f32]) -> f32 {
+    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    127.0 / absmax.max(SCALE_FLOOR)
+}
+
+/// Quantises one token's activations to int8 codes; returns the scale s (x ≈ q / s).
+pub fn quantise_activations(row: &[f32], out: &mut [i8]) -> f32 {
+    debug_assert_eq!(row.len(), out.len());
+    let s = activation_scale(row);
+    for (q, &x) in out.iter_mut().zip(row) {
+        *q = (x * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_to_even_like_torch() {
+        // β = 1, so w * inv = w: 0.5 → 0 and 1.5 → 2 → clamped 1; -0.5 → -0 → 0.
+        let codes = ternarise(&[0.5, -0.5, 1.5, -1.5, 0.49, 0.51, 3.0, -7.0], 1.0);
+        assert_eq!(codes, vec![0, 0, 1, -1, 0, 1, 1, -1]);
+    }
+
+    #[test]
+    fn absmean_hand_computed() {
+        assert_eq!(absmean(&[1.0, -2.0, 3.0, -4.0]), 2.5);
+        assert_eq!(absmean(&[]), 0.0);
+    }
+
+    #[test]
+    fn tiny_beta_is_floored() {
+        // β below the floor: inv = 1e5 (as transformers), so 1e-6 → round(0.1) = 0.
+        assert_eq!(weight_inverse_scale(1e-9), 1.0 / 1e-5);
+        assert_eq!(ternarise(&[1e-6, 2e-5, -2e-5], 1e-9), vec![0, 1, -1]);
+    }
+
+    #[test]
+    fn activation_quantisation_hand_computed() {
+        let mut q = [0i8; 4];
+        let s = quantise_activations(&[0.5, -1.0, 0.25, -0.1], &mut q);
+        assert_eq!(s, 127.0);
+        // 63.5 rounds to even 64; -127; 31.75 → 32; -12.7 → -13.
+        assert_eq!(q, [64, -127, 32, -13]);
+        let s0 = quantise_activations(&[0.0, 0.0, 0.0, 0.0], &mut q);
+        assert_eq!(s0, 127.0 / 1e-5);
+        assert_eq!(q, [0, 0, 0, 0]);
+    }
+}
+
+/// Deterministic test data shared by the formats crate's tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// Ternary codes from a SplitMix64 stream, so tests need no rand crate.
+    pub fn random_codes(n: usize, seed: u64) -> Vec<i8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z % 3) as i8 - 1
+            })
+            .collect()
+    }
+}

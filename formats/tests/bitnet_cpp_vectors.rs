@@ -1,0 +1,66 @@
+//! tern's packers against bytes produced by bitnet.cpp's own functions: every case in
+//! `../shared/vectors/bitnet-cpp/cases.json` (when that folder is beside the checkout) and the
+//! committed copies in `tests/vectors/` (always).
+
+use std::path::{Path, PathBuf};
+use tern_formats::Layout;
+
+/// The generator of `../shared/vectors/bitnet-cpp/README.md`.
+fn vector_codes(rows: usize, cols: usize, seed: u64) -> Vec<i8> {
+    (0..(rows * cols) as u64)
+        .map(|i| {
+            let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(seed);
+            x ^= x >> 31;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 29;
+            (x % 3) as i8 - 1
+        })
+        .collect()
+}
+
+#[test]
+fn generator_matches_the_documented_sanity_check() {
+    assert_eq!(vector_codes(1, 8, 1), vec![-1, -1, 1, -1, -1, 1, 1, -1]);
+}
+
+/// Checks every I2_S case in `dir`; returns how many were checked.
+fn check_dir(dir: &Path) -> usize {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for case in cases.as_array().unwrap() {
+        let layout = Layout::from_name(case["layout"].as_str().unwrap());
+        let Some(layout) = layout else {
+            // TL1/TL2 arrive with the layouts issue; nothing is skipped silently.
+            println!("not yet covered: {}", case["file"]);
+            continue;
+        };
+        let (m, k) = (case["M"].as_u64().unwrap() as usize, case["K"].as_u64().unwrap() as usize);
+        let scale = case["scale"].as_f64().unwrap() as f32;
+        let codes = vector_codes(m, k, case["seed"].as_u64().unwrap());
+        let expected = std::fs::read(dir.join(case["file"].as_str().unwrap())).unwrap();
+        let packed = layout.pack(&codes, m, k, scale);
+        assert_eq!(packed.len(), expected.len(), "{}", case["file"]);
+        assert!(packed == expected, "{}: bytes differ", case["file"]);
+        let (back, s) = layout.unpack(&expected, m, k).unwrap();
+        assert_eq!((back, s), (codes, scale), "{}", case["file"]);
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn committed_vectors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    assert_eq!(check_dir(&dir), 1);
+}
+
+#[test]
+fn shared_vectors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/bitnet-cpp");
+    if !dir.join("cases.json").is_file() {
+        println!("NOTICE: {} not found; shared bitnet.cpp vectors skipped", dir.display());
+        return;
+    }
+    assert!(check_dir(&dir) >= 2, "expected the shared I2_S vectors");
+}
