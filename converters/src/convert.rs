@@ -1,0 +1,310 @@
+//! The conversion: a [`Plan`] decides every output tensor (name, type, dims) and the metadata
+//! from the checkpoint's header alone, so the GGUF header can be written first; then
+//! [`Plan::write`] streams the tensors one at a time (read → ternarise or unpack → pack → write).
+//! Peak memory is one tensor in a few forms, never the model.
+
+use crate::model::{ModelSpec, PROJECTIONS, Projection, QuantMode};
+use crate::weights::{TernaryWeight, load_ternary};
+use crate::{ConvertError, Result, tokenizer};
+use half::f16;
+use rayon::prelude::*;
+use std::io::Write;
+use tern_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value};
+use tern_formats::hf::HfCheckpoint;
+use tern_formats::{Layout, TensorType, i2s};
+
+/// What the ternary projections become.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputType {
+    /// A packed ternary layout (I2_S, ...).
+    Ternary(Layout),
+    /// Dequantised β·t in f16 (debugging, other tools).
+    F16,
+    /// Dequantised β·t in f32: exact.
+    F32,
+}
+
+impl OutputType {
+    pub fn parse(name: &str) -> Option<OutputType> {
+        match name.to_ascii_lowercase().as_str() {
+            "f16" => Some(OutputType::F16),
+            "f32" => Some(OutputType::F32),
+            other => Layout::from_name(other).map(OutputType::Ternary),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputType::Ternary(l) => l.name(),
+            OutputType::F16 => "f16",
+            OutputType::F32 => "f32",
+        }
+    }
+
+    fn tensor_type(self) -> TensorType {
+        match self {
+            OutputType::Ternary(l) => l.tensor_type(),
+            OutputType::F16 => TensorType::F16,
+            OutputType::F32 => TensorType::F32,
+        }
+    }
+
+    /// `general.file_type` (llama.cpp's llama_ftype).
+    fn file_type(self) -> u32 {
+        match self {
+            OutputType::Ternary(l) => l.traits().file_type,
+            OutputType::F16 => 1,
+            OutputType::F32 => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConvertOptions {
+    pub output: OutputType,
+    /// Type of the token embedding and a separate lm_head: F16 (as bitnet.cpp) or F32.
+    pub embed_type: TensorType,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions { output: OutputType::Ternary(Layout::I2S), embed_type: TensorType::F16 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A float tensor copied (converted to the spec's type).
+    Float { hf: String },
+    /// A ternary projection.
+    Ternary { hf: String, rows: usize, cols: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanEntry {
+    pub spec: TensorSpec,
+    pub source: Source,
+    pub bytes: u64,
+}
+
+pub struct Plan {
+    pub model: ModelSpec,
+    pub options: ConvertOptions,
+    pub metadata: Metadata,
+    pub entries: Vec<PlanEntry>,
+    /// Things the user should know (e.g. tern-only padded rows).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConvertSummary {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub ternary_parameters: u64,
+    pub tensor_bytes: u64,
+    pub ternary_bytes: u64,
+    /// Bits per weight of the ternary projections as stored (scales and padding included).
+    pub ternary_bits_per_weight: f64,
+}
+
+impl Plan {
+    pub fn new(ckpt: &HfCheckpoint, options: ConvertOptions) -> Result<Plan> {
+        let model = ModelSpec::from_checkpoint(ckpt)?;
+        if !matches!(options.embed_type, TensorType::F16 | TensorType::F32) {
+            return Err(ConvertError::model(&ckpt.dir, "embeddings can be stored as f16 or f32 only"));
+        }
+        let mut warnings = Vec::new();
+        let mut entries = Vec::new();
+        let mut float = |hf: String, gguf: String, ty: TensorType, dims: Vec<u64>| -> Result<()> {
+            entries.push(entry(TensorSpec { name: gguf, ty, dims }, Source::Float { hf })?);
+            Ok(())
+        };
+        let h = model.hidden as u64;
+        float(
+            "model.embed_tokens.weight".into(),
+            "token_embd.weight".into(),
+            options.embed_type,
+            vec![h, model.vocab as u64],
+        )?;
+        float("model.norm.weight".into(), "output_norm.weight".into(), TensorType::F32, vec![h])?;
+        if !model.tied {
+            float(
+                "lm_head.weight".into(),
+                "output.weight".into(),
+                options.embed_type,
+                vec![h, model.vocab as u64],
+            )?;
+        }
+        let fam = model.family.traits();
+        for l in 0..model.layers {
+            let hf = |s: &str| format!("model.layers.{l}.{s}.weight");
+            let gg = |s: &str| format!("blk.{l}.{s}.weight");
+            float(hf("input_layernorm"), gg("attn_norm"), TensorType::F32, vec![h])?;
+            if let Some(n) = fam.attn_sub_norm {
+                float(
+                    hf(n),
+                    gg("attn_sub_norm"),
+                    TensorType::F32,
+                    vec![(model.heads * model.head_dim) as u64],
+                )?;
+            }
+            float(hf("post_attention_layernorm"), gg("ffn_norm"), TensorType::F32, vec![h])?;
+            if let Some(n) = fam.ffn_sub_norm {
+                float(hf(n), gg("ffn_sub_norm"), TensorType::F32, vec![model.intermediate as u64])?;
+            }
+        }
+        for l in 0..model.layers {
+            for p in PROJECTIONS {
+                let (rows, cols) = model.projection_shape(p);
+                let spec = TensorSpec {
+                    name: format!("blk.{l}.{}.weight", p.gguf_suffix()),
+                    ty: options.output.tensor_type(),
+                    dims: vec![cols as u64, rows as u64],
+                };
+                entries.push(entry(spec, Source::Ternary { hf: model.hf_projection(l, p), rows, cols })?);
+            }
+        }
+        // Keep the file in a readable order: embeddings and output first, then layer by layer.
+        let layer_of = |e: &PlanEntry| -> usize {
+            e.spec
+                .name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next()?.parse::<usize>().ok())
+                .map_or(0, |l| l + 1)
+        };
+        entries.sort_by_key(layer_of);
+
+        if options.output == OutputType::Ternary(Layout::I2S) {
+            let odd: Vec<String> = [Projection::Q, Projection::O, Projection::Down]
+                .iter()
+                .map(|&p| model.projection_shape(p).1)
+                .filter(|k| k % i2s::BLOCK != 0)
+                .map(|k| k.to_string())
+                .collect();
+            if !odd.is_empty() {
+                warnings.push(format!(
+                    "row lengths {} are not multiples of 128: I2_S rows are padded with zero weights (tern-only; bitnet.cpp has no kernel for such shapes)",
+                    odd.join(", ")
+                ));
+            }
+        }
+        if model.quant == QuantMode::Online && matches!(options.output, OutputType::F16) {
+            warnings
+                .push("f16 output rounds each tensor's scale β to f16 (relative error up to 2^-11)".into());
+        }
+
+        let mut metadata = Metadata::default();
+        model_metadata(&model, options, &mut metadata);
+        tokenizer::add_tokenizer(&ckpt.dir, model.vocab, model.bos, &model.eos, &mut metadata)?;
+        Ok(Plan { model, options, metadata, entries, warnings })
+    }
+
+    /// Sum of all tensor data bytes (what the progress bar counts).
+    pub fn tensor_bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.bytes).sum()
+    }
+
+    /// Streams the GGUF into `out`, calling `progress` after each tensor.
+    pub fn write<W: Write>(
+        &self,
+        ckpt: &HfCheckpoint,
+        out: W,
+        mut progress: impl FnMut(&PlanEntry),
+    ) -> Result<(W, ConvertSummary)> {
+        let io_err = |e: std::io::Error| ConvertError::Io { path: "<output>".into(), source: e };
+        let specs = self.entries.iter().map(|e| e.spec.clone()).collect();
+        let mut w = GgufWriter::new(out, &self.metadata, specs).map_err(io_err)?;
+        let mut summary = ConvertSummary { tensors: self.entries.len(), ..Default::default() };
+        for e in &self.entries {
+            let params: u64 = e.spec.dims.iter().product();
+            summary.parameters += params;
+            summary.tensor_bytes += e.bytes;
+            let bytes = match &e.source {
+                Source::Float { hf } => {
+                    let t = ckpt.require(hf)?;
+                    encode_float(&t.to_f32()?, e.spec.ty).map_err(|m| t.error(m))?
+                }
+                Source::Ternary { hf, rows, cols } => {
+                    summary.ternary_parameters += params;
+                    summary.ternary_bytes += e.bytes;
+                    let tw = load_ternary(ckpt, hf, *rows, *cols, self.model.quant)?;
+                    encode_ternary(&tw, self.options.output)
+                }
+            };
+            w.write_tensor(&e.spec.name, &bytes).map_err(io_err)?;
+            progress(e);
+        }
+        if summary.ternary_parameters > 0 {
+            summary.ternary_bits_per_weight =
+                summary.ternary_bytes as f64 * 8.0 / summary.ternary_parameters as f64;
+        }
+        Ok((w.finish().map_err(io_err)?, summary))
+    }
+}
+
+fn entry(spec: TensorSpec, source: Source) -> Result<PlanEntry> {
+    let bytes = spec
+        .ty
+        .byte_size(&spec.dims)
+        .map_err(|m| ConvertError::model("<plan>", format!("tensor '{}': {m}", spec.name)))?;
+    Ok(PlanEntry { spec, source, bytes })
+}
+
+fn encode_float(values: &[f32], ty: TensorType) -> Result<Vec<u8>, String> {
+    match ty {
+        TensorType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        TensorType::F16 => {
+            if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
+                return Err(format!(
+                    "value #{i} = {} does not fit in f16; convert with --embed-type f32",
+                    values[i]
+                ));
+            }
+            Ok(values.par_iter().flat_map_iter(|&v| f16::from_f32(v).to_le_bytes()).collect())
+        }
+        other => Err(format!("tern cannot write float tensors as {other}")),
+    }
+}
+
+fn encode_ternary(w: &TernaryWeight, output: OutputType) -> Vec<u8> {
+    match output {
+        OutputType::Ternary(layout) => layout.pack(&w.codes, w.rows, w.cols, w.beta),
+        OutputType::F32 | OutputType::F16 => {
+            let values: Vec<f32> = w.codes.iter().map(|&t| t as f32 * w.beta).collect();
+            encode_float(&values, output.tensor_type()).expect("β·t of a finite β always fits")
+        }
+    }
+}
+
+fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {
+    let arch = m.gguf_arch();
+    let u32v = |v: usize| Value::U32(v as u32);
+    md.set("general.architecture", Value::String(arch.into()));
+    md.set("general.name", Value::String(m.name.clone()));
+    md.set("general.file_type", Value::U32(options.output.file_type()));
+    md.set("general.alignment", Value::U32(32));
+    md.set(format!("{arch}.vocab_size"), u32v(m.vocab));
+    md.set(format!("{arch}.context_length"), u32v(m.context));
+    md.set(format!("{arch}.embedding_length"), u32v(m.hidden));
+    md.set(format!("{arch}.block_count"), u32v(m.layers));
+    md.set(format!("{arch}.feed_forward_length"), u32v(m.intermediate));
+    md.set(format!("{arch}.attention.head_count"), u32v(m.heads));
+    md.set(format!("{arch}.attention.head_count_kv"), u32v(m.kv_heads));
+    md.set(format!("{arch}.attention.layer_norm_rms_epsilon"), Value::F32(m.rms_eps));
+    md.set(format!("{arch}.rope.freq_base"), Value::F32(m.rope_theta));
+    md.set(format!("{arch}.rope.dimension_count"), u32v(m.head_dim));
+    if m.head_dim * m.heads != m.hidden {
+        md.set(format!("{arch}.attention.key_length"), u32v(m.head_dim));
+        md.set(format!("{arch}.attention.value_length"), u32v(m.head_dim));
+    }
+    // tern's own keys: what its runtime needs and must never guess.
+    md.set("tern.version", Value::String(env!("CARGO_PKG_VERSION").into()));
+    md.set("tern.family", Value::String(m.family.name().into()));
+    md.set("tern.activation", Value::String(m.activation.name().into()));
+    md.set("tern.source_quantization", Value::String(m.quant.name().into()));
+    // q/k rows are written as in the HF checkpoint: RoPE pairs element j with j + head_dim/2.
+    md.set("tern.rope.pairing", Value::String("half-split".into()));
+    if options.output == OutputType::Ternary(Layout::I2S) {
+        md.set("tern.i2_s.layout", Value::String("x86-act-parallel-128".into()));
+    }
+}

@@ -1,0 +1,57 @@
+//! The ternary codes and per-tensor scale β of one projection, whatever the checkpoint form:
+//! float master weights are ternarised exactly as transformers does (absmean), packed U8 weights
+//! are unpacked and validated, and `weight_scale` is turned into β per the quantisation mode.
+//! Used by the converter and by the reference forward pass, so both see the same weights.
+
+use crate::Result;
+use crate::model::QuantMode;
+use tern_formats::hf::HfCheckpoint;
+use tern_formats::safetensors_file::Dtype;
+use tern_formats::{hf_packed, ternary};
+
+#[derive(Debug, Clone)]
+pub struct TernaryWeight {
+    /// Row-major `[rows, cols]`, values in {-1, 0, 1}.
+    pub codes: Vec<i8>,
+    /// W ≈ β · codes.
+    pub beta: f32,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Loads projection `name` (shape already checked by `ModelSpec`) as ternary codes + β.
+pub fn load_ternary(
+    ckpt: &HfCheckpoint,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    mode: QuantMode,
+) -> Result<TernaryWeight> {
+    let t = ckpt.require(name)?;
+    if mode == QuantMode::Online {
+        let values = t.to_f32()?;
+        let beta = ternary::absmean(&values);
+        let codes = ternary::ternarise(&values, beta);
+        return Ok(TernaryWeight { codes, beta, rows, cols });
+    }
+    if t.info.dtype != Dtype::U8 {
+        return Err(t.error(format!("dtype {:?} in a packed checkpoint, expected U8", t.info.dtype)).into());
+    }
+    let codes = hf_packed::unpack(t.data(), rows / 4, cols).map_err(|(r, c)| {
+        t.error(format!("packed code 3 (not a ternary value) for weight row {r}, column {c}"))
+    })?;
+    let scale_name = format!("{}_scale", name);
+    let s = ckpt.require(&scale_name)?;
+    if s.info.elements() != 1 || s.info.shape.len() > 1 {
+        return Err(s.error(format!("shape {:?}, expected a single value ([] or [1])", s.info.shape)).into());
+    }
+    let ws = s.to_f32()?[0];
+    if ws <= 0.0 {
+        return Err(s.error(format!("weight_scale is {ws}; it must be positive")).into());
+    }
+    let beta = match mode {
+        QuantMode::OfflineMultiply => ws,
+        _ => 1.0 / ws,
+    };
+    Ok(TernaryWeight { codes, beta, rows, cols })
+}

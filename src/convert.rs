@@ -1,0 +1,177 @@
+//! `tern convert`: checkpoint folder → GGUF, atomically, with a progress bar and a summary.
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tern_converters::output::AtomicFile;
+use tern_converters::{ConvertOptions, ConvertSummary, OutputType, Plan};
+use tern_formats::TensorType;
+use tern_formats::hf::HfCheckpoint;
+
+/// Convert a Hugging Face BitNet checkpoint folder into a GGUF file.
+///
+/// The input is a folder with config.json and model.safetensors (or shards plus
+/// model.safetensors.index.json), holding either bf16/f16/f32 master weights (ternarised here
+/// exactly as transformers does: absmean scale per tensor, round half to even) or the packed
+/// uint8 form with weight_scale. The output is written to a temporary file next to OUT and
+/// renamed into place only when everything succeeded.
+///
+/// Examples:
+///   tern convert bitnet-b1.58-2B-4T-bf16 -o 2b4t-i2_s.gguf
+///   tern convert bitnet-b1.58-2B-4T -o 2b4t-f32.gguf --type f32
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Hugging Face checkpoint folder (config.json + *.safetensors).
+    pub input: PathBuf,
+    /// Output GGUF file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Layout of the ternary projections: i2_s (bitnet.cpp, 2 bits per weight), or f16 / f32
+    /// (dequantised β·t, for debugging and for tools without ternary kernels).
+    #[arg(short = 't', long = "type", default_value = "i2_s", value_parser = parse_output_type)]
+    pub out_type: OutputType,
+    /// Type of the token embedding and of a separate lm_head.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    pub embed_type: String,
+    /// Overwrite OUT if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Allow OUT inside the input folder (refused by default so a checkpoint is never altered).
+    #[arg(long)]
+    pub allow_output_in_input: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_output_type(s: &str) -> Result<OutputType, String> {
+    OutputType::parse(s).ok_or_else(|| format!("unknown type {s:?} (supported: i2_s, f16, f32)"))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    check_output_path(&args)?;
+    let ckpt = HfCheckpoint::open(&args.input)?;
+    let options = ConvertOptions {
+        output: args.out_type,
+        embed_type: if args.embed_type == "f32" { TensorType::F32 } else { TensorType::F16 },
+    };
+    let plan = Plan::new(&ckpt, options)?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let bar = progress_bar(plan.tensor_bytes(), args.quiet || args.json);
+    let file = AtomicFile::create(&args.output)
+        .with_context(|| format!("cannot create a file in the folder of {}", args.output.display()))?;
+    let total = plan.entries.len();
+    let mut done = 0;
+    let (file, summary) = plan.write(&ckpt, file, |e| {
+        done += 1;
+        bar.inc(e.bytes);
+        bar.set_message(format!("{done}/{total} {}", e.spec.name));
+    })?;
+    file.commit().with_context(|| format!("cannot finish writing {}", args.output.display()))?;
+    bar.finish_and_clear();
+    report(&args, &plan, &summary, started.elapsed().as_secs_f64())
+}
+
+/// Refuses outputs that would clobber something: an existing file (without --force), an input
+/// file, or anything inside the checkpoint folder (without --allow-output-in-input).
+fn check_output_path(args: &Args) -> Result<()> {
+    let out = &args.output;
+    if out.is_dir() {
+        bail!(
+            "{} is a folder; give the output file name, e.g. {}/model-i2_s.gguf",
+            out.display(),
+            out.display()
+        );
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!("output folder {} does not exist", parent.display());
+    }
+    let input = args.input.canonicalize().ok();
+    let out_parent = parent.canonicalize().ok();
+    let out_abs = out_parent.as_ref().and_then(|p| out.file_name().map(|n| p.join(n)));
+    if let (Some(input), Some(out_abs)) = (&input, &out_abs) {
+        if out_abs.starts_with(input) && is_input_file(out_abs) {
+            bail!("{} is part of the input checkpoint; tern never overwrites its input", out.display());
+        }
+        if out_abs.starts_with(input) && !args.allow_output_in_input {
+            bail!(
+                "{} is inside the input folder {}; choose another folder or pass --allow-output-in-input",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    if out.exists() && !args.force {
+        bail!("{} already exists; pass --force to overwrite it", out.display());
+    }
+    Ok(())
+}
+
+fn is_input_file(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.ends_with(".safetensors")
+        || name.ends_with(".json")
+        || name.ends_with(".py")
+        || name.ends_with(".txt")
+}
+
+fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} ({bytes_per_sec}) {msg}",
+        )
+        .expect("static template is valid"),
+    );
+    bar
+}
+
+fn report(args: &Args, plan: &Plan, s: &ConvertSummary, seconds: f64) -> Result<()> {
+    let size = std::fs::metadata(&args.output).map(|m| m.len()).unwrap_or(0);
+    if args.json {
+        let v = serde_json::json!({
+            "output": args.output,
+            "type": args.out_type.name(),
+            "family": plan.model.family.name(),
+            "source_quantization": plan.model.quant.name(),
+            "file_bytes": size,
+            "seconds": seconds,
+            "warnings": plan.warnings,
+            "summary": s,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!(
+        "wrote {} ({}, {} from {} weights)",
+        args.output.display(),
+        args.out_type.name(),
+        plan.model.family.name(),
+        plan.model.quant.name()
+    );
+    println!(
+        "  {} tensors, {} parameters ({} ternary at {:.3} bits/weight), {} in {:.1} s",
+        s.tensors,
+        s.parameters,
+        s.ternary_parameters,
+        s.ternary_bits_per_weight,
+        crate::inspect::human_bytes(size),
+        seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The `tern` command: parses arguments, calls the libraries, prints. No model logic lives here.
+//!
+//! Exit codes: 0 success, 1 a check failed (verification, later), 2 an error (bad input, I/O).
+
+mod convert;
+mod inspect;
+mod quickstart;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Convert, inspect and run ternary (BitNet b1.58) language models",
+    long_about = "tern converts Hugging Face BitNet b1.58 checkpoints (bf16 master weights or the packed \
+uint8 form) into GGUF files in bitnet.cpp's layouts, and describes GGUF and safetensors files.\n\n\
+Start with `tern quickstart`, which converts the bundled tiny model and inspects the result."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Convert(convert::Args),
+    Inspect(inspect::Args),
+    Quickstart(quickstart::Args),
+}
+
+/// Writes command output to stdout; a closed pipe (`tern inspect x | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Convert(a) => convert::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Quickstart(a) => quickstart::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
