@@ -4,6 +4,7 @@
 
 mod convert;
 mod inspect;
+mod logits;
 mod quickstart;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,7 @@ struct Cli {
 enum Command {
     Convert(convert::Args),
     Inspect(inspect::Args),
+    Logits(logits::Args),
     Quickstart(quickstart::Args),
 }
 
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Logits(a) => logits::run(a),
         Command::Quickstart(a) => quickstart::run(a),
     };
     match result {

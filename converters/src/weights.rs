@@ -15,6 +15,10 @@ pub struct TernaryWeight {
     pub codes: Vec<i8>,
     /// W ≈ β · codes.
     pub beta: f32,
+    /// The scale as the checkpoint states it: β for master weights, the raw `weight_scale` for
+    /// packed ones (= β when multiplied, 1/β when divided). The reference forward uses it in
+    /// exactly the arithmetic transformers does.
+    pub source_scale: f32,
     pub rows: usize,
     pub cols: usize,
 }
@@ -32,7 +36,7 @@ pub fn load_ternary(
         let values = t.to_f32()?;
         let beta = ternary::absmean(&values);
         let codes = ternary::ternarise(&values, beta);
-        return Ok(TernaryWeight { codes, beta, rows, cols });
+        return Ok(TernaryWeight { codes, beta, source_scale: beta, rows, cols });
     }
     if t.info.dtype != Dtype::U8 {
         return Err(t.error(format!("dtype {:?} in a packed checkpoint, expected U8", t.info.dtype)).into());
@@ -53,5 +57,5 @@ pub fn load_ternary(
         QuantMode::OfflineMultiply => ws,
         _ => 1.0 / ws,
     };
-    Ok(TernaryWeight { codes, beta, rows, cols })
+    Ok(TernaryWeight { codes, beta, source_scale: ws, rows, cols })
 }

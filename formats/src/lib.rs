@@ -18,6 +18,7 @@ pub mod hf;
 pub mod hf_packed;
 pub mod i2s;
 pub mod layout;
+pub mod npy;
 pub mod safetensors_file;
 pub mod tensor_type;
 pub mod ternary;

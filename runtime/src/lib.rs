@@ -1,5 +1,24 @@
 //! tern's CPU runtime: kernels per packed layout, the forward pass, KV cache, sampler, tokenizer,
 //! and the f32 reference forward that `tern verify` measures packed files against.
 //!
-//! Empty until the reference-forward and runtime issues land; the crate exists now so the
-//! workspace has its final shape and the binary can depend on it.
+//! - [`reference`]: transformers' `BitNetForCausalLM` forward in f32 on candle-core, straight from
+//!   a Hugging Face checkpoint — the yardstick.
+//! - [`parity`]: how two sets of logits are compared (rel-L2, max abs, top-1, KL).
+
+pub mod parity;
+pub mod reference;
+
+/// Errors of the runtime crate.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Convert(#[from] tern_converters::ConvertError),
+    #[error(transparent)]
+    Format(#[from] tern_formats::FormatError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Input(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -1,0 +1,303 @@
+//! The reference forward pass: what transformers' `BitNetForCausalLM` computes in float32,
+//! written llama2.c-style over candle-core tensors, straight from a Hugging Face checkpoint.
+//! Semantics: `../shared/docs/hf-checkpoints.md` §2; deviations are listed in docs/reference.md.
+//!
+//! It is the yardstick for every packed layout and kernel, so it is plain rather than fast:
+//! weights are dequantised to f32 matrices once at load, each BitLinear fake-quantises its input
+//! exactly as transformers does (round half to even, `q / s`), and matmuls go through candle.
+
+mod bitlinear;
+mod rope;
+
+pub use bitlinear::{BitLinear, ScaleMode};
+
+use crate::{Result, RuntimeError};
+use candle_core::{D, Device, Tensor};
+use rope::Rope;
+use tern_converters::model::{Activation, ModelSpec, PROJECTIONS, Projection};
+use tern_formats::hf::HfCheckpoint;
+
+/// Receives intermediate values by name: `residual.{l}` (input of layer l; l = L is the last
+/// layer's output before the final norm) and `module.{hf module path}.out`.
+pub type Tap<'a> = &'a mut dyn FnMut(&str, &Tensor);
+
+/// A tap that ignores everything.
+pub fn no_tap() -> impl FnMut(&str, &Tensor) {
+    |_, _| {}
+}
+
+pub struct Norm {
+    /// `[n]` f32.
+    weight: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    /// transformers' RMSNorm: `weight * (x * rsqrt(mean(x²) + eps))`, in f32.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = (var + self.eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?.broadcast_mul(&self.weight)?)
+    }
+}
+
+pub struct Layer {
+    pub input_norm: Norm,
+    pub attn_sub_norm: Option<Norm>,
+    pub post_norm: Norm,
+    pub ffn_sub_norm: Option<Norm>,
+    /// q, k, v, o, gate, up, down (the order of `PROJECTIONS`).
+    pub proj: Vec<BitLinear>,
+}
+
+impl Layer {
+    pub fn projection(&self, p: Projection) -> &BitLinear {
+        &self.proj[PROJECTIONS.iter().position(|&q| q == p).expect("PROJECTIONS lists every projection")]
+    }
+}
+
+/// Keys and values of past positions, per layer: `[kv_heads, positions, head_dim]`.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Number of positions already processed.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+pub struct Reference {
+    pub spec: ModelSpec,
+    /// `[vocab, hidden]`.
+    embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub final_norm: Norm,
+    /// `[hidden, vocab]`, the transposed lm_head (the embedding when tied), never quantised.
+    lm_head_t: Tensor,
+    rope: Rope,
+}
+
+fn load_norm(ckpt: &HfCheckpoint, name: &str, eps: f64) -> Result<Norm> {
+    let t = ckpt.require(name)?;
+    let values = t.to_f32()?;
+    let n = values.len();
+    Ok(Norm { weight: Tensor::from_vec(values, n, &Device::Cpu)?, eps })
+}
+
+impl Reference {
+    pub fn load(dir: impl AsRef<std::path::Path>) -> Result<Reference> {
+        let ckpt = HfCheckpoint::open(dir)?;
+        let spec = ModelSpec::from_checkpoint(&ckpt)?;
+        let dev = Device::Cpu;
+        let eps = spec.rms_eps as f64;
+        let embed = ckpt.require("model.embed_tokens.weight")?.to_f32()?;
+        let embed = Tensor::from_vec(embed, (spec.vocab, spec.hidden), &dev)?;
+        let lm_head = if spec.tied {
+            embed.clone()
+        } else {
+            let w = ckpt.require("lm_head.weight")?.to_f32()?;
+            Tensor::from_vec(w, (spec.vocab, spec.hidden), &dev)?
+        };
+        let fam = spec.family.traits();
+        let mut layers = Vec::with_capacity(spec.layers);
+        for l in 0..spec.layers {
+            let name = |s: &str| format!("model.layers.{l}.{s}.weight");
+            let proj = PROJECTIONS
+                .iter()
+                .map(|&p| {
+                    let (rows, cols) = spec.projection_shape(p);
+                    BitLinear::load(&ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            layers.push(Layer {
+                input_norm: load_norm(&ckpt, &name("input_layernorm"), eps)?,
+                attn_sub_norm: fam.attn_sub_norm.map(|n| load_norm(&ckpt, &name(n), eps)).transpose()?,
+                post_norm: load_norm(&ckpt, &name("post_attention_layernorm"), eps)?,
+                ffn_sub_norm: fam.ffn_sub_norm.map(|n| load_norm(&ckpt, &name(n), eps)).transpose()?,
+                proj,
+            });
+        }
+        Ok(Reference {
+            final_norm: load_norm(&ckpt, "model.norm.weight", eps)?,
+            lm_head_t: lm_head.t()?.contiguous()?,
+            rope: Rope::new(spec.head_dim, spec.rope_theta, spec.context)?,
+            embed,
+            layers,
+            spec,
+        })
+    }
+
+    /// Embedding rows for `tokens`, `[T, hidden]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab) {
+            return Err(RuntimeError::Input(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.spec.vocab
+            )));
+        }
+        let ids = Tensor::new(tokens, &Device::Cpu)?;
+        Ok(self.embed.index_select(&ids, 0)?)
+    }
+
+    /// The attention block of layer `l` on normed input `h` `[T, hidden]` at positions
+    /// `cache.len()..`: q/k/v BitLinear, RoPE, GQA causal attention, attn_sub_norm, o BitLinear.
+    /// Appends this block's keys and values to `cache` (layer `l`).
+    pub fn attention(&self, l: usize, h: &Tensor, cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
+        let s = &self.spec;
+        let layer = &self.layers[l];
+        let (t, _) = h.dims2()?;
+        let p = |name: &str| format!("module.model.layers.{l}.self_attn.{name}.out");
+        let q = layer.projection(Projection::Q).forward(h)?;
+        let k = layer.projection(Projection::K).forward(h)?;
+        let v = layer.projection(Projection::V).forward(h)?;
+        tap(&p("q_proj"), &q);
+        tap(&p("k_proj"), &k);
+        tap(&p("v_proj"), &v);
+        if cache.layers.len() <= l {
+            cache.layers.resize_with(l + 1, || None);
+        }
+        let past = cache.layers[l].as_ref().map_or(0, |(k, _)| k.dims()[1]);
+        if past + t > s.context {
+            return Err(RuntimeError::Input(format!(
+                "{} positions exceed the context length {}",
+                past + t,
+                s.context
+            )));
+        }
+        // [T, heads*d] → [heads, T, d]
+        let heads = |x: Tensor, n: usize| -> Result<Tensor> {
+            Ok(x.reshape((t, n, s.head_dim))?.transpose(0, 1)?.contiguous()?)
+        };
+        let q = self.rope.apply(&heads(q, s.heads)?, past)?;
+        let k = self.rope.apply(&heads(k, s.kv_heads)?, past)?;
+        let v = heads(v, s.kv_heads)?;
+        let (k, v) = match cache.layers[l].take() {
+            None => (k, v),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?),
+        };
+        cache.layers[l] = Some((k.clone(), v.clone()));
+        let total = past + t;
+
+        // GQA: query head h reads kv head h / n_rep.
+        let n_rep = s.heads / s.kv_heads;
+        let repeat = |x: &Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> =
+                (0..s.heads).map(|h| x.narrow(0, h / n_rep, 1)).collect::<candle_core::Result<_>>()?;
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let (k, v) = (repeat(&k)?, repeat(&v)?);
+        let scale = (s.head_dim as f64).powf(-0.5);
+        let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? * scale)?;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..total).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, t, total), &Device::Cpu)?;
+        let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
+        let ctx = probs.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((t, s.heads * s.head_dim))?;
+        let ctx = match &layer.attn_sub_norm {
+            Some(n) => {
+                let y = n.forward(&ctx)?;
+                tap(&p("attn_sub_norm"), &y);
+                y
+            }
+            None => ctx,
+        };
+        let out = layer.projection(Projection::O).forward(&ctx)?;
+        tap(&p("o_proj"), &out);
+        Ok(out)
+    }
+
+    /// The MLP of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.
+    pub fn mlp(&self, l: usize, h: &Tensor, tap: Tap) -> Result<Tensor> {
+        let layer = &self.layers[l];
+        let p = |name: &str| format!("module.model.layers.{l}.mlp.{name}.out");
+        let gate = layer.projection(Projection::Gate).forward(h)?;
+        let up = layer.projection(Projection::Up).forward(h)?;
+        tap(&p("gate_proj"), &gate);
+        tap(&p("up_proj"), &up);
+        let act = match self.spec.activation {
+            Activation::Relu2 => gate.relu()?.sqr()?,
+            Activation::Silu => gate.silu()?,
+        };
+        let mut a = (act * up)?;
+        if let Some(n) = &layer.ffn_sub_norm {
+            a = n.forward(&a)?;
+            tap(&p("ffn_sub_norm"), &a);
+        }
+        let out = layer.projection(Projection::Down).forward(&a)?;
+        tap(&p("down_proj"), &out);
+        Ok(out)
+    }
+
+    /// One decoder layer on the residual stream `x` `[T, hidden]`.
+    pub fn layer(&self, l: usize, x: &Tensor, cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
+        let layer = &self.layers[l];
+        let h = layer.input_norm.forward(x)?;
+        tap(&format!("module.model.layers.{l}.input_layernorm.out"), &h);
+        let attn = self.attention(l, &h, cache, tap)?;
+        tap(&format!("module.model.layers.{l}.self_attn.out"), &attn);
+        let x = (x + attn)?;
+        let h = layer.post_norm.forward(&x)?;
+        tap(&format!("module.model.layers.{l}.post_attention_layernorm.out"), &h);
+        let mlp = self.mlp(l, &h, tap)?;
+        Ok((x + mlp)?)
+    }
+
+    /// Final norm and lm_head: `[T, hidden]` → `[T, vocab]`.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.final_norm.forward(x)?.matmul(&self.lm_head_t)?)
+    }
+
+    /// Runs `tokens` (positions `cache.len()..`) through the model; returns logits `[T, vocab]`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(RuntimeError::Input("no tokens to run".into()));
+        }
+        let mut x = self.embed(tokens)?;
+        for l in 0..self.spec.layers {
+            tap(&format!("residual.{l}"), &x);
+            x = self.layer(l, &x, cache, tap)?;
+        }
+        tap(&format!("residual.{}", self.spec.layers), &x);
+        self.logits(&x)
+    }
+
+    /// Logits of a whole prompt at once, as a row-major `[T, vocab]` vector.
+    pub fn prompt_logits(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let logits = self.forward(tokens, &mut KvCache::default(), &mut no_tap())?;
+        Ok(logits.flatten_all()?.to_vec1()?)
+    }
+
+    /// Greedy decoding with the KV cache: the prompt at once, then one token at a time.
+    pub fn greedy(&self, prompt: &[u32], new_tokens: usize, eos: &[u32]) -> Result<Vec<u32>> {
+        let mut cache = KvCache::default();
+        let mut out = Vec::new();
+        let mut input = prompt.to_vec();
+        for _ in 0..new_tokens {
+            let logits = self.forward(&input, &mut cache, &mut no_tap())?;
+            let last: Vec<f32> = logits.get(logits.dims()[0] - 1)?.to_vec1()?;
+            let next = crate::parity::argmax(&last) as u32;
+            out.push(next);
+            if eos.contains(&next) {
+                break;
+            }
+            input = vec![next];
+        }
+        Ok(out)
+    }
+}
+
+/// softmax over the last dimension, in f32, stable (max subtracted first).
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
