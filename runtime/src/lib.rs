@@ -5,8 +5,14 @@
 //!   a Hugging Face checkpoint — the yardstick.
 //! - [`parity`]: how two sets of logits are compared (rel-L2, max abs, top-1, KL).
 
+pub mod cpu;
+pub mod kernels;
+pub mod model;
 pub mod parity;
 pub mod reference;
+pub mod rope;
+pub mod sampler;
+pub mod tokenizer;
 
 /// Errors of the runtime crate.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +25,9 @@ pub enum RuntimeError {
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Input(String),
+    /// A model file that is valid GGUF but not a model tern can run.
+    #[error("{path}: {msg}")]
+    Model { path: std::path::PathBuf, msg: String },
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -302,4 +302,9 @@ impl GgufFile {
     pub fn file_size(&self) -> u64 {
         self.map.len() as u64
     }
+
+    /// The whole mapped file (tensor infos give validated offsets into it).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.map
+    }
 }

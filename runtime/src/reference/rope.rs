@@ -15,19 +15,7 @@ pub struct Rope {
 impl Rope {
     pub fn new(head_dim: usize, theta: f32, max_positions: usize) -> Result<Rope> {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
-        let mut cos = Vec::with_capacity(max_positions * head_dim);
-        let mut sin = Vec::with_capacity(max_positions * head_dim);
-        for pos in 0..max_positions {
-            for _ in 0..2 {
-                for &f in &inv_freq {
-                    let angle = pos as f32 * f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
-                }
-            }
-        }
+        let (cos, sin) = crate::rope::tables(head_dim, theta, max_positions);
         let dev = Device::Cpu;
         Ok(Rope {
             cos: Tensor::from_vec(cos, (max_positions, head_dim), &dev)?,

@@ -1,0 +1,82 @@
+//! Float row dots for the unquantised matrices (lm_head, F16/F32): `Σ w·x` with f32 accumulation.
+//! The AVX2 variant converts 8 halves at a time with F16C and uses FMA; its sums are reordered,
+//! so it agrees with the scalar twin to float rounding, not bit for bit (tested with a bound).
+
+use crate::cpu::Isa;
+use half::f16;
+
+/// `Σ w[i]·x[i]` for an F16 row given as little-endian bytes.
+pub fn dot_f16(isa: Isa, row: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(row.len(), x.len() * 2);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if is_x86_feature_detected!("f16c") => {
+            // SAFETY: AVX2, FMA and F16C were detected.
+            unsafe { dot_f16_avx2(row, x) }
+        }
+        _ => dot_f16_scalar(row, x),
+    }
+}
+
+pub fn dot_f16_scalar(row: &[u8], x: &[f32]) -> f32 {
+    row.chunks_exact(2).zip(x).map(|(b, &v)| f16::from_le_bytes([b[0], b[1]]).to_f32() * v).sum()
+}
+
+/// `Σ w[i]·x[i]` for an F32 row (little-endian bytes).
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(row.len(), x.len() * 4);
+    row.chunks_exact(4).zip(x).map(|(b, &v)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * v).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (w, xp) = (row.as_ptr(), x.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: elements i..i+16 are in bounds of both slices.
+        unsafe {
+            let h0 = _mm_loadu_si128(w.add(2 * i) as *const __m128i);
+            let h1 = _mm_loadu_si128(w.add(2 * i + 16) as *const __m128i);
+            acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(xp.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(xp.add(i + 8)), acc1);
+        }
+        i += 16;
+    }
+    let acc = _mm256_add_ps(acc0, acc1);
+    let lo = _mm256_castps256_ps128(acc);
+    let hi = _mm256_extractf128_ps(acc, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s) + dot_f16_scalar(&row[2 * i..], &x[i..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_f16_dot_agrees_with_scalar() {
+        for n in [1, 7, 16, 33, 2560] {
+            let w: Vec<u8> = (0..n)
+                .flat_map(|i| f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 17.0).to_le_bytes())
+                .collect();
+            let x: Vec<f32> = (0..n).map(|i| ((i * 53 % 97) as f32 - 48.0) / 13.0).collect();
+            let want = dot_f16_scalar(&w, &x);
+            let scale: f32 = w
+                .chunks_exact(2)
+                .zip(&x)
+                .map(|(b, v)| (f16::from_le_bytes([b[0], b[1]]).to_f32() * v).abs())
+                .sum();
+            for isa in crate::cpu::available() {
+                let got = dot_f16(isa, &w, &x);
+                assert!((got - want).abs() <= 1e-5 * scale.max(1.0), "{} n={n}: {got} vs {want}", isa.name());
+            }
+        }
+    }
+}

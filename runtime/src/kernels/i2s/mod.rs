@@ -1,0 +1,164 @@
+//! I2_S kernels: for a packed ternary row (bitnet.cpp layout, `formats::i2s`) and int8
+//! activations, the exact integer dot product Σ t·q. The caller scales it once by β / s.
+//!
+//! Every variant computes the same integers: the scalar one decodes each weight; the SIMD ones
+//! multiply the unsigned codes c = t + 1 ∈ {0,1,2} by the activations (`maddubs` / `vpdpbusd` /
+//! `smull`) and subtract Σq, which is exact because c·q stays far from i16/i32 limits.
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use crate::cpu::Isa;
+
+/// A row dot: `(packed row, activations padded to the row's weights, Σ activations)`.
+type DotFn = fn(&[u8], &[i8], i32) -> i32;
+
+fn dot_fn(isa: Isa) -> DotFn {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => x86::dot_avx2,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => x86::dot_avx512vnni,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => arm::dot_neon,
+        _ => scalar::dot,
+    }
+}
+
+/// Σ t·q for one packed row. `act.len()` must equal the row's padded weight count
+/// (`row.len() * 4`); `act_sum` is Σ act.
+pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+    assert_eq!(act.len(), row.len() * 4, "activations must cover the padded row");
+    assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    dot_fn(isa)(row, act, act_sum)
+}
+
+/// GEMV: `out[r] = Σ t[r]·q` for the consecutive rows of `rows` (each `row_bytes` long).
+pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
+    assert_eq!(rows.len(), out.len() * row_bytes);
+    assert_eq!(act.len(), row_bytes * 4, "activations must cover the padded row");
+    assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    let f = dot_fn(isa);
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+        *o = f(row, act, act_sum);
+    }
+}
+
+/// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`. Each weight row is read once
+/// and stays in L1 while every token's activations stream past it.
+pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    let k = row_bytes * 4;
+    let tokens = act_sums.len();
+    assert_eq!(acts.len(), tokens * k);
+    assert_eq!(rows.len() * tokens, out.len() * row_bytes);
+    assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    let f = dot_fn(isa);
+    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens.max(1))) {
+        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(act_sums) {
+            *slot = f(row, act, sum);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_formats::i2s;
+
+    /// SplitMix64 for test data without a rand dependency.
+    fn stream(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn random_case(rows: usize, cols: usize, seed: u64, extreme: bool) -> (Vec<i8>, Vec<u8>, Vec<i8>) {
+        let mut r = stream(seed);
+        let codes: Vec<i8> = (0..rows * cols).map(|_| (r() % 3) as i8 - 1).collect();
+        let packed = i2s::pack(&codes, rows, cols, 1.0);
+        let k = i2s::row_bytes(cols) * 4;
+        let mut act: Vec<i8> = (0..cols)
+            .map(|_| if extreme { if r().is_multiple_of(2) { -128 } else { 127 } } else { r() as i8 })
+            .collect();
+        act.resize(k, 0);
+        (codes, packed, act)
+    }
+
+    /// Σ t·q straight from the unpacked codes: independent of any packing logic.
+    fn naive(codes: &[i8], cols: usize, act: &[i8]) -> Vec<i32> {
+        codes
+            .chunks_exact(cols)
+            .map(|row| row.iter().zip(act).map(|(&t, &q)| t as i32 * q as i32).sum())
+            .collect()
+    }
+
+    #[test]
+    fn scalar_matches_the_unpacked_codes() {
+        for (rows, cols, seed) in [(1, 128, 1), (3, 96, 2), (4, 2560, 3), (2, 320, 4)] {
+            let (codes, packed, act) = random_case(rows, cols, seed, false);
+            let rb = i2s::row_bytes(cols);
+            let sum = act.iter().map(|&a| a as i32).sum();
+            let mut out = vec![0; rows];
+            gemv(Isa::Scalar, &packed[..rows * rb], rb, &act, sum, &mut out);
+            assert_eq!(out, naive(&codes, cols, &act), "{rows}x{cols}");
+        }
+    }
+
+    /// Every SIMD path this CPU has equals the scalar one bit for bit, on awkward shapes and on
+    /// activations at the int8 extremes (the worst case for intermediate overflow).
+    #[test]
+    fn every_available_isa_equals_scalar() {
+        let shapes =
+            [(1, 128), (1, 2560), (3, 96), (5, 256), (7, 384), (2, 320), (9, 864), (33, 6912), (64, 1)];
+        for isa in crate::cpu::available() {
+            for (i, &(rows, cols)) in shapes.iter().enumerate() {
+                for extreme in [false, true] {
+                    let (_, packed, act) = random_case(rows, cols, 100 + i as u64, extreme);
+                    let rb = i2s::row_bytes(cols);
+                    let w = &packed[..rows * rb];
+                    let sum = act.iter().map(|&a| a as i32).sum();
+                    let (mut want, mut got) = (vec![0; rows], vec![0; rows]);
+                    gemv(Isa::Scalar, w, rb, &act, sum, &mut want);
+                    gemv(isa, w, rb, &act, sum, &mut got);
+                    assert_eq!(got, want, "{} {rows}x{cols} extreme={extreme}", isa.name());
+                }
+            }
+            println!("checked {}", isa.name());
+        }
+    }
+
+    #[test]
+    fn gemm_equals_gemv_per_token() {
+        let (rows, cols, tokens) = (6, 256, 5);
+        let (_, packed, _) = random_case(rows, cols, 7, false);
+        let rb = i2s::row_bytes(cols);
+        let mut r = stream(99);
+        let acts: Vec<i8> = (0..tokens * cols).map(|_| r() as i8).collect();
+        let sums: Vec<i32> = acts.chunks_exact(cols).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
+        for isa in crate::cpu::available() {
+            let mut out = vec![0; rows * tokens];
+            gemm(isa, &packed[..rows * rb], rb, &acts, &sums, &mut out);
+            for t in 0..tokens {
+                let mut one = vec![0; rows];
+                gemv(
+                    Isa::Scalar,
+                    &packed[..rows * rb],
+                    rb,
+                    &acts[t * cols..(t + 1) * cols],
+                    sums[t],
+                    &mut one,
+                );
+                let col: Vec<i32> = (0..rows).map(|r| out[r * tokens + t]).collect();
+                assert_eq!(col, one, "{} token {t}", isa.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! x86-64 I2_S dots. A 128-weight block is 32 bytes; shifting the block right by 6, 4, 2 and 0
+//! bits (per 16-bit lane, then masking each byte to 2 bits) yields the codes of weights 0-31,
+//! 32-63, 64-95 and 96-127 in byte order, so each lines up with one contiguous 32-byte load of
+//! activations. Products are codes (0..2, unsigned) × activations (signed): Σ c·q − Σ q = Σ t·q.
+//!
+//! AVX2: `maddubs` (u8×i8 pairs → i16, at most 2·2·128 = 512 in magnitude, no saturation), the four
+//! pieces of a block summed in i16 (≤ 2048), then `madd` with ones into i32.
+//! AVX-512 VNNI: `vpdpbusd` does u8×i8 quads straight into i32, two blocks per 512-bit step.
+
+use std::arch::x86_64::*;
+
+pub fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+    debug_assert_eq!(act.len(), row.len() * 4);
+    // SAFETY: dispatch only hands out this function when AVX2 was detected (`Isa::supported`).
+    unsafe { dot_avx2_impl(row, act) - act_sum }
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let (w, a) = (row.as_ptr(), act.as_ptr());
+    for b in 0..row.len() / 32 {
+        // SAFETY: block b covers row[32b..32b+32] and act[128b..128b+128], in bounds by the
+        // length relation asserted by the caller.
+        unsafe {
+            let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
+            let q = a.add(128 * b);
+            let c0 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
+            let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+            let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
+            let c3 = _mm256_and_si256(packed, mask);
+            let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(q as *const __m256i));
+            let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(q.add(32) as *const __m256i));
+            let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(q.add(64) as *const __m256i));
+            let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(q.add(96) as *const __m256i));
+            let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+        }
+    }
+    hsum256(acc)
+}
+
+#[target_feature(enable = "avx2")]
+fn hsum256(v: __m256i) -> i32 {
+    let lo = _mm256_castsi256_si128(v);
+    let hi = _mm256_extracti128_si256(v, 1);
+    let s = _mm_add_epi32(lo, hi);
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+pub fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+    debug_assert_eq!(act.len(), row.len() * 4);
+    // SAFETY: only dispatched when AVX-512F/BW/VL and VNNI were detected.
+    unsafe { dot_avx512vnni_impl(row, act) - act_sum }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn dot_avx512vnni_impl(row: &[u8], act: &[i8]) -> i32 {
+    let blocks = row.len() / 32;
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = _mm512_setzero_si512();
+    let (w, a) = (row.as_ptr(), act.as_ptr());
+    let pair = |q: *const i8, off: usize| -> __m512i {
+        // Activations of one quarter of two consecutive blocks: q[off..+32] and q[128+off..+32].
+        // SAFETY: both blocks are in bounds (see loop).
+        unsafe {
+            let lo = _mm256_loadu_si256(q.add(off) as *const __m256i);
+            let hi = _mm256_loadu_si256(q.add(128 + off) as *const __m256i);
+            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+        }
+    };
+    let mut b = 0;
+    while b + 2 <= blocks {
+        // SAFETY: blocks b and b+1 are within row and act.
+        unsafe {
+            let packed = _mm512_loadu_si512(w.add(32 * b) as *const __m512i);
+            let q = a.add(128 * b);
+            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 6), mask), pair(q, 0));
+            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask), pair(q, 32));
+            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 2), mask), pair(q, 64));
+            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(packed, mask), pair(q, 96));
+        }
+        b += 2;
+    }
+    let mut total = _mm512_reduce_add_epi32(acc);
+    if b < blocks {
+        // The odd last block, 256 bits wide.
+        let mask = _mm256_set1_epi8(3);
+        // SAFETY: block b is within row and act.
+        unsafe {
+            let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
+            let q = a.add(128 * b);
+            let mut acc = _mm256_setzero_si256();
+            for (shift, off) in [(6, 0), (4, 32), (2, 64), (0, 96)] {
+                let codes = _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask);
+                acc = _mm256_dpbusd_epi32(acc, codes, _mm256_loadu_si256(q.add(off) as *const __m256i));
+            }
+            total += hsum256(acc);
+        }
+    }
+    total
+}

@@ -1,0 +1,10 @@
+//! Compute kernels, one module per weight format, each with a scalar reference and SIMD variants
+//! that must agree with it bit for bit on integer results (tests in each module).
+//!
+//! - [`act`]: per-token int8 activation quantisation (identical to the reference forward).
+//! - [`i2s`]: I2_S ternary × int8 dot products (GEMV for decode, GEMM for prompts).
+//! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
+
+pub mod act;
+pub mod float;
+pub mod i2s;

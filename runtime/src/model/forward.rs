@@ -1,0 +1,327 @@
+//! The forward pass over a GGUF model, llama2.c-style: one function per block, plain f32 vectors,
+//! the integer kernels for every BitLinear, rayon across output rows.
+//!
+//! BitLinear: each token's input is quantised to int8 exactly as the reference does, the kernel
+//! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
+
+use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
+use crate::cpu::{self, Isa};
+use crate::kernels::{act, float, i2s};
+use crate::{Result, RuntimeError};
+use rayon::prelude::*;
+use tern_converters::model::Activation;
+use tern_formats::TensorType;
+
+/// Which positions' logits a forward call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the last position (generation).
+    Last,
+    /// Every position (scoring, verification).
+    All,
+    /// None (prefill that only fills the cache).
+    None,
+}
+
+/// Quantised activations of several tokens, padded per token to the matrix's padded width.
+struct QuantBatch {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+    padded: usize,
+}
+
+impl QuantBatch {
+    fn new(x: &[f32], width: usize, padded: usize) -> QuantBatch {
+        let tokens = x.len() / width;
+        let mut codes = vec![0i8; tokens * padded];
+        let mut scales = Vec::with_capacity(tokens);
+        let mut sums = Vec::with_capacity(tokens);
+        for (row, out) in x.chunks_exact(width).zip(codes.chunks_exact_mut(padded)) {
+            let (s, sum) = act::quantise(row, out);
+            scales.push(s);
+            sums.push(sum);
+        }
+        QuantBatch { codes, scales, sums, padded }
+    }
+
+    fn tokens(&self) -> usize {
+        self.scales.len()
+    }
+}
+
+/// A model in use: position, KV cache and the instruction set.
+pub struct Session<'m> {
+    pub model: &'m Model,
+    pub isa: Isa,
+    /// Positions already in the cache.
+    pos: usize,
+    ctx: usize,
+    /// `[layers][ctx][kv_dim]`.
+    k_cache: Vec<f32>,
+    v_cache: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+}
+
+/// Receives the residual stream entering each layer (`residual.{l}`) and after the last one.
+pub type Tap<'a> = &'a mut dyn FnMut(&str, &[f32]);
+
+impl<'m> Session<'m> {
+    /// A session with a KV cache for `ctx` positions (capped at the model's context length).
+    /// The cache is allocated zeroed, so untouched positions cost no resident memory.
+    pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
+        let c = &model.config;
+        let ctx = ctx.clamp(1, c.context.max(1));
+        let kv = c.layers * ctx * c.kv_heads * c.head_dim;
+        let (rope_cos, rope_sin) = crate::rope::tables(c.head_dim, c.rope_theta, ctx);
+        Session {
+            model,
+            isa: cpu::selected(),
+            pos: 0,
+            ctx,
+            k_cache: vec![0.0; kv],
+            v_cache: vec![0.0; kv],
+            rope_cos,
+            rope_sin,
+        }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forgets every position (keeps the allocations).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Runs `tokens` at positions `position()..`, appends them to the cache and returns the wanted
+    /// logits row-major `[rows, vocab]`.
+    pub fn forward(&mut self, tokens: &[u32], want: Want, tap: Option<Tap>) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        if tokens.is_empty() {
+            return Err(RuntimeError::Input("no tokens to run".into()));
+        }
+        if self.pos + tokens.len() > self.ctx {
+            return Err(RuntimeError::Input(format!(
+                "{} positions exceed the context of {} (use a larger --ctx, up to {})",
+                self.pos + tokens.len(),
+                self.ctx,
+                c.context
+            )));
+        }
+        let mut x = self.embed(tokens)?;
+        let mut tap = tap;
+        for l in 0..c.layers {
+            if let Some(t) = tap.as_mut() {
+                t(&format!("residual.{l}"), &x);
+            }
+            self.layer(l, &mut x)?;
+        }
+        if let Some(t) = tap.as_mut() {
+            t(&format!("residual.{}", c.layers), &x);
+        }
+        self.pos += tokens.len();
+        let h = c.hidden;
+        let rows: &[f32] = match want {
+            Want::None => return Ok(Vec::new()),
+            Want::Last => &x[(tokens.len() - 1) * h..],
+            Want::All => &x,
+        };
+        Ok(self.logits(rows))
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let m = &self.model.embed;
+        let mut x = Vec::with_capacity(tokens.len() * m.cols);
+        for &t in tokens {
+            if t as usize >= m.rows {
+                return Err(RuntimeError::Input(format!(
+                    "token id {t} is outside the vocabulary (size {})",
+                    m.rows
+                )));
+            }
+            let row = self.model.float_row(m, t as usize);
+            match m.ty {
+                TensorType::F16 => {
+                    x.extend(row.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()))
+                }
+                _ => x.extend(row.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            }
+        }
+        Ok(x)
+    }
+
+    /// One decoder layer on the residual stream `x` `[T, hidden]` at positions `position()..`
+    /// (writes this layer's keys and values into the cache; does not advance the position).
+    pub fn layer(&mut self, l: usize, x: &mut [f32]) -> Result<()> {
+        let model = self.model;
+        let c = &model.config;
+        let layer: &Layer = &model.layers[l];
+        let t = x.len() / c.hidden;
+        if self.pos + t > self.ctx {
+            return Err(RuntimeError::Input(format!(
+                "{} positions exceed the context of {}",
+                self.pos + t,
+                self.ctx
+            )));
+        }
+
+        // Attention block.
+        let h = rms_norm(x, &layer.attn_norm, c.rms_eps);
+        let qa = QuantBatch::new(&h, c.hidden, layer.q.padded_cols());
+        let mut q = self.bitlinear(&layer.q, &qa);
+        let mut k = self.bitlinear(&layer.k, &qa);
+        let v = self.bitlinear(&layer.v, &qa);
+        self.rope(&mut q, c.heads);
+        self.rope(&mut k, c.kv_heads);
+        let kv_dim = c.kv_heads * c.head_dim;
+        let base = l * self.ctx * kv_dim + self.pos * kv_dim;
+        self.k_cache[base..base + t * kv_dim].copy_from_slice(&k);
+        self.v_cache[base..base + t * kv_dim].copy_from_slice(&v);
+        let mut ctx = self.attention(l, &q, t);
+        if let Some(w) = &layer.attn_sub_norm {
+            ctx = rms_norm(&ctx, w, c.rms_eps);
+        }
+        let oa = QuantBatch::new(&ctx, c.heads * c.head_dim, layer.o.padded_cols());
+        let o = self.bitlinear(&layer.o, &oa);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+        // MLP block: gate and up share one quantised input.
+        let h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
+        let ga = QuantBatch::new(&h, c.hidden, layer.gate.padded_cols());
+        let gate = self.bitlinear(&layer.gate, &ga);
+        let up = self.bitlinear(&layer.up, &ga);
+        let mut a: Vec<f32> = match c.activation {
+            Activation::Relu2 => gate.iter().zip(&up).map(|(&g, &u)| g.max(0.0) * g.max(0.0) * u).collect(),
+            Activation::Silu => gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect(),
+        };
+        if let Some(w) = &layer.ffn_sub_norm {
+            a = rms_norm(&a, w, c.rms_eps);
+        }
+        let da = QuantBatch::new(&a, c.intermediate, layer.down.padded_cols());
+        let down = self.bitlinear(&layer.down, &da);
+        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// `[T, cols]` quantised → `[T, rows]` f32: exact integer dots, then × β / s per token.
+    fn bitlinear(&self, m: &TernaryMatrix, a: &QuantBatch) -> Vec<f32> {
+        debug_assert_eq!(a.padded, m.padded_cols());
+        let tokens = a.tokens();
+        let weights = self.model.ternary_rows(m);
+        let isa = self.isa;
+        // Row chunks: enough for every thread to get several, large enough to amortise the task.
+        let chunk_rows = (m.rows / (rayon::current_num_threads() * 4)).clamp(16, 256).min(m.rows);
+        let mut acc = vec![0i32; m.rows * tokens];
+        acc.par_chunks_mut(chunk_rows * tokens).zip(weights.par_chunks(chunk_rows * m.row_bytes)).for_each(
+            |(out, rows)| {
+                if tokens == 1 {
+                    i2s::gemv(isa, rows, m.row_bytes, &a.codes, a.sums[0], out);
+                } else {
+                    i2s::gemm(isa, rows, m.row_bytes, &a.codes, &a.sums, out);
+                }
+            },
+        );
+        let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
+        let mut y = vec![0f32; tokens * m.rows];
+        for r in 0..m.rows {
+            for (t, f) in factors.iter().enumerate() {
+                y[t * m.rows + r] = acc[r * tokens + t] as f32 * f;
+            }
+        }
+        y
+    }
+
+    /// Half-split RoPE on every head of every token, positions `position()..`.
+    fn rope(&self, x: &mut [f32], heads: usize) {
+        let d = self.model.config.head_dim;
+        for (i, token) in x.chunks_exact_mut(heads * d).enumerate() {
+            let p = (self.pos + i) * d;
+            for head in token.chunks_exact_mut(d) {
+                crate::rope::apply(head, &self.rope_cos[p..p + d], &self.rope_sin[p..p + d]);
+            }
+        }
+    }
+
+    /// Causal GQA attention of `q` `[T, heads·d]` over cached positions `0..=position()+i`.
+    fn attention(&self, l: usize, q: &[f32], t: usize) -> Vec<f32> {
+        let c = &self.model.config;
+        let (d, kv_dim) = (c.head_dim, c.kv_heads * c.head_dim);
+        let n_rep = c.heads / c.kv_heads;
+        let scale = (d as f32).powf(-0.5);
+        let layer_base = l * self.ctx * kv_dim;
+        let mut out = vec![0f32; t * c.heads * d];
+        out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
+            let (i, h) = (idx / c.heads, idx % c.heads);
+            let g = h / n_rep;
+            let qh = &q[idx * d..(idx + 1) * d];
+            let len = self.pos + i + 1;
+            let mut scores: Vec<f32> = (0..len)
+                .map(|j| {
+                    let k = &self.k_cache[layer_base + j * kv_dim + g * d..][..d];
+                    qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
+                .collect();
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (j, s) in scores.iter().enumerate() {
+                let v = &self.v_cache[layer_base + j * kv_dim + g * d..][..d];
+                let p = s / sum;
+                o.iter_mut().zip(v).for_each(|(a, b)| *a += p * b);
+            }
+        });
+        out
+    }
+
+    /// Final norm and lm_head for the rows of `x` `[n, hidden]` → `[n, vocab]`.
+    fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let c = &self.model.config;
+        let h = rms_norm(x, &self.model.output_norm, c.rms_eps);
+        let m: &FloatMatrix = &self.model.output;
+        let n = h.len() / c.hidden;
+        let isa = self.isa;
+        let mut out = vec![0f32; n * m.rows];
+        // Vocab-major so each output row of the matrix is read once for all positions.
+        let mut by_vocab = vec![0f32; m.rows * n];
+        by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
+            for (i, slot) in o.chunks_exact_mut(n).enumerate() {
+                let row = self.model.float_row(m, chunk * 64 + i);
+                for (p, s) in slot.iter_mut().enumerate() {
+                    let xp = &h[p * c.hidden..(p + 1) * c.hidden];
+                    *s = match m.ty {
+                        TensorType::F16 => float::dot_f16(isa, row, xp),
+                        _ => float::dot_f32(row, xp),
+                    };
+                }
+            }
+        });
+        for r in 0..m.rows {
+            for p in 0..n {
+                out[p * m.rows + r] = by_vocab[r * n + p];
+            }
+        }
+        out
+    }
+}
+
+/// RMSNorm of each `weight.len()`-wide row: `w · x / sqrt(mean(x²) + eps)`, in f32.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let n = weight.len();
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(n) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let inv = 1.0 / (mean + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(v, w)| w * (v * inv)));
+    }
+    out
+}

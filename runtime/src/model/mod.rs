@@ -1,0 +1,11 @@
+//! A GGUF model ready to run: [`ModelConfig`] read from metadata, [`Model`] with every tensor
+//! validated (type, shape, byte range, finite scales) and the weights left in the memory map,
+//! and [`Session`] (forward pass with a KV cache).
+
+mod config;
+mod forward;
+mod weights;
+
+pub use config::ModelConfig;
+pub use forward::{Session, Want};
+pub use weights::{Model, TernaryMatrix};

@@ -1,0 +1,212 @@
+//! Text ↔ token ids for a GGUF model, with the Hugging Face `tokenizers` crate.
+//!
+//! The tokenizer comes from `tokenizer.huggingface.json` when the file embeds it (tern does), or
+//! is rebuilt from llama.cpp's `tokenizer.ggml.*` arrays (byte-level BPE: tokens, merges, token
+//! types; the pre-tokenizer from `tokenizer.ggml.pre`). BOS is prepended per
+//! `tokenizer.ggml.add_bos_token`, never by the tokenizer's own post-processor, so both sources
+//! behave the same. [`StreamDecoder`] turns generated ids into text without ever emitting half a
+//! UTF-8 character.
+
+use crate::{Result, RuntimeError};
+use tern_formats::gguf::{GgufFile, Value};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior};
+
+/// LLaMA-3's pre-tokenizer split (llama.cpp's "llama-bpe").
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// llama.cpp token type of control (special) tokens.
+const CONTROL: i64 = 3;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos: Option<u32>,
+    /// Ids that end generation (eos, eot).
+    pub stop: Vec<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+    /// Where it came from: "tokenizer.huggingface.json" or "tokenizer.ggml.*".
+    pub source: &'static str,
+}
+
+fn tok_err(f: &GgufFile, msg: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Model { path: f.path.clone(), msg: format!("tokenizer: {msg}") }
+}
+
+impl Tokenizer {
+    /// The model's tokenizer, or None when the file carries none.
+    pub fn from_gguf(f: &GgufFile) -> Result<Option<Tokenizer>> {
+        Self::load(f, true)
+    }
+
+    /// As [`from_gguf`](Self::from_gguf), but `prefer_json = false` ignores the embedded JSON
+    /// and rebuilds from the `tokenizer.ggml.*` arrays (tests compare the two).
+    pub fn load(f: &GgufFile, prefer_json: bool) -> Result<Option<Tokenizer>> {
+        let md = f.metadata();
+        let json = md.get_str("tokenizer.huggingface.json").filter(|_| prefer_json);
+        let (inner, source) = match json {
+            Some(text) => (
+                tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| tok_err(f, e))?,
+                "tokenizer.huggingface.json",
+            ),
+            None => match md.get_str("tokenizer.ggml.model") {
+                None => return Ok(None),
+                Some("gpt2") => (from_ggml_bpe(f)?, "tokenizer.ggml.*"),
+                Some(other) => {
+                    return Err(tok_err(
+                        f,
+                        format!("tokenizer.ggml.model {other:?} is not supported (gpt2 byte-level BPE is)"),
+                    ));
+                }
+            },
+        };
+        let id = |key: &str| md.get_u64(key).map(|v| v as u32);
+        let bos = id("tokenizer.ggml.bos_token_id");
+        let stop: Vec<u32> = [id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.eot_token_id")]
+            .into_iter()
+            .flatten()
+            .collect();
+        let add_bos =
+            md.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(bos.is_some());
+        let chat_template = md.get_str("tokenizer.chat_template").map(String::from);
+        Ok(Some(Tokenizer { inner, bos, stop, add_bos, chat_template, source }))
+    }
+
+    /// Token ids of `text`, with BOS first when the model wants it and `with_bos` is set.
+    pub fn encode(&self, text: &str, with_bos: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| RuntimeError::Input(format!("cannot tokenize: {e}")))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if with_bos && self.add_bos {
+            ids.extend(self.bos);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Text of `ids`; ids the tokenizer does not know (padded vocab slots) are skipped.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        self.inner.decode(ids, skip_special).unwrap_or_default()
+    }
+
+    pub fn token_count(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// A byte-level BPE tokenizer rebuilt from llama.cpp's metadata arrays.
+fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
+    let md = f.metadata();
+    let strings = |key: &str| -> Result<Vec<String>> {
+        let items =
+            md.get(key).and_then(Value::as_array).ok_or_else(|| tok_err(f, format!("no {key} array")))?;
+        items
+            .iter()
+            .map(|v| {
+                v.as_str().map(String::from).ok_or_else(|| tok_err(f, format!("{key} holds a non-string")))
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let types: Vec<i64> = match md.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+        Some(t) => t.iter().map(|v| v.as_f64().unwrap_or(1.0) as i64).collect(),
+        None => vec![1; tokens.len()],
+    };
+    let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| tok_err(f, format!("merge {m:?} is not 'a b'")))
+        })
+        .collect::<Result<_>>()?;
+    let vocab: tokenizers::models::bpe::Vocab =
+        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tok_err(f, e))?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    let pre = md.get_str("tokenizer.ggml.pre").unwrap_or("gpt-2");
+    match pre {
+        "llama-bpe" | "llama3" => {
+            let split =
+                Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
+                    .map_err(|e| tok_err(f, e))?;
+            tk.with_pre_tokenizer(Some(Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])));
+        }
+        "gpt-2" | "gpt2" | "default" => {
+            tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        }
+        other => {
+            return Err(tok_err(f, format!("pre-tokenizer {other:?} is not supported (llama-bpe, gpt-2)")));
+        }
+    }
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|&(_, &t)| t == CONTROL)
+        .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+        .collect();
+    tk.add_special_tokens(special).map_err(|e| tok_err(f, e))?;
+    Ok(tk)
+}
+
+/// Incremental detokenisation: emits text only once it is complete UTF-8.
+pub struct StreamDecoder<'t> {
+    tokenizer: &'t Tokenizer,
+    ids: Vec<u32>,
+    /// Bytes of the decoded window already emitted.
+    emitted: usize,
+}
+
+impl<'t> StreamDecoder<'t> {
+    pub fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
+        StreamDecoder { tokenizer, ids: Vec::new(), emitted: 0 }
+    }
+
+    /// Adds a token; returns the new complete text, if any.
+    pub fn push(&mut self, id: u32) -> Option<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids, true);
+        // A trailing U+FFFD means a multi-byte character is still incomplete: wait for more.
+        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+            return None;
+        }
+        let new = text[self.emitted..].to_string();
+        // Restart the window at a character boundary so decoding stays O(window).
+        self.ids.clear();
+        self.emitted = 0;
+        Some(new)
+    }
+}
+
+/// Renders a chat with the model's Jinja template (`tokenizer.chat_template`), or bitnet-b1.58-2B-4T's
+/// template when the file has none.
+pub fn render_chat(
+    template: Option<&str>,
+    messages: &[(String, String)],
+    bos: &str,
+    eos: &str,
+) -> Result<String> {
+    /// microsoft/bitnet-b1.58-2B-4T's chat template (its tokenizer_config.json).
+    const DEFAULT: &str = "{% for message in messages %}{% set content = message['role'] | capitalize + ': '+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+    let mut env = minijinja::Environment::new();
+    env.add_template("chat", template.unwrap_or(DEFAULT))
+        .map_err(|e| RuntimeError::Input(format!("chat template: {e}")))?;
+    let msgs: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+        .collect();
+    let ctx = serde_json::json!({"messages": msgs, "add_generation_prompt": true, "bos_token": bos, "eos_token": eos});
+    env.get_template("chat")
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| RuntimeError::Input(format!("chat template: {e}")))
+}

@@ -1,0 +1,186 @@
+//! The runtime on tern's own I2_S conversions of every fixture: logits match transformers'
+//! golden logits within the reference tolerances, KV-cache decode matches prompt-at-once, and
+//! every instruction set gives the same logits bit for bit (integer kernels are exact).
+
+use std::path::PathBuf;
+use tern_converters::{ConvertOptions, Plan};
+use tern_formats::hf::HfCheckpoint;
+use tern_formats::safetensors_file::SafetensorsFile;
+use tern_runtime::model::{Model, Session, Want};
+use tern_runtime::parity::{Thresholds, compare_logits};
+
+const FORMS: [&str; 4] = ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed"];
+
+fn fixture(form: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(form)
+}
+
+/// Converts a fixture to I2_S in a temp dir (through the library, like `tern convert`).
+fn convert(form: &str, dir: &std::path::Path) -> PathBuf {
+    let ckpt = HfCheckpoint::open(fixture(form)).unwrap();
+    let plan = Plan::new(&ckpt, ConvertOptions::default()).unwrap();
+    let out = dir.join(format!("{}.gguf", form.replace('/', "-")));
+    let file = std::fs::File::create(&out).unwrap();
+    plan.write(&ckpt, std::io::BufWriter::new(file), |_| {}).unwrap();
+    out
+}
+
+fn golden(form: &str) -> (Vec<Vec<u32>>, SafetensorsFile) {
+    let dir = fixture(form);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden/golden.json")).unwrap()).unwrap();
+    let prompts = json["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect())
+        .collect();
+    (prompts, SafetensorsFile::open(dir.join("golden/golden.safetensors")).unwrap())
+}
+
+#[test]
+fn i2s_logits_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    for form in FORMS {
+        let model = Model::load(convert(form, tmp.path())).unwrap();
+        let (prompts, g) = golden(form);
+        let vocab = model.config.vocab;
+        let reports: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(p, tokens)| {
+                let mut s = Session::new(&model, 256);
+                let got = s.forward(tokens, Want::All, None).unwrap();
+                let expected = g.to_f32(g.get(&format!("logits.{p}")).unwrap()).unwrap();
+                compare_logits(&got, &expected, vocab, Thresholds::default().min_gap)
+            })
+            .collect();
+        for (p, r) in reports.iter().enumerate() {
+            println!(
+                "{form} prompt {p}: rel-L2 {:.2e} max abs {:.2e} top-1 {}/{}",
+                r.rel_l2, r.max_abs, r.top1_agree, r.top1_considered
+            );
+        }
+        assert_eq!(Thresholds::default().failure(&reports), None, "{form}");
+    }
+}
+
+#[test]
+fn kv_cache_decode_matches_prompt_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    for form in ["tiny/packed", "odd/bf16"] {
+        let model = Model::load(convert(form, tmp.path())).unwrap();
+        let (prompts, _) = golden(form);
+        let tokens = &prompts[1];
+        let at_once = Session::new(&model, 64).forward(tokens, Want::All, None).unwrap();
+        let mut s = Session::new(&model, 64);
+        let mut stepped = Vec::new();
+        for &t in tokens {
+            stepped.extend(s.forward(&[t], Want::Last, None).unwrap());
+        }
+        assert_eq!(s.position(), tokens.len());
+        let r = compare_logits(&stepped, &at_once, model.config.vocab, Thresholds::default().min_gap);
+        assert!(r.rel_l2 <= 2e-2 && r.top1_agree == r.top1_considered, "{form}: {r:?}");
+    }
+}
+
+#[test]
+fn every_instruction_set_gives_identical_hidden_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Model::load(convert("odd/packed", tmp.path())).unwrap();
+    let tokens = &golden("odd/packed").0[0];
+    let mut reference: Option<Vec<f32>> = None;
+    for isa in tern_runtime::cpu::available() {
+        let mut s = Session::new(&model, 64);
+        s.isa = isa;
+        // The f16 lm_head dot reorders float sums per ISA; compare the integer-path output
+        // through the final hidden state instead, which every ISA must reproduce exactly.
+        let mut last = Vec::new();
+        s.forward(
+            tokens,
+            Want::None,
+            Some(&mut |name: &str, x: &[f32]| {
+                if name == "residual.3" {
+                    last = x.to_vec();
+                }
+            }),
+        )
+        .unwrap();
+        match &reference {
+            None => reference = Some(last),
+            Some(r) => assert!(r == &last, "{} differs from scalar", isa.name()),
+        }
+    }
+}
+
+fn golden_json(form: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(form).join("golden/golden.json")).unwrap()).unwrap()
+}
+
+/// Both tokenizer sources (embedded JSON, rebuilt from tokenizer.ggml.*) give transformers' ids
+/// for the text prompt and the rendered chat, and decode back to the text.
+#[test]
+fn tokenizer_matches_transformers_from_both_sources() {
+    use tern_runtime::tokenizer::{Tokenizer, render_chat};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Model::load(convert("tiny/bf16", tmp.path())).unwrap();
+    let g = golden_json("tiny/bf16");
+    let text = g["text_prompt"]["text"].as_str().unwrap();
+    let ids: Vec<u32> =
+        g["text_prompt"]["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let chat = &g["chat_prompt"];
+    let chat_ids: Vec<u32> = chat["ids_without_added_specials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let messages: Vec<(String, String)> = chat["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap().to_string(), m["content"].as_str().unwrap().to_string()))
+        .collect();
+    for prefer_json in [true, false] {
+        let tk = Tokenizer::load(&model.file, prefer_json).unwrap().unwrap();
+        assert_eq!(tk.source, if prefer_json { "tokenizer.huggingface.json" } else { "tokenizer.ggml.*" });
+        assert_eq!(tk.encode(text, true).unwrap(), ids, "{}", tk.source);
+        assert_eq!(tk.decode(&ids, true), text, "{}", tk.source);
+        let rendered =
+            render_chat(tk.chat_template.as_deref(), &messages, "<|begin_of_text|>", "<|end_of_text|>")
+                .unwrap();
+        assert_eq!(rendered, chat["text"].as_str().unwrap());
+        assert_eq!(tk.encode(&rendered, false).unwrap(), chat_ids, "{}", tk.source);
+        assert_eq!(tk.stop, vec![1, 2]);
+    }
+    // Without the file's template, the built-in 2B-4T template renders the same thing.
+    let builtin = render_chat(None, &messages, "<|begin_of_text|>", "<|end_of_text|>").unwrap();
+    assert_eq!(builtin, chat["text"].as_str().unwrap());
+}
+
+/// Streaming detokenisation never emits a broken character and adds up to the whole text.
+#[test]
+fn stream_decoder_emits_only_whole_characters() {
+    use tern_runtime::tokenizer::{StreamDecoder, Tokenizer};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Model::load(convert("tiny/packed", tmp.path())).unwrap();
+    let tk = Tokenizer::from_gguf(&model.file).unwrap().unwrap();
+    let text = "café ☕ – naïve ünïcödé 🙂!";
+    let ids = tk.encode(text, false).unwrap();
+    let mut stream = StreamDecoder::new(&tk);
+    let mut out = String::new();
+    let mut held = 0;
+    for &id in &ids {
+        match stream.push(id) {
+            Some(piece) => {
+                assert!(!piece.contains('\u{FFFD}'), "broken character in {piece:?}");
+                out += &piece;
+            }
+            None => held += 1,
+        }
+    }
+    assert_eq!(out, text);
+    assert!(held > 0, "multi-byte characters span several byte-level tokens here");
+    // Unknown ids (the vocab is padded past the tokenizer) decode to nothing, not a panic.
+    assert_eq!(tk.decode(&[395, 399], true), "");
+}
