@@ -47,6 +47,14 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Before renaming the output into place, check it against the f32 reference forward on the
+    /// input (`tern verify`); a failing check leaves no output and exits 1. Needs RAM for the
+    /// reference: about 4 bytes per parameter.
+    #[arg(long)]
+    pub verify: bool,
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 fn parse_output_type(s: &str) -> Result<OutputType, String> {
@@ -54,8 +62,12 @@ fn parse_output_type(s: &str) -> Result<OutputType, String> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    crate::common::with_threads(args.threads, || convert(&args))?
+}
+
+fn convert(args: &Args) -> Result<()> {
     let started = Instant::now();
-    check_output_path(&args)?;
+    check_output_path(args)?;
     let ckpt = HfCheckpoint::open(&args.input)?;
     let options = ConvertOptions {
         output: args.out_type,
@@ -75,9 +87,23 @@ pub fn run(args: Args) -> Result<()> {
         bar.inc(e.bytes);
         bar.set_message(format!("{done}/{total} {}", e.spec.name));
     })?;
-    file.commit().with_context(|| format!("cannot finish writing {}", args.output.display()))?;
+    let mut file = file;
     bar.finish_and_clear();
-    report(&args, &plan, &summary, started.elapsed().as_secs_f64())
+    if args.verify {
+        file.sync().with_context(|| format!("cannot write {}", file.temp_path().display()))?;
+        let check = crate::verify::Args::for_model(file.temp_path().to_path_buf(), args.input.clone());
+        let report = crate::verify::check(&check)?;
+        let shown = crate::verify::Args { model: args.output.clone(), ..check };
+        eprint!("{}", crate::verify::render(&shown, &report));
+        if let Some(why) = report.failure {
+            // Dropping `file` removes the temporary output.
+            return Err(
+                crate::common::CheckFailed(format!("verification failed, nothing written: {why}")).into()
+            );
+        }
+    }
+    file.commit().with_context(|| format!("cannot finish writing {}", args.output.display()))?;
+    report(args, &plan, &summary, started.elapsed().as_secs_f64())
 }
 
 /// Refuses outputs that would clobber something: an existing file (without --force), an input

@@ -2,12 +2,14 @@
 
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
+use tern_runtime::model::{Session, Want};
 use tern_runtime::reference::Reference;
 
 /// Compute the logits of a token sequence (all positions, one pass).
 ///
-/// MODEL is a Hugging Face checkpoint folder, run by tern's f32 reference forward (transformers'
-/// semantics). Writes the f32 logits [T, vocab] as a little-endian NumPy .npy file (format 1.0)
+/// MODEL is a GGUF file (run by tern's runtime) or a Hugging Face checkpoint folder (run by
+/// tern's f32 reference forward, transformers' semantics), so two engines' outputs can be
+/// compared position by position. Writes the f32 logits [T, vocab] as a little-endian NumPy .npy file (format 1.0)
 /// with --out, prints the top 5 per position as JSON with --json, or as text otherwise.
 ///
 /// Example:
@@ -15,7 +17,7 @@ use tern_runtime::reference::Reference;
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Checkpoint folder.
+    /// A GGUF file or a checkpoint folder.
     pub model: PathBuf,
     /// Comma-separated token ids, e.g. 1,17,923.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -29,21 +31,28 @@ pub struct Args {
     /// Overwrite --out if it exists.
     #[arg(short, long)]
     pub force: bool,
+    /// Threads (default: all cores).
+    #[arg(short, long)]
+    pub threads: Option<usize>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if !args.model.is_dir() {
-        bail!(
-            "{}: tern logits takes a Hugging Face checkpoint folder (GGUF files run once the runtime lands)",
-            args.model.display()
-        );
-    }
     if let Some(out) = args.out.as_ref().filter(|o| o.exists() && !args.force) {
         bail!("{} already exists; pass --force to overwrite it", out.display());
     }
-    let model = Reference::load(&args.model)?;
-    let vocab = model.spec.vocab;
-    let logits = model.prompt_logits(&args.tokens)?;
+    if args.tokens.is_empty() {
+        bail!("give at least one token id with --tokens");
+    }
+    let (vocab, logits) = crate::common::with_threads(args.threads, || -> Result<(usize, Vec<f32>)> {
+        if args.model.is_dir() {
+            let model = Reference::load(&args.model)?;
+            Ok((model.spec.vocab, model.prompt_logits(&args.tokens)?))
+        } else {
+            let model = tern_runtime::model::Model::load(&args.model)?;
+            let mut session = Session::new(&model, args.tokens.len());
+            Ok((model.config.vocab, session.forward(&args.tokens, Want::All, None)?))
+        }
+    })??;
     if let Some(out) = &args.out {
         let mut file = tern_converters::output::AtomicFile::create(out)
             .with_context(|| format!("cannot create {}", out.display()))?;

@@ -1,11 +1,16 @@
 //! The `tern` command: parses arguments, calls the libraries, prints. No model logic lives here.
 //!
-//! Exit codes: 0 success, 1 a check failed (verification, later), 2 an error (bad input, I/O).
+//! Exit codes: 0 success, 1 a check failed (verification), 2 an error (bad input, I/O).
 
+mod bench;
+mod chat;
+mod common;
 mod convert;
 mod inspect;
 mod logits;
 mod quickstart;
+mod run;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -16,8 +21,10 @@ use std::process::ExitCode;
     version,
     about = "Convert, inspect and run ternary (BitNet b1.58) language models",
     long_about = "tern converts Hugging Face BitNet b1.58 checkpoints (bf16 master weights or the packed \
-uint8 form) into GGUF files in bitnet.cpp's layouts, and describes GGUF and safetensors files.\n\n\
-Start with `tern quickstart`, which converts the bundled tiny model and inspects the result."
+uint8 form) into GGUF files in bitnet.cpp's layouts, checks them against an f32 reference forward \
+pass, and runs them on the CPU.\n\n\
+Start with `tern quickstart`, which converts the bundled tiny model, verifies it and generates text.\n\n\
+Exit codes: 0 success, 1 a verification failed, 2 an error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,6 +35,10 @@ struct Cli {
 enum Command {
     Convert(convert::Args),
     Inspect(inspect::Args),
+    Verify(verify::Args),
+    Run(run::Args),
+    Chat(chat::Args),
+    Bench(bench::Args),
     Logits(logits::Args),
     Quickstart(quickstart::Args),
 }
@@ -48,10 +59,18 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Logits(a) => logits::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Quickstart(a) => quickstart::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<common::CheckFailed>().is_some() => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

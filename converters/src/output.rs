@@ -36,6 +36,13 @@ impl AtomicFile {
         &self.temp
     }
 
+    /// Flushes and fsyncs the temporary file, so it can be read (e.g. verified) before commit.
+    pub fn sync(&mut self) -> io::Result<()> {
+        let w = self.writer.as_mut().expect("writer present until commit");
+        w.flush()?;
+        w.get_ref().sync_all()
+    }
+
     /// Flushes, fsyncs and renames the file into place.
     pub fn commit(mut self) -> io::Result<()> {
         let writer = self.writer.take().expect("writer present until commit");

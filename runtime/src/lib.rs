@@ -4,8 +4,14 @@
 //! - [`reference`]: transformers' `BitNetForCausalLM` forward in f32 on candle-core, straight from
 //!   a Hugging Face checkpoint — the yardstick.
 //! - [`parity`]: how two sets of logits are compared (rel-L2, max abs, top-1, KL).
+//! - [`cpu`], [`kernels`]: instruction-set dispatch and the integer/float kernels.
+//! - [`model`]: GGUF models and the forward pass with a KV cache.
+//! - [`tokenizer`], [`sampler`], [`generate`]: text in, tokens out.
+//! - [`verify`]: parity of a packed model against the reference; [`bench`]: speed.
 
+pub mod bench;
 pub mod cpu;
+pub mod generate;
 pub mod kernels;
 pub mod model;
 pub mod parity;
@@ -13,6 +19,7 @@ pub mod reference;
 pub mod rope;
 pub mod sampler;
 pub mod tokenizer;
+pub mod verify;
 
 /// Errors of the runtime crate.
 #[derive(Debug, thiserror::Error)]

@@ -186,6 +186,16 @@ impl<'t> StreamDecoder<'t> {
         self.emitted = 0;
         Some(new)
     }
+
+    /// Whatever is still held back at the end of generation (an incomplete character is shown
+    /// as U+FFFD, the replacement character).
+    pub fn finish(&mut self) -> Option<String> {
+        let text = self.tokenizer.decode(&self.ids, true);
+        self.ids.clear();
+        let rest = text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = 0;
+        (!rest.is_empty()).then_some(rest)
+    }
 }
 
 /// Renders a chat with the model's Jinja template (`tokenizer.chat_template`), or bitnet-b1.58-2B-4T's

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tern_converters::model::Projection;
 use tern_formats::safetensors_file::SafetensorsFile;
 use tern_runtime::parity::{Thresholds, compare_logits, rel_l2};
-use tern_runtime::reference::{KvCache, Reference, no_tap};
+use tern_runtime::reference::{Arithmetic, KvCache, Reference, no_tap};
 
 const FORMS: [&str; 4] = ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed"];
 
@@ -52,12 +52,15 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     rel_l2(&values(a), &values(b))
 }
 
-/// Feeding transformers' recorded input of every module reproduces its recorded output.
+/// Feeding transformers' recorded input of every module reproduces its recorded output, in both
+/// arithmetics (transformers' float order, and the exact-integer form verify uses).
 #[test]
 fn every_module_matches_transformers_strictly() {
-    for form in FORMS {
+    for (form, arithmetic) in
+        FORMS.iter().flat_map(|f| [(*f, Arithmetic::Transformers), (*f, Arithmetic::Exact)])
+    {
         let dir = fixture(form);
-        let model = Reference::load(&dir).unwrap();
+        let model = Reference::load_with(&dir, arithmetic).unwrap();
         let g = Golden::open(&dir);
         let mut checked = 0;
         for t in g.file.tensors() {
@@ -95,7 +98,7 @@ fn every_module_matches_transformers_strictly() {
                 }
             };
             let r = rel(&got, &expected);
-            assert!(r <= 1e-5, "{form}: {path} rel-L2 {r:.3e}");
+            assert!(r <= 1e-5, "{form} {arithmetic:?}: {path} rel-L2 {r:.3e}");
             checked += 1;
         }
         // 12 modules per layer (7 projections, 4 norms, attention) plus the final norm.

@@ -100,6 +100,11 @@ impl<'m> Session<'m> {
         self.pos = 0;
     }
 
+    /// Keeps only the first `pos` positions (a chat whose new prompt shares only a prefix).
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
     /// Runs `tokens` at positions `position()..`, appends them to the cache and returns the wanted
     /// logits row-major `[rows, vocab]`.
     pub fn forward(&mut self, tokens: &[u32], want: Want, tap: Option<Tap>) -> Result<Vec<f32>> {

@@ -1,12 +1,21 @@
-//! BitLinear as transformers computes it in float32: per-token int8 fake-quantisation of the
-//! input (`s = 127 / max(absmax, 1e-5)`, `q = clamp(round_half_even(x·s), -128, 127)`), then a
-//! float matmul with the ternary weight, scaled per the checkpoint's quantisation mode:
+//! BitLinear: per-token int8 fake-quantisation of the input exactly as transformers does it
+//! (`s = 127 / max(absmax, 1e-5)`, `q = clamp(round_half_even(x·s), -128, 127)`), then the
+//! product with the ternary weight, in one of two arithmetics ([`Arithmetic`]):
 //!
-//! | mode | transformers | here |
-//! |---|---|---|
-//! | online (AutoBitLinear) | `F.linear(q/s, t/inv)` | weight = t / inv |
-//! | offline-multiply (AutoBitLinear) | `F.linear(q/s, t) * weight_scale` | weight = t, × ws |
-//! | offline-divide (BitLinear) | `F.linear(q, t) / (weight_scale · s)` | weight = t, ÷ (ws·s) |
+//! - **Transformers** (default): the float operations in transformers' order,
+//!
+//!   | mode | transformers |
+//!   |---|---|
+//!   | online (AutoBitLinear) | `F.linear(q/s, t/inv)`, inv = 1/max(β, 1e-5) |
+//!   | offline-multiply (AutoBitLinear) | `F.linear(q/s, t) * weight_scale` |
+//!   | offline-divide (BitLinear) | `F.linear(q, t) / (weight_scale · s)` |
+//!
+//! - **Exact**: `Σ q·t` in integers (exact in f32 while |Σ| < 2^24, i.e. K < 132 000) times one
+//!   per-token factor β / s — what a correct integer kernel computes. `tern verify` compares the
+//!   runtime against this form, so only genuine differences (not rounding-order noise that flips
+//!   an int8 code downstream) show up.
+//!
+//! The two agree to float rounding (both are tested against transformers' module outputs).
 
 use crate::Result;
 use candle_core::{Device, Tensor};
@@ -15,20 +24,21 @@ use tern_converters::weights::load_ternary;
 use tern_formats::hf::HfCheckpoint;
 use tern_formats::ternary;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ScaleMode {
-    /// The scale is folded into the weight (online).
-    InWeight,
-    /// Output multiplied by this weight_scale.
-    Multiply(f32),
-    /// Output divided by this weight_scale times the activation scale.
-    Divide(f32),
+/// Which float arithmetic the reference uses for BitLinear (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Arithmetic {
+    #[default]
+    Transformers,
+    Exact,
 }
 
 pub struct BitLinear {
-    /// `[in, out]`: the transposed weight as transformers multiplies it.
-    weight_t: Tensor,
-    pub scale: ScaleMode,
+    /// `[in, out]`: the transposed ternary codes as f32.
+    codes_t: Tensor,
+    pub mode: QuantMode,
+    /// The checkpoint's scale: β for master weights, weight_scale for packed ones.
+    pub source_scale: f32,
+    pub arithmetic: Arithmetic,
     pub rows: usize,
     pub cols: usize,
 }
@@ -40,22 +50,31 @@ impl BitLinear {
         rows: usize,
         cols: usize,
         mode: QuantMode,
+        arithmetic: Arithmetic,
     ) -> Result<BitLinear> {
         let w = load_ternary(ckpt, name, rows, cols, mode)?;
-        let (values, scale): (Vec<f32>, ScaleMode) = match mode {
-            QuantMode::Online => {
-                let inv = ternary::weight_inverse_scale(w.beta);
-                (w.codes.iter().map(|&c| c as f32 / inv).collect(), ScaleMode::InWeight)
-            }
-            QuantMode::OfflineMultiply => {
-                (w.codes.iter().map(|&c| c as f32).collect(), ScaleMode::Multiply(w.source_scale))
-            }
-            QuantMode::OfflineDivide => {
-                (w.codes.iter().map(|&c| c as f32).collect(), ScaleMode::Divide(w.source_scale))
-            }
-        };
-        let weight = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
-        Ok(BitLinear { weight_t: weight.t()?.contiguous()?, scale, rows, cols })
+        let codes = Tensor::from_vec(
+            w.codes.iter().map(|&c| c as f32).collect::<Vec<f32>>(),
+            (rows, cols),
+            &Device::Cpu,
+        )?;
+        Ok(BitLinear {
+            codes_t: codes.t()?.contiguous()?,
+            mode,
+            source_scale: w.source_scale,
+            arithmetic,
+            rows,
+            cols,
+        })
+    }
+
+    /// β such that W ≈ β · t, as the exact arithmetic uses it.
+    pub fn beta(&self) -> f32 {
+        match self.mode {
+            QuantMode::Online => 1.0 / ternary::weight_inverse_scale(self.source_scale),
+            QuantMode::OfflineMultiply => self.source_scale,
+            QuantMode::OfflineDivide => 1.0 / self.source_scale,
+        }
     }
 
     /// `[T, in]` → `[T, out]`.
@@ -63,27 +82,33 @@ impl BitLinear {
         let (t, k) = x.dims2()?;
         let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let mut codes = vec![0i8; k];
-        let mut fed = Vec::with_capacity(t * k);
+        let mut q = Vec::with_capacity(t * k);
         let mut scales = Vec::with_capacity(t);
         for row in input.chunks_exact(k) {
-            let s = ternary::quantise_activations(row, &mut codes);
-            match self.scale {
-                // transformers feeds the dequantised q / s (a division, not q · (1/s)).
-                ScaleMode::InWeight | ScaleMode::Multiply(_) => {
-                    fed.extend(codes.iter().map(|&q| q as f32 / s))
-                }
-                ScaleMode::Divide(_) => fed.extend(codes.iter().map(|&q| q as f32)),
-            }
-            scales.push(s);
+            scales.push(ternary::quantise_activations(row, &mut codes));
+            q.extend(codes.iter().map(|&c| c as f32));
         }
-        let fed = Tensor::from_vec(fed, (t, k), &Device::Cpu)?;
-        let y = fed.matmul(&self.weight_t)?;
-        Ok(match self.scale {
-            ScaleMode::InWeight => y,
-            ScaleMode::Multiply(ws) => y.affine(ws as f64, 0.0)?,
-            ScaleMode::Divide(ws) => {
-                let denom: Vec<f32> = scales.iter().map(|&s| ws * s).collect();
-                y.broadcast_div(&Tensor::from_vec(denom, (t, 1), &Device::Cpu)?)?
+        let per_token = |values: Vec<f32>| Tensor::from_vec(values, (t, 1), &Device::Cpu);
+        let q = Tensor::from_vec(q, (t, k), &Device::Cpu)?;
+        // transformers feeds q / s (a division, not q · (1/s)).
+        let dequantised = || q.broadcast_div(&per_token(scales.clone())?);
+        Ok(match (self.arithmetic, self.mode) {
+            (Arithmetic::Exact, _) => {
+                let beta = self.beta();
+                q.matmul(&self.codes_t)?
+                    .broadcast_mul(&per_token(scales.iter().map(|s| beta / s).collect())?)?
+            }
+            (Arithmetic::Transformers, QuantMode::Online) => {
+                // t / inv for t ∈ {-1, 0, 1} is exactly t · (1/inv).
+                let w = 1.0 / ternary::weight_inverse_scale(self.source_scale);
+                dequantised()?.matmul(&self.codes_t.affine(w as f64, 0.0)?)?
+            }
+            (Arithmetic::Transformers, QuantMode::OfflineMultiply) => {
+                dequantised()?.matmul(&self.codes_t)?.affine(self.source_scale as f64, 0.0)?
+            }
+            (Arithmetic::Transformers, QuantMode::OfflineDivide) => {
+                let denom = scales.iter().map(|s| self.source_scale * s).collect();
+                q.matmul(&self.codes_t)?.broadcast_div(&per_token(denom)?)?
             }
         })
     }

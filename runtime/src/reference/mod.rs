@@ -9,7 +9,7 @@
 mod bitlinear;
 mod rope;
 
-pub use bitlinear::{BitLinear, ScaleMode};
+pub use bitlinear::{Arithmetic, BitLinear};
 
 use crate::{Result, RuntimeError};
 use candle_core::{D, Device, Tensor};
@@ -92,7 +92,12 @@ fn load_norm(ckpt: &HfCheckpoint, name: &str, eps: f64) -> Result<Norm> {
 }
 
 impl Reference {
+    /// Loads a checkpoint with transformers' arithmetic (see [`Arithmetic`]).
     pub fn load(dir: impl AsRef<std::path::Path>) -> Result<Reference> {
+        Self::load_with(dir, Arithmetic::Transformers)
+    }
+
+    pub fn load_with(dir: impl AsRef<std::path::Path>, arithmetic: Arithmetic) -> Result<Reference> {
         let ckpt = HfCheckpoint::open(dir)?;
         let spec = ModelSpec::from_checkpoint(&ckpt)?;
         let dev = Device::Cpu;
@@ -113,7 +118,7 @@ impl Reference {
                 .iter()
                 .map(|&p| {
                     let (rows, cols) = spec.projection_shape(p);
-                    BitLinear::load(&ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant)
+                    BitLinear::load(&ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant, arithmetic)
                 })
                 .collect::<Result<Vec<_>>>()?;
             layers.push(Layer {

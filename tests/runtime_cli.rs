@@ -1,0 +1,197 @@
+//! The runtime commands end to end through the binary: run, chat, bench, logits on GGUF, and
+//! verify (passing on every fixture, failing with exit 1 on a corrupted scale).
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use tern_formats::gguf::GgufFile;
+
+fn converted(form: &str, tmp: &std::path::Path) -> std::path::PathBuf {
+    let out = tmp.join(format!("{}.gguf", form.replace('/', "-")));
+    convert(&fixtures().join(form), &out, &[]);
+    out
+}
+
+#[test]
+fn verify_passes_on_every_fixture() {
+    let tmp = tempfile::tempdir().unwrap();
+    for form in ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed"] {
+        let gguf = converted(form, tmp.path());
+        let reference = fixtures().join(form);
+        let j: serde_json::Value = serde_json::from_str(&tern_ok(&[
+            "verify",
+            gguf.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(j["pass"], true, "{form}: {j}");
+        assert_eq!(j["layers"].as_array().unwrap().len(), if form.starts_with("tiny") { 4 } else { 3 });
+        assert_eq!(j["prompts"].as_array().unwrap().len(), 4);
+    }
+}
+
+#[test]
+fn verify_fails_on_a_corrupted_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("tiny/bf16", tmp.path());
+    // Multiply blk.1.attn_output's β (in the I2_S tail) by 1.5.
+    let f = GgufFile::open(&gguf).unwrap();
+    let t = f.tensor("blk.1.attn_output.weight").unwrap().clone();
+    let pos = (t.offset + t.size - 32) as usize;
+    drop(f);
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let beta = f32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+    bytes[pos..pos + 4].copy_from_slice(&(beta * 1.5).to_le_bytes());
+    std::fs::write(&gguf, bytes).unwrap();
+    let reference = fixtures().join("tiny/bf16");
+    let res = tern(&["verify", gguf.to_str().unwrap(), "--reference", reference.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert_eq!(res.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL") && stdout.contains("layer 1 (teacher forced)"), "{stdout}");
+    assert!(String::from_utf8_lossy(&res.stderr).contains("verification failed"));
+}
+
+#[test]
+fn convert_with_verify_writes_after_passing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v.gguf");
+    let res = tern(&[
+        "convert",
+        fixtures().join("odd/packed").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--verify",
+        "--threads",
+        "1",
+    ]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("PASS"));
+    assert!(out.is_file());
+}
+
+#[test]
+fn run_is_deterministic_for_a_seed_and_reports_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("tiny/packed", tmp.path());
+    let args = [
+        "run",
+        gguf.to_str().unwrap(),
+        "-p",
+        "The quick brown fox",
+        "-n",
+        "12",
+        "--seed",
+        "7",
+        "--temp",
+        "0.9",
+        "-t",
+        "2",
+    ];
+    let a = tern(&args);
+    let b = tern(&args);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert_eq!(a.stdout, b.stdout, "same seed, same text");
+    assert!(String::from_utf8_lossy(&a.stdout).starts_with("The quick brown fox"));
+    let err = String::from_utf8_lossy(&a.stderr);
+    let tk = tern_runtime::tokenizer::Tokenizer::from_gguf(&GgufFile::open(&gguf).unwrap()).unwrap().unwrap();
+    let n = tk.encode("The quick brown fox", true).unwrap().len();
+    assert!(
+        err.contains(&format!("prompt: {n} tokens")) && err.contains("t/s") && err.contains("seed 7"),
+        "{err}"
+    );
+    // Greedy from token ids: the first generated token is the golden argmax of the last position.
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny/packed/golden/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt: Vec<String> =
+        golden["prompts"][1].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let first = golden["greedy"][1]["new_tokens"][0].as_u64().unwrap();
+    let out = tern(&["run", gguf.to_str().unwrap(), "--tokens", &prompt.join(","), "-n", "1", "--greedy"]);
+    assert!(out.status.success());
+    let expected = tk.decode(&[first as u32], true);
+    assert!(String::from_utf8_lossy(&out.stdout).trim_end_matches('\n').ends_with(&expected), "{expected:?}");
+}
+
+#[test]
+fn chat_answers_each_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("tiny/bf16", tmp.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["chat", gguf.to_str().unwrap(), "-n", "8", "--greedy", "--system", "Be brief."])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hello there\n/reset\nWhat is a ternary weight?\nAnd why?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.matches("t/s]").count(), 3, "three replies: {err}");
+    assert!(err.contains("(conversation reset)"));
+}
+
+#[test]
+fn bench_reports_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("odd/bf16", tmp.path());
+    let j: serde_json::Value = serde_json::from_str(&tern_ok(&[
+        "bench",
+        gguf.to_str().unwrap(),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-t",
+        "1,2",
+        "-r",
+        "2",
+        "--json",
+    ]))
+    .unwrap();
+    let results = j["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["test"], "pp16");
+    assert_eq!(results[3]["test"], "tg4");
+    assert!(
+        results
+            .iter()
+            .all(|r| r["median"].as_f64().unwrap() > 0.0 && r["samples"].as_array().unwrap().len() == 2)
+    );
+    assert!(j["peak_rss_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn logits_on_gguf_matches_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("odd/packed", tmp.path());
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("odd/packed/golden/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt: Vec<String> =
+        golden["prompts"][0].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+    let out = tmp.path().join("l.npy");
+    tern_ok(&[
+        "logits",
+        gguf.to_str().unwrap(),
+        "--tokens",
+        &prompt.join(","),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (shape, got) = tern_formats::npy::read_f32(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(shape, vec![prompt.len(), 400]);
+    let expected = Golden::open(&fixtures().join("odd/packed")).f32("logits.0").0;
+    let r = tern_runtime::parity::compare_logits(&got, &expected, 400, 1e-2);
+    assert!(r.rel_l2 < 2e-2 && r.top1_agree == r.top1_considered, "{r:?}");
+}
