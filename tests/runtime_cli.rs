@@ -28,30 +28,62 @@ fn verify_passes_on_every_fixture() {
         ]))
         .unwrap();
         assert_eq!(j["pass"], true, "{form}: {j}");
+        // Fed identical inputs, every module agrees to float rounding (the gate allows 1e-4).
+        for l in j["layers"].as_array().unwrap() {
+            assert!(l["modules_rel_l2"].as_f64().unwrap() < 1e-5, "{form}: {l}");
+        }
+        assert!(j["output_head_rel_l2"].as_f64().unwrap() < 1e-5);
+        assert!(j["embedding_rel_l2"].as_f64().unwrap() < 1e-5);
         assert_eq!(j["layers"].as_array().unwrap().len(), if form.starts_with("tiny") { 4 } else { 3 });
         assert_eq!(j["prompts"].as_array().unwrap().len(), 4);
     }
 }
 
+/// Multiplies the β (in the I2_S tail) of one tensor of a converted GGUF.
+fn corrupt_scale(gguf: &std::path::Path, tensor: &str, factor: f32) {
+    let f = GgufFile::open(gguf).unwrap();
+    let t = f.tensor(tensor).unwrap().clone();
+    let pos = (t.offset + t.size - 32) as usize;
+    drop(f);
+    let mut bytes = std::fs::read(gguf).unwrap();
+    let beta = f32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
+    bytes[pos..pos + 4].copy_from_slice(&(beta * factor).to_le_bytes());
+    std::fs::write(gguf, bytes).unwrap();
+}
+
 #[test]
 fn verify_fails_on_a_corrupted_scale() {
     let tmp = tempfile::tempdir().unwrap();
-    let gguf = converted("tiny/bf16", tmp.path());
-    // Multiply blk.1.attn_output's β (in the I2_S tail) by 1.5.
-    let f = GgufFile::open(&gguf).unwrap();
-    let t = f.tensor("blk.1.attn_output.weight").unwrap().clone();
-    let pos = (t.offset + t.size - 32) as usize;
-    drop(f);
-    let mut bytes = std::fs::read(&gguf).unwrap();
-    let beta = f32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap());
-    bytes[pos..pos + 4].copy_from_slice(&(beta * 1.5).to_le_bytes());
-    std::fs::write(&gguf, bytes).unwrap();
     let reference = fixtures().join("tiny/bf16");
-    let res = tern(&["verify", gguf.to_str().unwrap(), "--reference", reference.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&res.stdout);
-    assert_eq!(res.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAIL") && stdout.contains("layer 1 (teacher forced)"), "{stdout}");
-    assert!(String::from_utf8_lossy(&res.stderr).contains("verification failed"));
+    // o_proj ×1.5, and v_proj ×1.01: the latter is invisible end to end (attn_sub_norm is
+    // scale-invariant) but not to the module check.
+    for (tensor, factor, module) in [
+        ("blk.1.attn_output.weight", 1.5, "layer 1 module attn_output"),
+        ("blk.2.attn_v.weight", 1.01, "layer 2 module attn_v"),
+    ] {
+        let dir = tmp.path().join(tensor);
+        std::fs::create_dir(&dir).unwrap();
+        let gguf = converted("tiny/bf16", &dir);
+        corrupt_scale(&gguf, tensor, factor);
+        let res = tern(&["verify", gguf.to_str().unwrap(), "--reference", reference.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert_eq!(res.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("FAIL") && stdout.contains(module), "{tensor}: {stdout}");
+        assert!(String::from_utf8_lossy(&res.stderr).contains("verification failed"));
+    }
+}
+
+#[test]
+fn strict_verify_gates_on_end_to_end_thresholds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("odd/packed", tmp.path());
+    let reference = fixtures().join("odd/packed");
+    let (g, r) = (gguf.to_str().unwrap(), reference.to_str().unwrap());
+    // Passing with --strict on this fixture, failing once the logits bound is made impossible.
+    tern_ok(&["verify", g, "--reference", r, "--strict"]);
+    let res = tern(&["verify", g, "--reference", r, "--strict", "--max-rel-l2", "0", "--median-rel-l2", "0"]);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&res.stdout).contains("FAIL: median logits rel-L2"));
 }
 
 #[test]

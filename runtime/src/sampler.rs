@@ -1,5 +1,5 @@
 //! Choosing the next token from logits: repetition penalty, then greedy (temperature 0) or
-//! temperature sampling restricted by top-k, top-p (nucleus) and min-p, in llama.cpp's order.
+//! sampling restricted by top-k, top-p (nucleus) and min-p, then temperature, in llama.cpp's order.
 //! Seeded, so a fixed seed reproduces a generation exactly.
 
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +54,16 @@ impl Sampler {
     }
 
     /// Picks the next token. `history` is every token so far (for the repetition penalty).
+    ///
+    /// Order as llama.cpp's default chain: penalty → top-k → top-p → min-p (both on the
+    /// temperature-1 distribution) → temperature → draw. NaN logits never win; +inf wins.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         let c = self.config;
-        let mut logits = logits.to_vec();
+        if logits.is_empty() {
+            return 0;
+        }
+        let mut logits: Vec<f32> =
+            logits.iter().map(|&l| if l.is_nan() { f32::NEG_INFINITY } else { l }).collect();
         if c.repeat_penalty != 1.0 {
             let start = history.len().saturating_sub(c.repeat_last_n);
             let mut seen = history[start..].to_vec();
@@ -68,42 +75,53 @@ impl Sampler {
                 }
             }
         }
-        if c.temperature <= 0.0 {
-            return crate::parity::argmax(&logits) as u32;
+        let greedy = crate::parity::argmax(&logits) as u32;
+        if c.temperature <= 0.0 || logits[greedy as usize] == f32::INFINITY {
+            return greedy;
         }
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if c.top_k > 0 {
+        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if c.top_k > 0 && c.top_k < cand.len() {
+            // Partial selection: only the top k are sorted, not the whole vocabulary.
+            cand.select_nth_unstable_by(c.top_k - 1, by_logit);
             cand.truncate(c.top_k);
         }
+        cand.sort_unstable_by(by_logit);
         let max = cand[0].1;
-        let mut probs: Vec<f64> =
-            cand.iter().map(|&(_, l)| (((l - max) / c.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
+        let softmax = |cand: &[(u32, f32)], t: f32| -> Vec<f64> {
+            let e: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / t) as f64).exp()).collect();
+            let total: f64 = e.iter().sum();
+            e.into_iter().map(|p| p / total).collect()
+        };
+        let probs = softmax(&cand, 1.0);
+        let mut keep = probs.len();
         if c.top_p < 1.0 {
             let mut acc = 0.0;
-            let keep = probs.iter().position(|&p| {
-                acc += p;
-                acc >= c.top_p as f64
-            });
-            let n = keep.map_or(probs.len(), |i| i + 1);
-            probs.truncate(n);
+            keep = probs
+                .iter()
+                .position(|&p| {
+                    acc += p;
+                    acc >= c.top_p as f64
+                })
+                .map_or(keep, |i| i + 1);
         }
         if c.min_p > 0.0 {
             let floor = probs[0] * c.min_p as f64;
-            let n = probs.iter().take_while(|&&p| p >= floor).count().max(1);
-            probs.truncate(n);
+            keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
         }
-        let total: f64 = probs.iter().sum();
-        let mut r = self.uniform() * total;
+        cand.truncate(keep.max(1));
+        let probs = softmax(&cand, c.temperature);
+        if !probs.iter().all(|p| p.is_finite()) {
+            return greedy;
+        }
+        let mut r = self.uniform();
         for (i, p) in probs.iter().enumerate() {
             if r < *p {
                 return cand[i].0;
             }
             r -= p;
         }
-        cand[probs.len() - 1].0
+        cand[cand.len() - 1].0
     }
 }
 
@@ -145,10 +163,23 @@ mod tests {
         }
         let mut again = sampler(1.0, 0, 1.0, 0.0, 42);
         assert!(draws.iter().take(100).all(|&d| d == again.sample(&logits, &[])));
-        // min_p 0.5 keeps tokens with p ≥ 0.2 (= 0.5 × 0.4): never token 0; top_p 0.7 keeps 3, 2.
+        // min_p 0.5 keeps tokens with p ≥ 0.2 (= 0.5 × 0.4): never token 0; top_p 0.7 keeps 3, 2
+        // (filters see the temperature-1 probabilities, so a high temperature does not widen them).
         let mut m = sampler(1.0, 0, 1.0, 0.5, 7);
         assert!((0..2000).all(|_| m.sample(&logits, &[]) != 0));
         let mut p = sampler(1.0, 0, 0.7, 0.0, 7);
         assert!((0..2000).all(|_| p.sample(&logits, &[]) >= 2));
+        let mut hot = sampler(50.0, 0, 0.7, 0.0, 7);
+        assert!((0..2000).all(|_| hot.sample(&logits, &[]) >= 2));
+    }
+
+    #[test]
+    fn non_finite_logits_are_handled() {
+        // NaN never wins, in greedy or sampled mode.
+        assert_eq!(sampler(0.0, 0, 1.0, 0.0, 1).sample(&[f32::NAN, 1.0, 0.5], &[]), 1);
+        let mut s = sampler(1.0, 0, 1.0, 0.05, 3);
+        assert!((0..200).all(|_| s.sample(&[f32::NAN, 1.0, 0.5], &[]) != 0));
+        // +inf always wins.
+        assert_eq!(sampler(1.0, 0, 1.0, 0.0, 1).sample(&[0.0, f32::INFINITY, 2.0], &[]), 1);
     }
 }

@@ -159,42 +159,47 @@ fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
     Ok(tk)
 }
 
-/// Incremental detokenisation: emits text only once it is complete UTF-8.
+/// Incremental detokenisation that emits text only once it is complete UTF-8.
+///
+/// It decodes a short window of recent ids and emits what the newest ids added to it (the
+/// approach of text-generation-inference), so decoders whose output depends on context — e.g.
+/// SentencePiece ones that strip a leading space at the start of a text — stay correct.
 pub struct StreamDecoder<'t> {
     tokenizer: &'t Tokenizer,
     ids: Vec<u32>,
-    /// Bytes of the decoded window already emitted.
-    emitted: usize,
+    /// Start of the context window, and the first id not yet emitted.
+    prefix: usize,
+    read: usize,
 }
 
 impl<'t> StreamDecoder<'t> {
     pub fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
-        StreamDecoder { tokenizer, ids: Vec::new(), emitted: 0 }
+        StreamDecoder { tokenizer, ids: Vec::new(), prefix: 0, read: 0 }
     }
 
     /// Adds a token; returns the new complete text, if any.
     pub fn push(&mut self, id: u32) -> Option<String> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids, true);
+        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], true);
+        let now = self.tokenizer.decode(&self.ids[self.prefix..], true);
         // A trailing U+FFFD means a multi-byte character is still incomplete: wait for more.
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted {
+        if now.len() <= before.len() || now.ends_with('\u{FFFD}') || !now.is_char_boundary(before.len()) {
             return None;
         }
-        let new = text[self.emitted..].to_string();
-        // Restart the window at a character boundary so decoding stays O(window).
-        self.ids.clear();
-        self.emitted = 0;
+        let new = now[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         Some(new)
     }
 
     /// Whatever is still held back at the end of generation (an incomplete character is shown
     /// as U+FFFD, the replacement character).
     pub fn finish(&mut self) -> Option<String> {
-        let text = self.tokenizer.decode(&self.ids, true);
-        self.ids.clear();
-        let rest = text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = 0;
-        (!rest.is_empty()).then_some(rest)
+        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], true);
+        let now = self.tokenizer.decode(&self.ids[self.prefix..], true);
+        self.prefix = self.ids.len();
+        self.read = self.ids.len();
+        now.get(before.len()..).filter(|rest| !rest.is_empty()).map(String::from)
     }
 }
 

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 const MAX_DIMS: u32 = 4;
 /// Nested arrays deeper than this are refused (no real file nests at all).
 const MAX_ARRAY_DEPTH: u32 = 3;
+/// Metadata array elements in one file. Each costs ~32 bytes in memory however small on disk,
+/// so this bounds memory at ~0.5 GB; real files hold well under 1 M (vocab + merges).
+const MAX_ARRAY_ELEMENTS: u64 = 16 << 20;
+/// Initial reservations never exceed this; vectors grow as elements actually parse.
+const MAX_RESERVE: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorInfo {
@@ -58,6 +63,8 @@ impl GgufHeader {
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Array elements parsed so far (bounded by MAX_ARRAY_ELEMENTS).
+    elements: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -141,7 +148,13 @@ impl<'a> Cursor<'a> {
                         self.remaining() / elem.min_size()
                     ));
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                self.elements += count;
+                if self.elements > MAX_ARRAY_ELEMENTS {
+                    return Err(format!(
+                        "{what}: more than {MAX_ARRAY_ELEMENTS} metadata array elements in one file"
+                    ));
+                }
+                let mut items = Vec::with_capacity((count as usize).min(MAX_RESERVE));
                 for _ in 0..count {
                     items.push(self.value(elem, what, depth + 1)?);
                 }
@@ -153,7 +166,7 @@ impl<'a> Cursor<'a> {
 
 /// Parses a whole GGUF file held in memory (header, metadata, tensor infos; data is not read).
 pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, String> {
-    let mut c = Cursor { bytes, pos: 0 };
+    let mut c = Cursor { bytes, pos: 0, elements: 0 };
     let magic =
         c.take(4, "magic").map_err(|_| format!("file is too short to be GGUF ({} bytes)", bytes.len()))?;
     if magic != MAGIC {
@@ -198,7 +211,7 @@ pub fn parse_header(bytes: &[u8]) -> Result<GgufHeader, String> {
         },
     };
 
-    let mut tensors = Vec::with_capacity(tensor_count as usize);
+    let mut tensors = Vec::with_capacity((tensor_count as usize).min(MAX_RESERVE));
     let mut names = HashSet::new();
     for i in 0..tensor_count {
         let name = c.strict_string(&format!("name of tensor #{i}"))?;
@@ -275,8 +288,9 @@ impl GgufFile {
         if len < 24 {
             return Err(FormatError::corrupt(&path, format!("file is too short to be GGUF ({len} bytes)")));
         }
-        // SAFETY: the map is read-only; tern never writes to a file it reads, and a concurrent
-        // writer elsewhere could only change bytes (every access is bounds-checked at parse time).
+        // SAFETY: the map is read-only and tern never writes to a file it reads. Another process
+        // changing bytes cannot cause an out-of-bounds access (offsets were validated at parse
+        // time); truncating the file while it is mapped would raise SIGBUS, as for any mmap.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
         let header = parse_header(&map).map_err(|msg| FormatError::corrupt(&path, msg))?;
         Ok(GgufFile { path, header, map })

@@ -10,8 +10,8 @@ pub fn dot_f16(isa: Isa, row: &[u8], x: &[f32]) -> f32 {
     assert_eq!(row.len(), x.len() * 2);
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if is_x86_feature_detected!("f16c") => {
-            // SAFETY: AVX2, FMA and F16C were detected.
+        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+            // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected.
             unsafe { dot_f16_avx2(row, x) }
         }
         _ => dot_f16_scalar(row, x),

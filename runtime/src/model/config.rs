@@ -59,6 +59,17 @@ impl ModelConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(err(format!("head dimension {head_dim} must be positive and even")));
         }
+        // Sane limits: far above any real model, far below what could overflow the kernels'
+        // i32 accumulators (K · 2 · 128 < 2^31) or the KV-cache size arithmetic.
+        const MAX_DIM: usize = 1 << 22;
+        for (name, v) in [("embedding_length", hidden), ("head_count", heads), ("key_length", head_dim)] {
+            if v > MAX_DIM {
+                return Err(err(format!("{arch}.{name} = {v} is larger than tern supports ({MAX_DIM})")));
+            }
+        }
+        if heads.checked_mul(head_dim).is_none_or(|d| d > MAX_DIM) {
+            return Err(err(format!("{heads} heads of {head_dim} are larger than tern supports")));
+        }
         let vocab = match int("vocab_size")? {
             Some(v) => v,
             None => f
@@ -77,16 +88,27 @@ impl ModelConfig {
         if let Some(p) = md.get_str("tern.rope.pairing").filter(|p| *p != "half-split") {
             return Err(err(format!("tern.rope.pairing {p:?} is not supported")));
         }
+        let intermediate = req("feed_forward_length")?;
+        let layers = req("block_count")?;
+        if intermediate > MAX_DIM || layers > 4096 || vocab > MAX_DIM * 4 {
+            return Err(err(format!(
+                "dims larger than tern supports: feed_forward_length {intermediate}, block_count {layers}, vocab {vocab}"
+            )));
+        }
+        let context = int("context_length")?.unwrap_or(4096);
+        if context > 1 << 24 {
+            return Err(err(format!("{arch}.context_length {context} is larger than tern supports (2^24)")));
+        }
         Ok(ModelConfig {
             arch: arch.to_string(),
             hidden,
-            intermediate: req("feed_forward_length")?,
-            layers: req("block_count")?,
+            intermediate,
+            layers,
             heads,
             kv_heads,
             head_dim,
             vocab,
-            context: int("context_length")?.unwrap_or(4096),
+            context,
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10_000.0),
             activation,

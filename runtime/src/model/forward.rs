@@ -141,7 +141,8 @@ impl<'m> Session<'m> {
         Ok(self.logits(rows))
     }
 
-    fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// Embedding rows of `tokens`, `[T, hidden]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Vec<f32>> {
         let m = &self.model.embed;
         let mut x = Vec::with_capacity(tokens.len() * m.cols);
         for &t in tokens {
@@ -165,10 +166,24 @@ impl<'m> Session<'m> {
     /// One decoder layer on the residual stream `x` `[T, hidden]` at positions `position()..`
     /// (writes this layer's keys and values into the cache; does not advance the position).
     pub fn layer(&mut self, l: usize, x: &mut [f32]) -> Result<()> {
+        let c = &self.model.config;
+        let layer: &Layer = &self.model.layers[l];
+        let h = rms_norm(x, &layer.attn_norm, c.rms_eps);
+        let attn = self.attention_block(l, &h)?;
+        x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+        let h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
+        let mlp = self.mlp_block(l, &h);
+        x.iter_mut().zip(&mlp).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    /// The attention block of layer `l` on normed input `h` `[T, hidden]` at positions
+    /// `position()..`: q/k/v, RoPE, cache write, causal GQA attention, sub-norm, o.
+    pub fn attention_block(&mut self, l: usize, h: &[f32]) -> Result<Vec<f32>> {
         let model = self.model;
         let c = &model.config;
         let layer: &Layer = &model.layers[l];
-        let t = x.len() / c.hidden;
+        let t = h.len() / c.hidden;
         if self.pos + t > self.ctx {
             return Err(RuntimeError::Input(format!(
                 "{} positions exceed the context of {}",
@@ -176,49 +191,77 @@ impl<'m> Session<'m> {
                 self.ctx
             )));
         }
-
-        // Attention block.
-        let h = rms_norm(x, &layer.attn_norm, c.rms_eps);
-        let qa = QuantBatch::new(&h, c.hidden, layer.q.padded_cols());
-        let mut q = self.bitlinear(&layer.q, &qa);
-        let mut k = self.bitlinear(&layer.k, &qa);
+        // q, k and v share one quantised input.
+        let qa = QuantBatch::new(h, c.hidden, layer.q.padded_cols());
+        let q = self.bitlinear(&layer.q, &qa);
+        let k = self.bitlinear(&layer.k, &qa);
         let v = self.bitlinear(&layer.v, &qa);
-        self.rope(&mut q, c.heads);
-        self.rope(&mut k, c.kv_heads);
-        let kv_dim = c.kv_heads * c.head_dim;
-        let base = l * self.ctx * kv_dim + self.pos * kv_dim;
-        self.k_cache[base..base + t * kv_dim].copy_from_slice(&k);
-        self.v_cache[base..base + t * kv_dim].copy_from_slice(&v);
-        let mut ctx = self.attention(l, &q, t);
+        let mut ctx = self.attend(l, q, k, &v)?;
         if let Some(w) = &layer.attn_sub_norm {
             ctx = rms_norm(&ctx, w, c.rms_eps);
         }
-        let oa = QuantBatch::new(&ctx, c.heads * c.head_dim, layer.o.padded_cols());
-        let o = self.bitlinear(&layer.o, &oa);
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        Ok(self.project(&layer.o, &ctx))
+    }
 
-        // MLP block: gate and up share one quantised input.
-        let h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
-        let ga = QuantBatch::new(&h, c.hidden, layer.gate.padded_cols());
+    /// The attention core of layer `l` on projected `q`, `k`, `v` (`[T, heads·d]`, `[T, kv·d]`)
+    /// at positions `position()..`: RoPE, cache write, causal GQA attention → `[T, heads·d]`.
+    pub fn attend(&mut self, l: usize, mut q: Vec<f32>, mut k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let kv_dim = c.kv_heads * c.head_dim;
+        let t = k.len() / kv_dim;
+        if q.len() != t * c.heads * c.head_dim || k.len() != t * kv_dim || v.len() != k.len() {
+            return Err(RuntimeError::Input("q, k and v do not describe the same tokens".into()));
+        }
+        if self.pos + t > self.ctx {
+            return Err(RuntimeError::Input(format!(
+                "{} positions exceed the context of {}",
+                self.pos + t,
+                self.ctx
+            )));
+        }
+        self.rope(&mut q, c.heads);
+        self.rope(&mut k, c.kv_heads);
+        let base = l * self.ctx * kv_dim + self.pos * kv_dim;
+        self.k_cache[base..base + t * kv_dim].copy_from_slice(&k);
+        self.v_cache[base..base + t * kv_dim].copy_from_slice(v);
+        Ok(self.attention(l, &q, t))
+    }
+
+    /// `act(gate) · up` elementwise (relu² or SiLU).
+    pub fn activate(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        match self.model.config.activation {
+            Activation::Relu2 => gate.iter().zip(up).map(|(&g, &u)| g.max(0.0) * g.max(0.0) * u).collect(),
+            Activation::Silu => gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect(),
+        }
+    }
+
+    /// The MLP block of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.
+    pub fn mlp_block(&self, l: usize, h: &[f32]) -> Vec<f32> {
+        let c = &self.model.config;
+        let layer: &Layer = &self.model.layers[l];
+        // gate and up share one quantised input.
+        let ga = QuantBatch::new(h, c.hidden, layer.gate.padded_cols());
         let gate = self.bitlinear(&layer.gate, &ga);
         let up = self.bitlinear(&layer.up, &ga);
-        let mut a: Vec<f32> = match c.activation {
-            Activation::Relu2 => gate.iter().zip(&up).map(|(&g, &u)| g.max(0.0) * g.max(0.0) * u).collect(),
-            Activation::Silu => gate.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect(),
-        };
+        let mut a = self.activate(&gate, &up);
         if let Some(w) = &layer.ffn_sub_norm {
             a = rms_norm(&a, w, c.rms_eps);
         }
-        let da = QuantBatch::new(&a, c.intermediate, layer.down.padded_cols());
-        let down = self.bitlinear(&layer.down, &da);
-        x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
-        Ok(())
+        self.project(&layer.down, &a)
+    }
+
+    /// One BitLinear: `x` `[T, cols]` → `[T, rows]` (quantise per token, integer GEMM, × β/s).
+    pub fn project(&self, m: &TernaryMatrix, x: &[f32]) -> Vec<f32> {
+        self.bitlinear(m, &QuantBatch::new(x, m.cols, m.padded_cols()))
     }
 
     /// `[T, cols]` quantised → `[T, rows]` f32: exact integer dots, then × β / s per token.
     fn bitlinear(&self, m: &TernaryMatrix, a: &QuantBatch) -> Vec<f32> {
         debug_assert_eq!(a.padded, m.padded_cols());
         let tokens = a.tokens();
+        if tokens == 0 {
+            return Vec::new();
+        }
         let weights = self.model.ternary_rows(m);
         let isa = self.isa;
         // Row chunks: enough for every thread to get several, large enough to amortise the task.
@@ -289,11 +332,14 @@ impl<'m> Session<'m> {
     }
 
     /// Final norm and lm_head for the rows of `x` `[n, hidden]` → `[n, vocab]`.
-    fn logits(&self, x: &[f32]) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
         let c = &self.model.config;
         let h = rms_norm(x, &self.model.output_norm, c.rms_eps);
         let m: &FloatMatrix = &self.model.output;
         let n = h.len() / c.hidden;
+        if n == 0 {
+            return Vec::new();
+        }
         let isa = self.isa;
         let mut out = vec![0f32; n * m.rows];
         // Vocab-major so each output row of the matrix is read once for all positions.

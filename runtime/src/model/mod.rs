@@ -7,5 +7,5 @@ mod forward;
 mod weights;
 
 pub use config::ModelConfig;
-pub use forward::{Session, Want};
+pub use forward::{Session, Want, rms_norm};
 pub use weights::{Model, TernaryMatrix};

@@ -83,7 +83,8 @@ impl Model {
         };
         let q_dim = c.heads * c.head_dim;
         let kv_dim = c.kv_heads * c.head_dim;
-        let mut layers = Vec::with_capacity(c.layers);
+        // Every layer needs at least its seven projections: never reserve more than the file has.
+        let mut layers = Vec::with_capacity(c.layers.min(file.tensors().len() / 7));
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let optional = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {

@@ -6,7 +6,7 @@
 //!
 //!   | mode | transformers |
 //!   |---|---|
-//!   | online (AutoBitLinear) | `F.linear(q/s, t/inv)`, inv = 1/max(β, 1e-5) |
+//!   | online (AutoBitLinear) | `F.linear(q/s, t/inv)`, inv = 1/max(β, 1e-5) (≈ β) |
 //!   | offline-multiply (AutoBitLinear) | `F.linear(q/s, t) * weight_scale` |
 //!   | offline-divide (BitLinear) | `F.linear(q, t) / (weight_scale · s)` |
 //!
@@ -38,6 +38,9 @@ pub struct BitLinear {
     pub mode: QuantMode,
     /// The checkpoint's scale: β for master weights, weight_scale for packed ones.
     pub source_scale: f32,
+    /// β as the converter writes it (`converters::weights::load_ternary`): the exact
+    /// arithmetic uses this very value, so it matches a GGUF's scale bit for bit.
+    pub beta: f32,
     pub arithmetic: Arithmetic,
     pub rows: usize,
     pub cols: usize,
@@ -62,19 +65,11 @@ impl BitLinear {
             codes_t: codes.t()?.contiguous()?,
             mode,
             source_scale: w.source_scale,
+            beta: w.beta,
             arithmetic,
             rows,
             cols,
         })
-    }
-
-    /// β such that W ≈ β · t, as the exact arithmetic uses it.
-    pub fn beta(&self) -> f32 {
-        match self.mode {
-            QuantMode::Online => 1.0 / ternary::weight_inverse_scale(self.source_scale),
-            QuantMode::OfflineMultiply => self.source_scale,
-            QuantMode::OfflineDivide => 1.0 / self.source_scale,
-        }
     }
 
     /// `[T, in]` → `[T, out]`.
@@ -94,7 +89,7 @@ impl BitLinear {
         let dequantised = || q.broadcast_div(&per_token(scales.clone())?);
         Ok(match (self.arithmetic, self.mode) {
             (Arithmetic::Exact, _) => {
-                let beta = self.beta();
+                let beta = self.beta;
                 q.matmul(&self.codes_t)?
                     .broadcast_mul(&per_token(scales.iter().map(|s| beta / s).collect())?)?
             }

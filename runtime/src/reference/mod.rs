@@ -18,7 +18,9 @@ use tern_converters::model::{Activation, ModelSpec, PROJECTIONS, Projection};
 use tern_formats::hf::HfCheckpoint;
 
 /// Receives intermediate values by name: `residual.{l}` (input of layer l; l = L is the last
-/// layer's output before the final norm) and `module.{hf module path}.out`.
+/// layer's output before the final norm), `module.{hf module path}.out` (plus the attention
+/// context before its sub-norm, `self_attn.context.out`, and the MLP's `act(gate)·up`,
+/// `mlp.act.out`), and the inputs of o_proj and down_proj (`….in`).
 pub type Tap<'a> = &'a mut dyn FnMut(&str, &Tensor);
 
 /// A tap that ignores everything.
@@ -206,6 +208,7 @@ impl Reference {
         let mask = Tensor::from_vec(mask, (1, t, total), &Device::Cpu)?;
         let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
         let ctx = probs.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((t, s.heads * s.head_dim))?;
+        tap(&p("context"), &ctx);
         let ctx = match &layer.attn_sub_norm {
             Some(n) => {
                 let y = n.forward(&ctx)?;
@@ -214,6 +217,7 @@ impl Reference {
             }
             None => ctx,
         };
+        tap(&format!("module.model.layers.{l}.self_attn.o_proj.in"), &ctx);
         let out = layer.projection(Projection::O).forward(&ctx)?;
         tap(&p("o_proj"), &out);
         Ok(out)
@@ -232,10 +236,12 @@ impl Reference {
             Activation::Silu => gate.silu()?,
         };
         let mut a = (act * up)?;
+        tap(&p("act"), &a);
         if let Some(n) = &layer.ffn_sub_norm {
             a = n.forward(&a)?;
             tap(&p("ffn_sub_norm"), &a);
         }
+        tap(&format!("module.model.layers.{l}.mlp.down_proj.in"), &a);
         let out = layer.projection(Projection::Down).forward(&a)?;
         tap(&p("down_proj"), &out);
         Ok(out)

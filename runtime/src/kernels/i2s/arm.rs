@@ -6,7 +6,7 @@
 
 use std::arch::aarch64::*;
 
-pub fn dot_neon(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+pub(super) fn dot_neon(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
     // SAFETY: only dispatched when NEON was detected.
     unsafe { dot_neon_impl(row, act) - act_sum }

@@ -28,6 +28,15 @@ fn dot_fn(isa: Isa) -> DotFn {
     }
 }
 
+/// Rows are whole 128-weight blocks (32 bytes each), and there is a whole number of them.
+fn check_rows(rows: &[u8], row_bytes: usize) {
+    assert!(
+        row_bytes > 0 && row_bytes.is_multiple_of(32),
+        "I2_S rows are whole 32-byte blocks, got {row_bytes} bytes"
+    );
+    assert_eq!(rows.len() % row_bytes, 0, "a partial row");
+}
+
 /// Σ t·q for one packed row. `act.len()` must equal the row's padded weight count
 /// (`row.len() * 4`); `act_sum` is Σ act.
 pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
@@ -38,6 +47,7 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 
 /// GEMV: `out[r] = Σ t[r]·q` for the consecutive rows of `rows` (each `row_bytes` long).
 pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
+    check_rows(rows, row_bytes);
     assert_eq!(rows.len(), out.len() * row_bytes);
     assert_eq!(act.len(), row_bytes * 4, "activations must cover the padded row");
     assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
@@ -50,10 +60,11 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
 /// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`. Each weight row is read once
 /// and stays in L1 while every token's activations stream past it.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    check_rows(rows, row_bytes);
     let k = row_bytes * 4;
     let tokens = act_sums.len();
     assert_eq!(acts.len(), tokens * k);
-    assert_eq!(rows.len() * tokens, out.len() * row_bytes);
+    assert_eq!(rows.len() / row_bytes * tokens, out.len(), "one output per row and token");
     assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
     let f = dot_fn(isa);
     for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens.max(1))) {

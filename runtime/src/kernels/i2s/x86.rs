@@ -9,7 +9,7 @@
 
 use std::arch::x86_64::*;
 
-pub fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+pub(super) fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
     // SAFETY: dispatch only hands out this function when AVX2 was detected (`Isa::supported`).
     unsafe { dot_avx2_impl(row, act) - act_sum }
@@ -52,7 +52,7 @@ fn hsum256(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-pub fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
     // SAFETY: only dispatched when AVX-512F/BW/VL and VNNI were detected.
     unsafe { dot_avx512vnni_impl(row, act) - act_sum }
