@@ -28,8 +28,10 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Layout of the ternary projections: i2_s (bitnet.cpp, 2 bits per weight), or f16 / f32
-    /// (dequantised β·t, for debugging and for tools without ternary kernels).
+    /// Layout of the ternary projections: i2_s (bitnet.cpp, 2 bits/weight), tl1 / tl2
+    /// (bitnet.cpp lookup-table layouts, 2 / 1.67 bits), tq1_0 / tq2_0 (llama.cpp, 1.69 / 2.06
+    /// bits), or f16 / f32 (dequantised β·t, for debugging and tools without ternary kernels).
+    /// Projections whose shape a layout cannot hold exactly are stored as i2_s, with a warning.
     #[arg(short = 't', long = "type", default_value = "i2_s", value_parser = parse_output_type)]
     pub out_type: OutputType,
     /// Type of the token embedding and of a separate lm_head.
@@ -58,7 +60,8 @@ pub struct Args {
 }
 
 fn parse_output_type(s: &str) -> Result<OutputType, String> {
-    OutputType::parse(s).ok_or_else(|| format!("unknown type {s:?} (supported: i2_s, f16, f32)"))
+    OutputType::parse(s)
+        .ok_or_else(|| format!("unknown type {s:?} (supported: i2_s, tl1, tl2, tq1_0, tq2_0, f16, f32)"))
 }
 
 pub fn run(args: Args) -> Result<()> {

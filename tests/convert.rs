@@ -11,7 +11,7 @@ fn i2s_codes(f: &GgufFile, name: &str) -> (Vec<i8>, f32) {
     let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
     assert_eq!(t.ty, TensorType::I2S);
     let (rows, cols) = t.rows_cols();
-    Layout::I2S.unpack(f.data(t), rows as usize, cols as usize).unwrap()
+    Layout::I2S.unpack(f.data(t), rows as usize, cols as usize, None).unwrap()
 }
 
 fn check_fixture(name: &str, layers: usize) {
@@ -175,4 +175,82 @@ fn inspect_describes_gguf_safetensors_and_folders() {
     assert!(text.contains("family bitnet-b1.58, online weights, activation relu2, lm_head tied"), "{text}");
     let text = tern_ok(&["inspect", out.to_str().unwrap()]);
     assert!(text.contains("I2_S") && text.contains("bits per weight"), "{text}");
+}
+
+/// Codes and β of every projection of a converted file, whatever its layout (tiles from
+/// `tern.tiles`, TQ's exact β from `tern.scale.*`, TL's β from its `_scale` tensor).
+fn projections(f: &GgufFile, layers: usize) -> Vec<(String, TensorType, Vec<i8>, f32)> {
+    let tiles = f.metadata().get("tern.tiles").and_then(|v| v.as_array()).map(|a| {
+        a.chunks_exact(5)
+            .map(|c| c.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    });
+    projection_names(layers)
+        .into_iter()
+        .map(|(name, _)| {
+            let t = f.tensor(&name).unwrap();
+            let (rows, cols) = t.rows_cols();
+            let (rows, cols) = (rows as usize, cols as usize);
+            let layout = t.ty.traits().layout.expect("a ternary layout");
+            let tile = tiles.as_ref().and_then(|ts| {
+                ts.iter().find(|r| r[0] == rows && r[1] == cols).map(|r| tern_formats::tiles::Tiles {
+                    rows: r[2],
+                    cols: r[3],
+                    sub_rows: r[4],
+                })
+            });
+            let (codes, mut beta) = layout.unpack(f.data(t), rows, cols, tile).unwrap();
+            if let Some(s) = f.tensor(&format!("{name}_scale")) {
+                let b = f32::from_le_bytes(f.data(s)[..4].try_into().unwrap());
+                assert_eq!(b, beta, "{name}: tail and _scale tensor agree");
+            }
+            if let Some(v) = f.metadata().get(&format!("tern.scale.{name}")) {
+                let exact = v.as_f64().unwrap() as f32;
+                assert_eq!(half::f16::from_f32(exact).to_f32(), beta, "{name}: block d is f16(β)");
+                beta = exact;
+            }
+            (name, t.ty, codes, beta)
+        })
+        .collect()
+}
+
+#[test]
+fn every_layout_stores_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (fixture, layers) in [("tiny/packed", 4), ("odd/bf16", 3)] {
+        let src = fixtures().join(fixture);
+        let base = tmp.path().join("i2_s.gguf");
+        convert(&src, &base, &["--force"]);
+        let reference = projections(&GgufFile::open(&base).unwrap(), layers);
+        for layout in ["tl1", "tl2", "tq1_0", "tq2_0"] {
+            let out = tmp.path().join(format!("{layout}.gguf"));
+            let res = tern(&[
+                "convert",
+                src.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--type",
+                layout,
+                "--force",
+                "--quiet",
+            ]);
+            assert!(res.status.success(), "{fixture} {layout}: {}", String::from_utf8_lossy(&res.stderr));
+            let f = GgufFile::open(&out).unwrap();
+            let got = projections(&f, layers);
+            let mut native = 0;
+            for ((name, ty, codes, beta), (_, _, want_codes, want_beta)) in got.iter().zip(&reference) {
+                assert!(codes == want_codes, "{fixture} {layout} {name}: codes differ from I2_S");
+                assert_eq!(beta, want_beta, "{fixture} {layout} {name}");
+                native += (ty.name().eq_ignore_ascii_case(layout)) as usize;
+            }
+            // Shapes the layout cannot hold fall back to I2_S, with a warning naming them.
+            let fell_back = got.len() - native;
+            assert_eq!(
+                fell_back > 0,
+                String::from_utf8_lossy(&res.stderr).contains("stored as I2_S instead"),
+                "{fixture} {layout}"
+            );
+            println!("{fixture} {layout}: {native} native, {fell_back} I2_S");
+        }
+    }
 }

@@ -3,14 +3,15 @@
 //! [`Plan::write`] streams the tensors one at a time (read → ternarise or unpack → pack → write).
 //! Peak memory is one tensor in a few forms, never the model.
 
-use crate::model::{ModelSpec, PROJECTIONS, Projection, QuantMode};
-use crate::weights::{TernaryWeight, load_ternary};
+use crate::model::{ModelSpec, PROJECTIONS, QuantMode};
+use crate::weights::load_ternary;
 use crate::{ConvertError, Result, tokenizer};
 use half::f16;
 use rayon::prelude::*;
 use std::io::Write;
-use tern_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value};
+use tern_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value, ValueType};
 use tern_formats::hf::HfCheckpoint;
+use tern_formats::tiles::Tiles;
 use tern_formats::{Layout, TensorType, i2s};
 
 /// What the ternary projections become.
@@ -76,8 +77,10 @@ impl Default for ConvertOptions {
 pub enum Source {
     /// A float tensor copied (converted to the spec's type).
     Float { hf: String },
-    /// A ternary projection.
-    Ternary { hf: String, rows: usize, cols: usize },
+    /// A ternary projection, packed in `layout` (None: dequantised to the entry's float type).
+    Ternary { hf: String, rows: usize, cols: usize, layout: Option<Layout>, tiles: Option<Tiles> },
+    /// The f32 scale of the ternary tensor just before (bitnet.cpp's `<name>_scale` tensor).
+    ScaleOfPrevious,
 }
 
 #[derive(Debug, Clone)]
@@ -153,16 +156,48 @@ impl Plan {
                 float(hf(n), gg("ffn_sub_norm"), TensorType::F32, vec![model.intermediate as u64])?;
             }
         }
+        // Each projection in the requested layout when its shape fits the layout exactly, else I2_S.
+        let mut fallbacks: Vec<String> = Vec::new();
+        let mut tile_table: Vec<(usize, usize, Tiles)> = Vec::new();
         for l in 0..model.layers {
             for p in PROJECTIONS {
                 let (rows, cols) = model.projection_shape(p);
-                let spec = TensorSpec {
-                    name: format!("blk.{l}.{}.weight", p.gguf_suffix()),
-                    ty: options.output.tensor_type(),
-                    dims: vec![cols as u64, rows as u64],
+                let name = format!("blk.{l}.{}.weight", p.gguf_suffix());
+                let (ty, layout, tiles) = match options.output {
+                    OutputType::Ternary(wanted) => match wanted.fit(rows, cols) {
+                        Some(tiles) => (wanted.tensor_type(), Some(wanted), tiles),
+                        None => {
+                            fallbacks.push(format!("{name} ({rows}x{cols})"));
+                            (TensorType::I2S, Some(Layout::I2S), None)
+                        }
+                    },
+                    other => (other.tensor_type(), None, None),
                 };
-                entries.push(entry(spec, Source::Ternary { hf: model.hf_projection(l, p), rows, cols })?);
+                if let Some(t) = tiles.filter(|_| !tile_table.iter().any(|&(r, c, _)| (r, c) == (rows, cols)))
+                {
+                    tile_table.push((rows, cols, t));
+                }
+                let spec = TensorSpec { name: name.clone(), ty, dims: vec![cols as u64, rows as u64] };
+                entries.push(entry(
+                    spec,
+                    Source::Ternary { hf: model.hf_projection(l, p), rows, cols, layout, tiles },
+                )?);
+                if layout.is_some_and(|l| l.traits().scale_tensor) {
+                    let spec =
+                        TensorSpec { name: format!("{name}_scale"), ty: TensorType::F32, dims: vec![1] };
+                    entries.push(entry(spec, Source::ScaleOfPrevious)?);
+                }
             }
+        }
+        if !fallbacks.is_empty() {
+            warnings.push(format!(
+                "{} of {} projections do not fit {}'s blocks or tiles exactly and are stored as I2_S instead (docs/formats.md): {}",
+                fallbacks.len(),
+                model.layers * PROJECTIONS.len(),
+                options.output.name(),
+                fallbacks.iter().take(6).cloned().collect::<Vec<_>>().join(", ")
+                    + if fallbacks.len() > 6 { ", …" } else { "" }
+            ));
         }
         // Keep the file in a readable order: embeddings and output first, then layer by layer.
         let layer_of = |e: &PlanEntry| -> usize {
@@ -174,13 +209,14 @@ impl Plan {
         };
         entries.sort_by_key(layer_of);
 
-        if options.output == OutputType::Ternary(Layout::I2S) {
-            let odd: Vec<String> = [Projection::Q, Projection::O, Projection::Down]
-                .iter()
-                .map(|&p| model.projection_shape(p).1)
-                .filter(|k| k % i2s::BLOCK != 0)
-                .map(|k| k.to_string())
-                .collect();
+        let mut odd: Vec<String> = entries
+            .iter()
+            .filter(|e| e.spec.ty == TensorType::I2S && !(e.spec.dims[0] as usize).is_multiple_of(i2s::BLOCK))
+            .map(|e| e.spec.dims[0].to_string())
+            .collect();
+        odd.sort();
+        odd.dedup();
+        {
             if !odd.is_empty() {
                 warnings.push(format!(
                     "row lengths {} are not multiples of 128: I2_S rows are padded with zero weights (tern-only; bitnet.cpp has no kernel for such shapes)",
@@ -195,6 +231,25 @@ impl Plan {
 
         let mut metadata = Metadata::default();
         model_metadata(&model, options, &mut metadata);
+        if entries.iter().any(|e| e.spec.ty == TensorType::I2S) {
+            metadata.set("tern.i2_s.layout", Value::String("x86-act-parallel-128".into()));
+        }
+        if !tile_table.is_empty() {
+            // (M, K, BM, BK, bm) per shape, like bitnet.cpp's kernel_config.ini.
+            let flat = tile_table.iter().flat_map(|&(m, k, t)| [m, k, t.rows, t.cols, t.sub_rows]);
+            metadata.set(
+                "tern.tiles",
+                Value::Array(ValueType::U32, flat.map(|v| Value::U32(v as u32)).collect()),
+            );
+        }
+        // TQ blocks carry an f16 scale; tern's runtime uses the exact f32 β, written here, so every
+        // layout computes the same numbers. Needs β before the header: one extra read pass.
+        for e in &entries {
+            if let Source::Ternary { hf, layout: Some(Layout::TQ1_0 | Layout::TQ2_0), .. } = &e.source {
+                let beta = crate::weights::beta(ckpt, hf, model.quant)?;
+                metadata.set(format!("tern.scale.{}", e.spec.name), Value::F32(beta));
+            }
+        }
         tokenizer::add_tokenizer(&ckpt.dir, model.vocab, model.bos, &model.eos, &mut metadata)?;
         Ok(Plan { model, options, metadata, entries, warnings })
     }
@@ -215,6 +270,7 @@ impl Plan {
         let specs = self.entries.iter().map(|e| e.spec.clone()).collect();
         let mut w = GgufWriter::new(out, &self.metadata, specs).map_err(io_err)?;
         let mut summary = ConvertSummary { tensors: self.entries.len(), ..Default::default() };
+        let mut last_beta = None;
         for e in &self.entries {
             let params: u64 = e.spec.dims.iter().product();
             summary.parameters += params;
@@ -224,11 +280,23 @@ impl Plan {
                     let t = ckpt.require(hf)?;
                     encode_float(&t.to_f32()?, e.spec.ty).map_err(|m| t.error(m))?
                 }
-                Source::Ternary { hf, rows, cols } => {
+                Source::Ternary { hf, rows, cols, layout, tiles } => {
                     summary.ternary_parameters += params;
                     summary.ternary_bytes += e.bytes;
                     let tw = load_ternary(ckpt, hf, *rows, *cols, self.model.quant)?;
-                    encode_ternary(&tw, self.options.output)
+                    last_beta = Some(tw.beta);
+                    match layout {
+                        Some(l) => l.pack(&tw.codes, tw.rows, tw.cols, tw.beta, *tiles),
+                        None => {
+                            let values: Vec<f32> = tw.codes.iter().map(|&t| t as f32 * tw.beta).collect();
+                            encode_float(&values, e.spec.ty).expect("β·t of a finite β always fits")
+                        }
+                    }
+                }
+                Source::ScaleOfPrevious => {
+                    let beta = last_beta.expect("a scale tensor follows its weight in the plan");
+                    summary.ternary_bytes += e.bytes;
+                    beta.to_le_bytes().to_vec()
                 }
             };
             w.write_tensor(&e.spec.name, &bytes).map_err(io_err)?;
@@ -266,16 +334,6 @@ fn encode_float(values: &[f32], ty: TensorType) -> Result<Vec<u8>, String> {
     }
 }
 
-fn encode_ternary(w: &TernaryWeight, output: OutputType) -> Vec<u8> {
-    match output {
-        OutputType::Ternary(layout) => layout.pack(&w.codes, w.rows, w.cols, w.beta),
-        OutputType::F32 | OutputType::F16 => {
-            let values: Vec<f32> = w.codes.iter().map(|&t| t as f32 * w.beta).collect();
-            encode_float(&values, output.tensor_type()).expect("β·t of a finite β always fits")
-        }
-    }
-}
-
 fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {
     let arch = m.gguf_arch();
     let u32v = |v: usize| Value::U32(v as u32);
@@ -304,7 +362,4 @@ fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {
     md.set("tern.source_quantization", Value::String(m.quant.name().into()));
     // q/k rows are written as in the HF checkpoint: RoPE pairs element j with j + head_dim/2.
     md.set("tern.rope.pairing", Value::String("half-split".into()));
-    if options.output == OutputType::Ternary(Layout::I2S) {
-        md.set("tern.i2_s.layout", Value::String("x86-act-parallel-128".into()));
-    }
 }

@@ -23,6 +23,30 @@ pub struct TernaryWeight {
     pub cols: usize,
 }
 
+/// β of projection `name` without ternarising it: absmean of the master weights, or from
+/// `weight_scale` (the same values [`load_ternary`] returns).
+pub fn beta(ckpt: &HfCheckpoint, name: &str, mode: QuantMode) -> Result<f32> {
+    if mode == QuantMode::Online {
+        return Ok(ternary::absmean(&ckpt.require(name)?.to_f32()?));
+    }
+    let (ws, _) = weight_scale(ckpt, name)?;
+    Ok(if mode == QuantMode::OfflineMultiply { ws } else { 1.0 / ws })
+}
+
+/// A packed projection's `weight_scale`, validated, and the tensor it came from.
+fn weight_scale(ckpt: &HfCheckpoint, name: &str) -> Result<(f32, String)> {
+    let scale_name = format!("{name}_scale");
+    let s = ckpt.require(&scale_name)?;
+    if s.info.elements() != 1 || s.info.shape.len() > 1 {
+        return Err(s.error(format!("shape {:?}, expected a single value ([] or [1])", s.info.shape)).into());
+    }
+    let ws = s.to_f32()?[0];
+    if ws <= 0.0 {
+        return Err(s.error(format!("weight_scale is {ws}; it must be positive")).into());
+    }
+    Ok((ws, scale_name))
+}
+
 /// Loads projection `name` (shape already checked by `ModelSpec`) as ternary codes + β.
 pub fn load_ternary(
     ckpt: &HfCheckpoint,
@@ -44,15 +68,7 @@ pub fn load_ternary(
     let codes = hf_packed::unpack(t.data(), rows / 4, cols).map_err(|(r, c)| {
         t.error(format!("packed code 3 (not a ternary value) for weight row {r}, column {c}"))
     })?;
-    let scale_name = format!("{}_scale", name);
-    let s = ckpt.require(&scale_name)?;
-    if s.info.elements() != 1 || s.info.shape.len() > 1 {
-        return Err(s.error(format!("shape {:?}, expected a single value ([] or [1])", s.info.shape)).into());
-    }
-    let ws = s.to_f32()?[0];
-    if ws <= 0.0 {
-        return Err(s.error(format!("weight_scale is {ws}; it must be positive")).into());
-    }
+    let (ws, _) = weight_scale(ckpt, name)?;
     let beta = match mode {
         QuantMode::OfflineMultiply => ws,
         _ => 1.0 / ws,

@@ -22,6 +22,11 @@ pub mod npy;
 pub mod safetensors_file;
 pub mod tensor_type;
 pub mod ternary;
+pub mod tiles;
+pub mod tl1;
+pub mod tl2;
+pub mod tq1_0;
+pub mod tq2_0;
 
 pub use error::{FormatError, Result};
 pub use layout::Layout;

@@ -79,11 +79,23 @@ pub const TYPES: &[TypeTraits] = &[
     TypeTraits { ty: TensorType::Q6K, id: 14, name: "Q6_K", size: blocks(256, 210), layout: None },
     TypeTraits { ty: TensorType::Q8K, id: 15, name: "Q8_K", size: blocks(256, 292), layout: None },
     TypeTraits { ty: TensorType::BF16, id: 30, name: "BF16", size: blocks(1, 2), layout: None },
-    TypeTraits { ty: TensorType::TQ1_0, id: 34, name: "TQ1_0", size: blocks(256, 54), layout: None },
-    TypeTraits { ty: TensorType::TQ2_0, id: 35, name: "TQ2_0", size: blocks(256, 66), layout: None },
+    TypeTraits {
+        ty: TensorType::TQ1_0,
+        id: 34,
+        name: "TQ1_0",
+        size: blocks(256, 54),
+        layout: Some(Layout::TQ1_0),
+    },
+    TypeTraits {
+        ty: TensorType::TQ2_0,
+        id: 35,
+        name: "TQ2_0",
+        size: blocks(256, 66),
+        layout: Some(Layout::TQ2_0),
+    },
     TypeTraits { ty: TensorType::I2S, id: 36, name: "I2_S", size: SizeRule::I2S, layout: Some(Layout::I2S) },
-    TypeTraits { ty: TensorType::TL1, id: 38, name: "TL1", size: SizeRule::TL1, layout: None },
-    TypeTraits { ty: TensorType::TL2, id: 39, name: "TL2", size: SizeRule::TL2, layout: None },
+    TypeTraits { ty: TensorType::TL1, id: 38, name: "TL1", size: SizeRule::TL1, layout: Some(Layout::TL1) },
+    TypeTraits { ty: TensorType::TL2, id: 39, name: "TL2", size: SizeRule::TL2, layout: Some(Layout::TL2) },
 ];
 
 impl TensorType {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use tern_formats::Layout;
+use tern_formats::tiles::{self, Tiles};
 
 /// The generator of `../shared/vectors/bitnet-cpp/README.md`.
 fn vector_codes(rows: usize, cols: usize, seed: u64) -> Vec<i8> {
@@ -23,27 +24,32 @@ fn generator_matches_the_documented_sanity_check() {
     assert_eq!(vector_codes(1, 8, 1), vec![-1, -1, 1, -1, -1, 1, 1, -1]);
 }
 
-/// Checks every I2_S case in `dir`; returns how many were checked.
+/// Checks every case in `dir` (I2_S, TL1, TL2); returns how many were checked.
 fn check_dir(dir: &Path) -> usize {
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let mut checked = 0;
     for case in cases.as_array().unwrap() {
-        let layout = Layout::from_name(case["layout"].as_str().unwrap());
-        let Some(layout) = layout else {
-            // TL1/TL2 arrive with the layouts issue; nothing is skipped silently.
-            println!("not yet covered: {}", case["file"]);
-            continue;
-        };
+        let file = case["file"].as_str().unwrap();
+        let layout = Layout::from_name(case["layout"].as_str().unwrap()).expect("known layout");
         let (m, k) = (case["M"].as_u64().unwrap() as usize, case["K"].as_u64().unwrap() as usize);
+        let tiles = case.get("BM").map(|_| Tiles {
+            rows: case["BM"].as_u64().unwrap() as usize,
+            cols: case["BK"].as_u64().unwrap() as usize,
+            sub_rows: case["bm"].as_u64().unwrap() as usize,
+        });
+        if let Some(t) = tiles {
+            tiles::check(layout, m, k, t).unwrap();
+        }
         let scale = case["scale"].as_f64().unwrap() as f32;
         let codes = vector_codes(m, k, case["seed"].as_u64().unwrap());
-        let expected = std::fs::read(dir.join(case["file"].as_str().unwrap())).unwrap();
-        let packed = layout.pack(&codes, m, k, scale);
-        assert_eq!(packed.len(), expected.len(), "{}", case["file"]);
-        assert!(packed == expected, "{}: bytes differ", case["file"]);
-        let (back, s) = layout.unpack(&expected, m, k).unwrap();
-        assert_eq!((back, s), (codes, scale), "{}", case["file"]);
+        let expected = std::fs::read(dir.join(file)).unwrap();
+        let packed = layout.pack(&codes, m, k, scale, tiles);
+        // TL files hold bitnet.cpp's payload only; tern appends the scale tail after it.
+        assert!(packed.len() >= expected.len(), "{file}");
+        assert!(packed[..expected.len()] == expected[..], "{file}: bytes differ");
+        let (back, s) = layout.unpack(&packed, m, k, tiles).unwrap();
+        assert_eq!((back, s), (codes, scale), "{file}");
         checked += 1;
     }
     checked
@@ -52,7 +58,7 @@ fn check_dir(dir: &Path) -> usize {
 #[test]
 fn committed_vectors() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    assert_eq!(check_dir(&dir), 1);
+    assert_eq!(check_dir(&dir), 4);
 }
 
 #[test]
@@ -62,5 +68,5 @@ fn shared_vectors() {
         println!("NOTICE: {} not found; shared bitnet.cpp vectors skipped", dir.display());
         return;
     }
-    assert!(check_dir(&dir) >= 2, "expected the shared I2_S vectors");
+    assert_eq!(check_dir(&dir), 7, "every shared vector (2 I2_S, 2 TL1, 3 TL2)");
 }
