@@ -13,7 +13,7 @@ semantics).
 
 How to run (from the repository root; about 6 s on 2 cores, most of it imports):
 
-    python3 scripts/make_fixtures.py            # rewrites tests/fixtures/{tokenizer,tiny,odd}
+    python3 scripts/make_fixtures.py            # rewrites tests/fixtures/{tokenizer,tiny,odd,wide}
     python3 scripts/make_fixtures.py --shape 2b4t --out /some/dir
         # only a bf16 random checkpoint with the real 2B-4T shape (4.8 GB,
         # streamed tensor by tensor: ~30 s, peak RSS ~0.9 GB), no golden data.
@@ -32,6 +32,17 @@ tests/fixtures/tokenizer/{tokenizer.json,tokenizer_config.json}   shared tokeniz
 tests/fixtures/<name>/<form>/                                       name in {tiny, odd}, form in {bf16, packed}
     config.json model.safetensors generation_config.json tokenizer.json tokenizer_config.json
     golden/golden.safetensors golden/golden.json
+tests/fixtures/wide/packed/                                         same files, packed form ONLY
+
+* wide   : hidden 256, intermediate 512, 2 layers, 4 heads (head_dim 64), 2 kv
+           heads, relu2, eps 1e-5, theta 500000, tied embeddings, vocab 400.
+           Every projection's row length (in_features: 256 or 512) is a
+           multiple of 256, so llama.cpp TQ1_0/TQ2_0 256-weight blocks and
+           bitnet.cpp TL2 (K >= 256) hold it natively. Its bf16 master is built
+           exactly like the others (same init scheme, seeded from "wide/<name>")
+           but only in a temporary folder, which is deleted; only packed/ and
+           its golden data are written (~1.3 MB). It is built after tiny/odd and
+           draws from its own generators, so it does not change them.
 
 * bf16   : bf16 master weights, quantization_config mode "online".
 * packed : projections packed with transformers.integrations.bitnet.pack_weights
@@ -250,6 +261,11 @@ FIXTURE_SPECS = {
     "odd": dict(hidden_size=96, intermediate_size=320, num_hidden_layers=3, num_attention_heads=3,
                 num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=10000.0,
                 max_position_embeddings=256, tie_word_embeddings=False),
+    # every projection row length (in_features) is a multiple of 256: llama.cpp TQ1_0/TQ2_0 blocks
+    # and bitnet.cpp TL2 (K >= 256) hold it natively. Packed form only (see build_all).
+    "wide": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0,
+                 max_position_embeddings=256, tie_word_embeddings=True),
     "2b4t": dict(hidden_size=2560, intermediate_size=6912, num_hidden_layers=30, num_attention_heads=20,
                  num_key_value_heads=5, rms_norm_eps=1e-5, rope_theta=500000.0,
                  max_position_embeddings=4096, tie_word_embeddings=True, vocab_size=128256),
@@ -620,6 +636,17 @@ def build_all():
         if fixture == "tiny":
             check_old_spelling_equivalent(bf16_dir, prompts[0])
         golden_for(fixture, "bf16", bf16_dir, prompts, tok, with_codes=(fixture == "tiny"), expect_codes=codes)
+        golden_for(fixture, "packed", packed_dir, prompts, tok, with_codes=False, expect_codes=codes)
+    # wide: packed form only (keeps the repository small); its bf16 master is derived the same way
+    # but written to a temporary folder and discarded.
+    for fixture in ("wide",):
+        root = os.path.join(FIXTURES, fixture)
+        if os.path.isdir(root):
+            shutil.rmtree(root)
+        packed_dir = os.path.join(root, "packed")
+        with tempfile.TemporaryDirectory(prefix=f"tern-{fixture}-bf16-") as bf16_dir:
+            build_bf16_checkpoint(fixture, bf16_dir, tok_dir)
+            codes = build_packed_checkpoint(fixture, bf16_dir, packed_dir)
         golden_for(fixture, "packed", packed_dir, prompts, tok, with_codes=False, expect_codes=codes)
     print(f"done in {time.time() - t_start:.1f}s")
 

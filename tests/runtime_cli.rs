@@ -227,3 +227,44 @@ fn logits_on_gguf_matches_transformers() {
     let r = tern_runtime::parity::compare_logits(&got, &expected, 400, 1e-2);
     assert!(r.rel_l2 < 2e-2 && r.top1_agree == r.top1_considered, "{r:?}");
 }
+
+#[test]
+fn verify_and_bench_work_for_every_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = fixtures().join("wide/packed");
+    for layout in ["i2_s", "tl1", "tl2", "tq1_0", "tq2_0"] {
+        let out = tmp.path().join(format!("wide-{layout}.gguf"));
+        convert(&reference, &out, &["--type", layout]);
+        let f = GgufFile::open(&out).unwrap();
+        assert!(
+            f.tensors()
+                .iter()
+                .filter(|t| t.ty.is_ternary())
+                .all(|t| t.ty.name().eq_ignore_ascii_case(layout))
+        );
+        let j: serde_json::Value = serde_json::from_str(&tern_ok(&[
+            "verify",
+            out.to_str().unwrap(),
+            "--reference",
+            reference.to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(j["pass"], true, "{layout}: {j}");
+        let b: serde_json::Value = serde_json::from_str(&tern_ok(&[
+            "bench",
+            out.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-t",
+            "1",
+            "-r",
+            "1",
+            "--json",
+        ]))
+        .unwrap();
+        assert_eq!(b["results"].as_array().unwrap().len(), 2, "{layout}");
+    }
+}

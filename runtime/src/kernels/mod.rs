@@ -3,8 +3,10 @@
 //!
 //! - [`act`]: per-token int8 activation quantisation (identical to the reference forward).
 //! - [`i2s`]: I2_S ternary × int8 dot products (GEMV for decode, GEMM for prompts).
+//! - [`layouts`]: the same exact dot for every ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0).
 //! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
 
 pub mod act;
 pub mod float;
 pub mod i2s;
+pub mod layouts;

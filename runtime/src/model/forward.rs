@@ -6,7 +6,7 @@
 
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
-use crate::kernels::{act, float, i2s};
+use crate::kernels::{act, float, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::Activation;
@@ -262,20 +262,19 @@ impl<'m> Session<'m> {
         if tokens == 0 {
             return Vec::new();
         }
-        let weights = self.model.ternary_rows(m);
+        let w = self.model.packed(m);
         let isa = self.isa;
-        // Row chunks: enough for every thread to get several, large enough to amortise the task.
-        let chunk_rows = (m.rows / (rayon::current_num_threads() * 4)).clamp(16, 256).min(m.rows);
+        // Row chunks: enough for every thread to get several, large enough to amortise the task,
+        // and whole row groups (tiled layouts store BM rows together).
+        let group = w.row_group();
+        let chunk_rows =
+            (m.rows / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows);
         let mut acc = vec![0i32; m.rows * tokens];
-        acc.par_chunks_mut(chunk_rows * tokens).zip(weights.par_chunks(chunk_rows * m.row_bytes)).for_each(
-            |(out, rows)| {
-                if tokens == 1 {
-                    i2s::gemv(isa, rows, m.row_bytes, &a.codes, a.sums[0], out);
-                } else {
-                    i2s::gemm(isa, rows, m.row_bytes, &a.codes, &a.sums, out);
-                }
-            },
-        );
+        acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
+            let r0 = i * chunk_rows;
+            let r1 = r0 + out.len() / tokens;
+            layouts::gemm_rows(isa, &w, r0, r1, &a.codes, &a.sums, out);
+        });
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];
         for r in 0..m.rows {

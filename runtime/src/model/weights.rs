@@ -5,28 +5,45 @@
 //! Weight bytes stay in the memory map; only norms (a few KB) are copied out.
 
 use super::config::ModelConfig;
+use crate::kernels::layouts::Packed;
 use crate::{Result, RuntimeError};
 use std::path::Path;
+use tern_formats::gguf::Metadata;
 use tern_formats::gguf::{GgufFile, TensorInfo};
-use tern_formats::{TensorType, i2s};
+use tern_formats::tiles::{self, Tiles};
+use tern_formats::{Layout, TensorType, i2s, tl1, tl2, tq1_0, tq2_0};
 
-/// A packed ternary matrix `[rows = out, cols = in]` inside the mapped file.
+/// The tiles `tern.tiles` records for an `m × k` matrix.
+fn tern_tiles(md: &Metadata, m: usize, k: usize) -> Option<Tiles> {
+    let table = md.get("tern.tiles")?.as_array()?;
+    table.chunks_exact(5).find_map(|r| {
+        let v: Vec<usize> = r.iter().map(|x| x.as_u64().map(|n| n as usize)).collect::<Option<_>>()?;
+        (v[0] == m && v[1] == k).then_some(Tiles { rows: v[2], cols: v[3], sub_rows: v[4] })
+    })
+}
+
+/// A packed ternary matrix `[rows = out, cols = in]` inside the mapped file, in any layout.
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix {
     pub name: String,
+    pub layout: Layout,
     pub rows: usize,
     pub cols: usize,
-    pub row_bytes: usize,
-    /// Byte offset of row 0 in the file.
+    pub tiles: Option<Tiles>,
+    /// Byte offset and size of the tensor's data in the file.
     pub offset: usize,
+    pub size: usize,
     /// β: W ≈ β · t.
     pub scale: f32,
 }
 
 impl TernaryMatrix {
-    /// Activations per row after padding to whole blocks.
+    /// Activations per row the kernels read (I2_S pads rows to whole 128-weight blocks).
     pub fn padded_cols(&self) -> usize {
-        self.row_bytes * 4
+        match self.layout {
+            Layout::I2S => i2s::row_bytes(self.cols) * 4,
+            _ => self.cols,
+        }
     }
 }
 
@@ -116,8 +133,15 @@ impl Model {
         &self.file.as_bytes()[offset..offset + len]
     }
 
-    pub fn ternary_rows(&self, m: &TernaryMatrix) -> &[u8] {
-        self.bytes(m.offset, m.rows * m.row_bytes)
+    /// A matrix's bytes with what the kernels need to read them.
+    pub fn packed(&self, m: &TernaryMatrix) -> Packed<'_> {
+        Packed {
+            layout: m.layout,
+            rows: m.rows,
+            cols: m.cols,
+            tiles: m.tiles,
+            bytes: self.bytes(m.offset, m.size),
+        }
     }
 
     pub fn float_row(&self, m: &FloatMatrix, row: usize) -> &[u8] {
@@ -130,7 +154,7 @@ impl Model {
             .layers
             .iter()
             .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .map(|m| (m.rows * m.row_bytes) as u64)
+            .map(|m| m.size as u64)
             .sum();
         ternary + (self.output.rows * self.output.row_bytes()) as u64
     }
@@ -181,26 +205,93 @@ impl Loader<'_> {
 
     fn ternary(&self, name: &str, rows: usize, cols: usize) -> Result<TernaryMatrix> {
         let t = self.info(name)?;
-        if t.ty != TensorType::I2S {
-            return Err(self.err(
-                name,
-                format!(
-                    "type {}: the runtime runs I2_S projections (TL1/TL2/TQ* come with the layouts work)",
-                    t.ty
-                ),
-            ));
-        }
+        let layout = t.ty.traits().layout.ok_or_else(|| {
+            self.err(name, format!("type {} is not a ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0)", t.ty))
+        })?;
         self.expect_dims(t, &[cols as u64, rows as u64])?;
         let data = self.file.data(t);
-        let scale = i2s::scale(data, rows, cols).ok_or_else(|| self.err(name, "no scale tail".into()))?;
+        let md = self.file.metadata();
+        let (tiles, scale) = match layout {
+            Layout::I2S => {
+                // A packed code of 3 is no ternary value: refuse the file rather than compute with it.
+                let body = rows * i2s::row_bytes(cols);
+                if let Some(pos) = data[..body].iter().position(|&b| (b & (b >> 1) & 0x55) != 0) {
+                    return Err(self.err(name, format!("byte {pos} holds the invalid code 3")));
+                }
+                (None, i2s::scale(data, rows, cols))
+            }
+            Layout::TQ1_0 | Layout::TQ2_0 => {
+                let block_bytes =
+                    if layout == Layout::TQ1_0 { tq1_0::BLOCK_BYTES } else { tq2_0::BLOCK_BYTES };
+                if layout == Layout::TQ2_0 {
+                    for (i, b) in data.chunks_exact(block_bytes).enumerate() {
+                        if b[..64].iter().any(|&x| (x & (x >> 1) & 0x55) != 0) {
+                            return Err(self.err(name, format!("block {i} holds the invalid code 3")));
+                        }
+                    }
+                }
+                let scale = match md.get_f64(&format!("tern.scale.{name}")) {
+                    Some(s) => s as f32,
+                    None => {
+                        // llama.cpp's files: one β per tensor shows as the same f16 d in every
+                        // non-zero block; per-block scales are not supported by this runtime.
+                        let ds: Vec<f32> = data
+                            .chunks_exact(block_bytes)
+                            .map(|b| {
+                                half::f16::from_le_bytes([b[block_bytes - 2], b[block_bytes - 1]]).to_f32()
+                            })
+                            .collect();
+                        let d = ds.iter().fold(0f32, |a, &b| a.max(b));
+                        if ds.iter().any(|&x| x != 0.0 && x != d) {
+                            return Err(self.err(
+                                name,
+                                "blocks have different scales; tern runs one scale per tensor".into(),
+                            ));
+                        }
+                        d
+                    }
+                };
+                (None, Some(scale))
+            }
+            Layout::TL1 | Layout::TL2 => {
+                let tiles = tern_tiles(md, rows, cols)
+                    .or_else(|| tiles::choose(layout, rows, cols))
+                    .ok_or_else(|| {
+                        self.err(name, format!("no tile parameters for a {rows}x{cols} {}", layout.name()))
+                    })?;
+                tiles::check(layout, rows, cols, tiles).map_err(|e| self.err(name, e))?;
+                let scale = match self.file.tensor(&format!("{name}_scale")) {
+                    Some(s) if s.ty == TensorType::F32 && s.size >= 4 => {
+                        let b = &self.file.data(s)[..4];
+                        Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    }
+                    _ => {
+                        let at = if layout == Layout::TL1 {
+                            tl1::payload_bytes(rows, cols)
+                        } else {
+                            tl2::scale_offset(rows, cols)
+                        };
+                        data.get(at..at + 4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    }
+                };
+                // Indices a packer never writes would decode to wrong weights: refuse them once.
+                layout.unpack(data, rows, cols, Some(tiles)).map_err(|e| self.err(name, e))?;
+                (Some(tiles), scale)
+            }
+        };
+        let scale = scale.ok_or_else(|| self.err(name, "no scale".into()))?;
         if !scale.is_finite() || scale < 0.0 {
             return Err(self.err(name, format!("scale is {scale}; it must be finite and non-negative")));
         }
-        let row_bytes = i2s::row_bytes(cols);
-        // A packed code of 3 is no ternary value: refuse the file rather than compute with it.
-        if let Some(pos) = data[..rows * row_bytes].iter().position(|&b| (b & (b >> 1) & 0x55) != 0) {
-            return Err(self.err(name, format!("byte {pos} holds the invalid code 3")));
-        }
-        Ok(TernaryMatrix { name: name.to_string(), rows, cols, row_bytes, offset: t.offset as usize, scale })
+        Ok(TernaryMatrix {
+            name: name.to_string(),
+            layout,
+            rows,
+            cols,
+            tiles,
+            offset: t.offset as usize,
+            size: t.size as usize,
+            scale,
+        })
     }
 }

@@ -157,9 +157,7 @@ impl Reference {
     /// `cache.len()..`: q/k/v BitLinear, RoPE, GQA causal attention, attn_sub_norm, o BitLinear.
     /// Appends this block's keys and values to `cache` (layer `l`).
     pub fn attention(&self, l: usize, h: &Tensor, cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
-        let s = &self.spec;
         let layer = &self.layers[l];
-        let (t, _) = h.dims2()?;
         let p = |name: &str| format!("module.model.layers.{l}.self_attn.{name}.out");
         let q = layer.projection(Projection::Q).forward(h)?;
         let k = layer.projection(Projection::K).forward(h)?;
@@ -167,6 +165,35 @@ impl Reference {
         tap(&p("q_proj"), &q);
         tap(&p("k_proj"), &k);
         tap(&p("v_proj"), &v);
+        let ctx = self.attention_core(l, q, k, v, cache)?;
+        tap(&p("context"), &ctx);
+        let ctx = match &layer.attn_sub_norm {
+            Some(n) => {
+                let y = n.forward(&ctx)?;
+                tap(&p("attn_sub_norm"), &y);
+                y
+            }
+            None => ctx,
+        };
+        tap(&format!("module.model.layers.{l}.self_attn.o_proj.in"), &ctx);
+        let out = layer.projection(Projection::O).forward(&ctx)?;
+        tap(&p("o_proj"), &out);
+        Ok(out)
+    }
+
+    /// The attention core of layer `l`: projected `q` `[T, heads·d]`, `k`, `v` `[T, kv·d]` at
+    /// positions `cache.len()..` → RoPE, cache append, GQA causal softmax attention → the context
+    /// `[T, heads·d]` (before attn_sub_norm).
+    pub fn attention_core(
+        &self,
+        l: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        let (t, _) = q.dims2()?;
         if cache.layers.len() <= l {
             cache.layers.resize_with(l + 1, || None);
         }
@@ -208,19 +235,7 @@ impl Reference {
         let mask = Tensor::from_vec(mask, (1, t, total), &Device::Cpu)?;
         let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
         let ctx = probs.matmul(&v)?.transpose(0, 1)?.contiguous()?.reshape((t, s.heads * s.head_dim))?;
-        tap(&p("context"), &ctx);
-        let ctx = match &layer.attn_sub_norm {
-            Some(n) => {
-                let y = n.forward(&ctx)?;
-                tap(&p("attn_sub_norm"), &y);
-                y
-            }
-            None => ctx,
-        };
-        tap(&format!("module.model.layers.{l}.self_attn.o_proj.in"), &ctx);
-        let out = layer.projection(Projection::O).forward(&ctx)?;
-        tap(&p("o_proj"), &out);
-        Ok(out)
+        Ok(ctx)
     }
 
     /// The MLP of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.

@@ -1,0 +1,230 @@
+//! Σ t·q for every ternary layout, over a range of rows of one matrix, dispatched by
+//! [`Layout`]. Every path computes the same exact integers as the I2_S kernels (tested in
+//! `tests/runtime.rs`: all layouts give bit-identical hidden states).
+//!
+//! - I2_S: `kernels::i2s` (scalar, AVX2, AVX-512 VNNI, NEON).
+//! - TQ2_0: scalar, and AVX2 (its 2-bit codes are I2_S's with the shift order reversed:
+//!   byte `qs[32h + m]` holds weights 128h + m + 32l in bits 2l..2l+1).
+//! - TQ1_0: scalar (base-3 digits decoded per block).
+//! - TL1, TL2: scalar, one row block (BM rows) at a time: decode the block's codes, then dot.
+//!   The lookup-table SIMD kernels are not written yet (docs/kernels.md).
+
+use crate::cpu::Isa;
+use crate::kernels::i2s;
+use tern_formats::tiles::Tiles;
+use tern_formats::{Layout, i2s as i2s_format, tl1, tl2, tq1_0, tq2_0};
+
+/// A ternary matrix's bytes with what is needed to read them.
+#[derive(Clone, Copy)]
+pub struct Packed<'a> {
+    pub layout: Layout,
+    pub rows: usize,
+    pub cols: usize,
+    pub tiles: Option<Tiles>,
+    /// The whole tensor's data.
+    pub bytes: &'a [u8],
+}
+
+impl Packed<'_> {
+    /// Rows stored together (the unit rows can be split at): BM for tiled layouts, else 1.
+    pub fn row_group(&self) -> usize {
+        self.tiles.map_or(1, |t| t.rows)
+    }
+
+    /// Activations per token the kernels read (I2_S rows are padded to 128-weight blocks).
+    pub fn padded_cols(&self) -> usize {
+        match self.layout {
+            Layout::I2S => i2s_format::row_bytes(self.cols) * 4,
+            _ => self.cols,
+        }
+    }
+}
+
+fn dot(codes: &[i8], act: &[i8]) -> i32 {
+    codes.iter().zip(act).map(|(&t, &q)| t as i32 * q as i32).sum()
+}
+
+/// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group;
+/// `acts` holds `tokens` rows of `padded_cols()` activations, `sums` their Σq).
+pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
+    let tokens = sums.len();
+    let k = w.padded_cols();
+    assert!(
+        r0 <= r1
+            && r1 <= w.rows
+            && r0.is_multiple_of(w.row_group())
+            && (r1.is_multiple_of(w.row_group()) || r1 == w.rows)
+    );
+    assert_eq!((acts.len(), out.len()), (tokens * k, (r1 - r0) * tokens));
+    match w.layout {
+        Layout::I2S => {
+            let rb = i2s_format::row_bytes(w.cols);
+            i2s::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
+        }
+        Layout::TQ2_0 => {
+            let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
+            for (r, o) in (r0..r1).zip(out.chunks_exact_mut(tokens)) {
+                let row = &w.bytes[r * rb..][..rb];
+                for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
+                    *slot = tq2_dot(isa, row, act, sum);
+                }
+            }
+        }
+        Layout::TQ1_0 => {
+            let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
+            let mut codes = vec![0i8; w.cols];
+            for (r, o) in (r0..r1).zip(out.chunks_exact_mut(tokens)) {
+                let row = &w.bytes[r * rb..][..rb];
+                for (block, dst) in
+                    row.chunks_exact(tq1_0::BLOCK_BYTES).zip(codes.chunks_exact_mut(tq1_0::BLOCK))
+                {
+                    tq1_0::decode_block(block, dst);
+                }
+                for (slot, act) in o.iter_mut().zip(acts.chunks_exact(k)) {
+                    *slot = dot(&codes, act);
+                }
+            }
+        }
+        Layout::TL1 | Layout::TL2 => {
+            let t = w.tiles.expect("tiled layouts carry tiles");
+            let mut codes = vec![0i8; t.rows * w.cols];
+            for i0 in r0 / t.rows..r1.div_ceil(t.rows) {
+                match w.layout {
+                    Layout::TL1 => tl1::decode_row_block(w.bytes, w.cols, t, i0, &mut codes),
+                    _ => tl2::decode_row_block(w.bytes, w.rows, w.cols, t, i0, &mut codes),
+                }
+                for (j, row) in codes.chunks_exact(w.cols).enumerate() {
+                    let r = i0 * t.rows + j;
+                    for (slot, act) in out[(r - r0) * tokens..][..tokens].iter_mut().zip(acts.chunks_exact(k))
+                    {
+                        *slot = dot(row, act);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Σ t·q over a TQ2_0 row (`act_sum` = Σq, used by the unsigned-code SIMD path).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn tq2_dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() => {
+            // SAFETY: AVX2 was detected (Isa::supported); lengths are checked inside.
+            unsafe { tq2_dot_avx2(row, act) - act_sum }
+        }
+        _ => tq2_dot_scalar(row, act),
+    }
+}
+
+pub fn tq2_dot_scalar(row: &[u8], act: &[i8]) -> i32 {
+    let mut codes = [0i8; tq2_0::BLOCK];
+    row.chunks_exact(tq2_0::BLOCK_BYTES)
+        .zip(act.chunks_exact(tq2_0::BLOCK))
+        .map(|(block, a)| {
+            // Code 3 never reaches a kernel: the loader rejects it.
+            tq2_0::decode_block(block, &mut codes).expect("validated at load");
+            dot(&codes, a)
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tq2_dot_avx2(row: &[u8], act: &[i8]) -> i32 {
+    use std::arch::x86_64::*;
+    assert_eq!(row.len() / tq2_0::BLOCK_BYTES * tq2_0::BLOCK, act.len());
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    for (b, block) in row.chunks_exact(tq2_0::BLOCK_BYTES).enumerate() {
+        for h in 0..2 {
+            // SAFETY: 32 bytes at block[32h] lie within the 66-byte block; 128 activations at
+            // act[256b + 128h] lie within act (length asserted above).
+            unsafe {
+                let packed = _mm256_loadu_si256(block.as_ptr().add(32 * h) as *const __m256i);
+                let q = act.as_ptr().add(tq2_0::BLOCK * b + 128 * h);
+                let c0 = _mm256_and_si256(packed, mask);
+                let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
+                let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+                let c3 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
+                let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(q as *const __m256i));
+                let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(q.add(32) as *const __m256i));
+                let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(q.add(64) as *const __m256i));
+                let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(q.add(96) as *const __m256i));
+                let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+            }
+        }
+    }
+    let lo = _mm256_castsi256_si128(acc);
+    let hi = _mm256_extracti128_si256(acc, 1);
+    let s = _mm_add_epi32(lo, hi);
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// Every layout's kernel equals the naive product of the codes it was packed from, on every
+    /// instruction set, for whole matrices and for row ranges.
+    #[test]
+    fn every_layout_computes_the_exact_product() {
+        for (m, k) in [(64usize, 256usize), (128, 512), (256, 288), (96, 768)] {
+            let mut r = stream(m as u64 * 31 + k as u64);
+            let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
+            let tokens = 3;
+            let acts: Vec<i8> = (0..tokens * k).map(|i| if i % 17 == 0 { -128 } else { r() as i8 }).collect();
+            let want: Vec<i32> = (0..m)
+                .flat_map(|row| {
+                    let c = &codes[row * k..][..k];
+                    acts.chunks_exact(k).map(move |a| dot(c, a)).collect::<Vec<_>>()
+                })
+                .collect();
+            for layout in [Layout::I2S, Layout::TL1, Layout::TL2, Layout::TQ1_0, Layout::TQ2_0] {
+                let Some(tiles) = layout.fit(m, k) else { continue };
+                let bytes = layout.pack(&codes, m, k, 1.0, tiles);
+                let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
+                let kp = w.padded_cols();
+                let mut padded = vec![0i8; tokens * kp];
+                for (dst, src) in padded.chunks_exact_mut(kp).zip(acts.chunks_exact(k)) {
+                    dst[..k].copy_from_slice(src);
+                }
+                let sums: Vec<i32> =
+                    acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
+                for isa in crate::cpu::available() {
+                    let mut out = vec![0; m * tokens];
+                    gemm_rows(isa, &w, 0, m, &padded, &sums, &mut out);
+                    assert_eq!(out, want, "{} {m}x{k} {}", layout.name(), isa.name());
+                    let g = w.row_group();
+                    if 2 * g > m {
+                        continue;
+                    }
+                    let mut part = vec![0; g * tokens];
+                    gemm_rows(isa, &w, g, 2 * g, &padded, &sums, &mut part);
+                    assert_eq!(
+                        part[..],
+                        want[g * tokens..2 * g * tokens],
+                        "{} rows {g}..{}",
+                        layout.name(),
+                        2 * g
+                    );
+                }
+            }
+        }
+    }
+}
