@@ -6,8 +6,9 @@
 //! - TQ2_0: scalar, and AVX2 (its 2-bit codes are I2_S's with the shift order reversed:
 //!   byte `qs[32h + m]` holds weights 128h + m + 32l in bits 2l..2l+1).
 //! - TQ1_0: scalar (base-3 digits decoded per block).
-//! - TL1, TL2: scalar, one row block (BM rows) at a time: decode the block's codes, then dot.
-//!   The lookup-table SIMD kernels are not written yet (docs/kernels.md).
+//! - TL1: AVX2 lookup-table kernel (bm = 32): per token, int16 tables of the 9 sums of each
+//!   activation pair, `pshufb` lookups for 16 rows at a time, int16 sums per K block — exact.
+//! - TL1 (bm = 64), TL2: scalar, one row block (BM rows) at a time: decode the codes, then dot.
 
 use crate::cpu::Isa;
 use crate::kernels::i2s;
@@ -85,6 +86,27 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, acts: &[i8], sums: 
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        Layout::TL1
+            if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni)
+                && isa.supported()
+                && w.tiles.is_some_and(|t| t.sub_rows == 32) =>
+        {
+            let t = w.tiles.expect("checked above");
+            let mut lut = vec![0u8; w.cols / 8 * 128];
+            let mut acc = vec![0i32; t.rows];
+            for (o_tok, act) in acts.chunks_exact(k).enumerate() {
+                tl1_tables(act, &mut lut);
+                for i0 in r0 / t.rows..r1.div_ceil(t.rows) {
+                    let block = &w.bytes[i0 * t.rows * w.cols / 4..][..t.rows * w.cols / 4];
+                    // SAFETY: AVX2 was detected; block and lut sizes follow the tiles (checked at load).
+                    unsafe { tl1_block_avx2(block, &lut, w.cols, t, &mut acc) };
+                    for (j, &v) in acc.iter().enumerate() {
+                        out[(i0 * t.rows + j - r0) * tokens + o_tok] = v;
+                    }
+                }
+            }
+        }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");
             let mut codes = vec![0i8; t.rows * w.cols];
@@ -99,6 +121,86 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, acts: &[i8], sums: 
                     {
                         *slot = dot(row, act);
                     }
+                }
+            }
+        }
+    }
+}
+
+/// TL1 lookup tables for one token, in the order the AVX2 kernel reads them: for each group of
+/// 8 columns (pairs P..P+3), 128 bytes = [low bytes of P | of P+2], [high bytes of P | of P+2],
+/// [low of P+1 | of P+3], [high of P+1 | of P+3], each half 16 entries: entry i = (i/3 − 1)·a₀ +
+/// (i%3 − 1)·a₁ for the pair's activations (i ≤ 8; the rest 0). Exact in int16 (|v| ≤ 256).
+#[cfg(target_arch = "x86_64")]
+fn tl1_tables(act: &[i8], lut: &mut [u8]) {
+    for (g, dst) in lut.chunks_exact_mut(128).enumerate() {
+        let pair = |p: usize, i: usize| -> i16 {
+            let (a0, a1) = (act[2 * p] as i16, act[2 * p + 1] as i16);
+            if i > 8 { 0 } else { (i as i16 / 3 - 1) * a0 + (i as i16 % 3 - 1) * a1 }
+        };
+        let p = 4 * g;
+        for (slot, (pa, pb)) in [(0usize, (p, p + 2)), (2, (p + 1, p + 3))] {
+            for i in 0..16 {
+                let (va, vb) = (pair(pa, i), pair(pb, i));
+                dst[slot * 32 + i] = va as u8;
+                dst[slot * 32 + 16 + i] = vb as u8;
+                dst[(slot + 1) * 32 + i] = (va >> 8) as u8;
+                dst[(slot + 1) * 32 + 16 + i] = (vb >> 8) as u8;
+            }
+        }
+    }
+}
+
+/// Σ t·q for the BM rows of one TL1 row block (bm = 32, so by = 8: each 32-byte load holds 16
+/// rows × 8 columns, the first 16 bytes columns c..c+4, the next 16 columns c+4..c+8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tl1_block_avx2(block: &[u8], lut: &[u8], k: usize, t: Tiles, acc: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let (bm_big, bk) = (t.rows, t.cols);
+    assert!(
+        t.sub_rows == 32 && block.len() == bm_big * k / 4 && lut.len() == k / 8 * 128 && acc.len() == bm_big
+    );
+    acc.fill(0);
+    let nib = _mm256_set1_epi8(0x0F);
+    let mut pos = 0;
+    for j0 in 0..k / bk {
+        for r0 in 0..bm_big / 32 {
+            // int16 partial sums of rows 0-15 and 16-31 of this sub-tile, low/high unpack halves;
+            // lane 0 and lane 1 hold different columns of the same rows.
+            let mut a = [_mm256_setzero_si256(); 4];
+            for j2 in 0..bk / 8 {
+                // SAFETY: tables for column group (j0·BK/8 + j2) lie in lut; 64 bytes of this
+                // (j0, r0, j2) lie in block (sizes asserted above).
+                unsafe {
+                    let tb = lut.as_ptr().add((j0 * bk / 8 + j2) * 128);
+                    let th_lo = _mm256_loadu_si256(tb as *const __m256i);
+                    let th_hi = _mm256_loadu_si256(tb.add(32) as *const __m256i);
+                    let tl_lo = _mm256_loadu_si256(tb.add(64) as *const __m256i);
+                    let tl_hi = _mm256_loadu_si256(tb.add(96) as *const __m256i);
+                    for half in 0..2 {
+                        let w = _mm256_loadu_si256(block.as_ptr().add(pos + 32 * half) as *const __m256i);
+                        let ih = _mm256_and_si256(_mm256_srli_epi16(w, 4), nib);
+                        let il = _mm256_and_si256(w, nib);
+                        for (idx, lo_t, hi_t) in [(ih, th_lo, th_hi), (il, tl_lo, tl_hi)] {
+                            let lo = _mm256_shuffle_epi8(lo_t, idx);
+                            let hi = _mm256_shuffle_epi8(hi_t, idx);
+                            a[2 * half] = _mm256_add_epi16(a[2 * half], _mm256_unpacklo_epi8(lo, hi));
+                            a[2 * half + 1] = _mm256_add_epi16(a[2 * half + 1], _mm256_unpackhi_epi8(lo, hi));
+                        }
+                    }
+                }
+                pos += 64;
+            }
+            // Widen: unpacklo covers bytes 0-7 (rows 0-7) of each lane, unpackhi rows 8-15;
+            // the two lanes are the same rows (different columns) and add up.
+            let mut tmp = [0i16; 16];
+            for (q, v) in a.iter().enumerate() {
+                // SAFETY: tmp holds 16 i16 = 32 bytes.
+                unsafe { _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, *v) };
+                let base = r0 * 32 + (q / 2) * 16 + (q % 2) * 8;
+                for i in 0..8 {
+                    acc[base + i] += tmp[i] as i32 + tmp[8 + i] as i32;
                 }
             }
         }
