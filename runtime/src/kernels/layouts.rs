@@ -8,7 +8,9 @@
 //! - TQ1_0: scalar (base-3 digits decoded per block).
 //! - TL1: AVX2 lookup-table kernel (bm = 32): per token, int16 tables of the 9 sums of each
 //!   activation pair, `pshufb` lookups for 16 rows at a time, int16 sums per K block — exact.
-//! - TL1 (bm = 64), TL2: scalar, one row block (BM rows) at a time: decode the codes, then dot.
+//! - TL2: AVX2 lookup-table kernel: int16 tables of the 14 triple magnitudes per token, the sign
+//!   plane turned into per-row masks, the pair tail through TL1-style tables — exact.
+//! - TL1 (bm = 64), and every layout without AVX2: scalar, one row block at a time.
 
 use crate::cpu::Isa;
 use crate::kernels::i2s;
@@ -101,6 +103,24 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, acts: &[i8], sums: 
                     let block = &w.bytes[i0 * t.rows * w.cols / 4..][..t.rows * w.cols / 4];
                     // SAFETY: AVX2 was detected; block and lut sizes follow the tiles (checked at load).
                     unsafe { tl1_block_avx2(block, &lut, w.cols, t, &mut acc) };
+                    for (j, &v) in acc.iter().enumerate() {
+                        out[(i0 * t.rows + j - r0) * tokens + o_tok] = v;
+                    }
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Layout::TL2 if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() => {
+            let t = w.tiles.expect("tiled layouts carry tiles");
+            let k3 = w.cols - w.cols % t.cols;
+            let mut tri = vec![0u8; k3 / 3 * 32];
+            let mut pairs = vec![0u8; (w.cols - k3) / 2 * 32];
+            let mut acc = vec![0i32; t.rows];
+            for (o_tok, act) in acts.chunks_exact(k).enumerate() {
+                tl2_tables(act, k3, &mut tri, &mut pairs);
+                for i0 in r0 / t.rows..r1.div_ceil(t.rows) {
+                    // SAFETY: AVX2 was detected; the planes' extents follow the tiles (checked at load).
+                    unsafe { tl2_block_avx2(w.bytes, w.rows, w.cols, t, i0, &tri, &pairs, &mut acc) };
                     for (j, &v) in acc.iter().enumerate() {
                         out[(i0 * t.rows + j - r0) * tokens + o_tok] = v;
                     }
@@ -207,6 +227,157 @@ unsafe fn tl1_block_avx2(block: &[u8], lut: &[u8], k: usize, t: Tiles, acc: &mut
     }
 }
 
+/// TL2 tables for one token: for each triple T of the first `k3` columns, 32 bytes = 16 low
+/// bytes and 16 high bytes of the int16 entries `lut[i] = Σ digits(i)·a` over the balanced-ternary
+/// digits of i = 9·w0 + 3·w1 + w2 (i ≤ 13; the rest 0); for each pair of the tail, TL1's table.
+#[cfg(target_arch = "x86_64")]
+fn tl2_tables(act: &[i8], k3: usize, tri: &mut [u8], pairs: &mut [u8]) {
+    for (tt, dst) in tri.chunks_exact_mut(32).enumerate() {
+        let a = &act[3 * tt..3 * tt + 3];
+        for i in 0..16 {
+            let v: i16 = if i > 13 {
+                0
+            } else {
+                let (mut rest, mut sum) = (i as i32, 0i32);
+                for j in (0..3).rev() {
+                    let digit = ((rest % 3) + 4) % 3 - 1;
+                    sum += digit * a[j] as i32;
+                    rest = (rest - digit) / 3;
+                }
+                sum as i16
+            };
+            dst[i] = v as u8;
+            dst[16 + i] = (v >> 8) as u8;
+        }
+    }
+    for (p, dst) in pairs.chunks_exact_mut(32).enumerate() {
+        let (a0, a1) = (act[k3 + 2 * p] as i16, act[k3 + 2 * p + 1] as i16);
+        for i in 0..16 {
+            let v = if i > 8 { 0 } else { (i as i16 / 3 - 1) * a0 + (i as i16 % 3 - 1) * a1 };
+            dst[i] = v as u8;
+            dst[16 + i] = (v >> 8) as u8;
+        }
+    }
+}
+
+/// Looks up 32 rows' int16 entries for the nibbles `idx` (one byte per row, in TL2's permuted
+/// order) in a 16-entry table broadcast to both lanes: returns (rows 0-15, rows 16-31).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn tl2_lookup(
+    idx: std::arch::x86_64::__m256i,
+    table: &[u8],
+) -> (std::arch::x86_64::__m256i, std::arch::x86_64::__m256i) {
+    use std::arch::x86_64::*;
+    // SAFETY: table holds 32 bytes (low plane, high plane).
+    let (lo_t, hi_t) = unsafe {
+        (
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i)),
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr().add(16) as *const __m128i)),
+        )
+    };
+    let lo = _mm256_shuffle_epi8(lo_t, idx);
+    let hi = _mm256_shuffle_epi8(hi_t, idx);
+    // Byte p of the load is row PERM[p/8]·8 + p%8: unpacking bytes 0-7 of each lane gives rows
+    // 0-7 then 8-15, bytes 8-15 give rows 16-23 then 24-31 — natural order.
+    (_mm256_unpacklo_epi8(lo, hi), _mm256_unpackhi_epi8(lo, hi))
+}
+
+/// Σ t·q for the BM rows of TL2 row block `i0` (bm = 32). Planes as in `formats::tl2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tl2_block_avx2(
+    bytes: &[u8],
+    m: usize,
+    k: usize,
+    t: Tiles,
+    i0: usize,
+    tri: &[u8],
+    pairs: &[u8],
+    acc: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let (bm_big, bk) = (t.rows, t.cols);
+    let k3 = k - k % bk;
+    let k2 = k % bk;
+    assert!(acc.len() == bm_big && tri.len() == k3 / 3 * 32 && pairs.len() == k2 / 2 * 32);
+    assert!(bytes.len() >= m * k3 / 6 + m * k3 / 24 + m * k2 / 4);
+    acc.fill(0);
+    let nib = _mm256_set1_epi8(0x0F);
+    let widen = |acc: &mut [i32], base: usize, v: __m256i| {
+        let mut tmp = [0i16; 16];
+        // SAFETY: tmp holds 32 bytes.
+        unsafe { _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, v) };
+        for (a, x) in acc[base..base + 16].iter_mut().zip(tmp) {
+            *a += x as i32;
+        }
+    };
+    let mut a_pos = i0 * bm_big * k3 / 6;
+    let mut s_pos = m * k3 / 6 + i0 * bm_big * k3 / 24;
+    for t0 in 0..k3 / bk {
+        for r0 in 0..bm_big / 32 {
+            let (mut lo_rows, mut hi_rows) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for g in 0..bk / 24 {
+                // SAFETY: 16 sign words of group g (32 bytes) lie in the S plane.
+                let words =
+                    unsafe { _mm256_loadu_si256(bytes.as_ptr().add(s_pos + 32 * g) as *const __m256i) };
+                for t2 in 0..4 {
+                    // 32 rows × 6 columns: the high nibble is triple 2·t2, the low one 2·t2 + 1
+                    // of this group of 8 triples.
+                    // SAFETY: the A plane holds these 32 bytes.
+                    let w = unsafe {
+                        _mm256_loadu_si256(bytes.as_ptr().add(a_pos + 32 * (4 * g + t2)) as *const __m256i)
+                    };
+                    for (tt, idx) in [
+                        (2 * t2, _mm256_and_si256(_mm256_srli_epi16(w, 4), nib)),
+                        (2 * t2 + 1, _mm256_and_si256(w, nib)),
+                    ] {
+                        let triple = (t0 * bk + 24 * g) / 3 + tt;
+                        let (v0, v1) = tl2_lookup(idx, &tri[32 * triple..][..32]);
+                        // Sign of triple tt: bit 15 − 2tt (rows 0-15) / 14 − 2tt (rows 16-31) of word u = row u.
+                        let m0 =
+                            _mm256_srai_epi16(_mm256_sll_epi16(words, _mm_cvtsi32_si128(2 * tt as i32)), 15);
+                        let m1 = _mm256_srai_epi16(
+                            _mm256_sll_epi16(words, _mm_cvtsi32_si128(2 * tt as i32 + 1)),
+                            15,
+                        );
+                        lo_rows = _mm256_add_epi16(lo_rows, _mm256_xor_si256(_mm256_add_epi16(v0, m0), m0));
+                        hi_rows = _mm256_add_epi16(hi_rows, _mm256_xor_si256(_mm256_add_epi16(v1, m1), m1));
+                    }
+                }
+            }
+            a_pos += 32 * bk / 6;
+            s_pos += 32 * bk / 24;
+            widen(acc, r0 * 32, lo_rows);
+            widen(acc, r0 * 32 + 16, hi_rows);
+        }
+    }
+    // The pair tail (K2 columns, TL1's code, 32-row chunks in the same permuted order).
+    let mut b_pos = m * k3 / 6 + m * k3 / 24 + i0 * bm_big * k2 / 4;
+    for j0 in 0..k2 / 32 {
+        for r0 in 0..bm_big / 32 {
+            let (mut lo_rows, mut hi_rows) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for j2 in 0..8 {
+                // SAFETY: the B plane holds these 32 bytes.
+                let w = unsafe { _mm256_loadu_si256(bytes.as_ptr().add(b_pos) as *const __m256i) };
+                b_pos += 32;
+                let pair = (j0 * 32 + j2 * 4) / 2;
+                for (p, idx) in [
+                    (pair, _mm256_and_si256(_mm256_srli_epi16(w, 4), nib)),
+                    (pair + 1, _mm256_and_si256(w, nib)),
+                ] {
+                    let (v0, v1) = tl2_lookup(idx, &pairs[32 * p..][..32]);
+                    lo_rows = _mm256_add_epi16(lo_rows, v0);
+                    hi_rows = _mm256_add_epi16(hi_rows, v1);
+                }
+            }
+            widen(acc, r0 * 32, lo_rows);
+            widen(acc, r0 * 32 + 16, hi_rows);
+        }
+    }
+}
+
 /// Σ t·q over a TQ2_0 row (`act_sum` = Σq, used by the unsigned-code SIMD path).
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn tq2_dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
@@ -286,7 +457,7 @@ mod tests {
     /// instruction set, for whole matrices and for row ranges.
     #[test]
     fn every_layout_computes_the_exact_product() {
-        for (m, k) in [(64usize, 256usize), (128, 512), (256, 288), (96, 768)] {
+        for (m, k) in [(64usize, 256usize), (128, 512), (256, 288), (96, 768), (64, 320), (32, 2560)] {
             let mut r = stream(m as u64 * 31 + k as u64);
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let tokens = 3;
