@@ -2,22 +2,11 @@
 //! `../shared/vectors/bitnet-cpp/cases.json` (when that folder is beside the checkout) and the
 //! committed copies in `tests/vectors/` (always).
 
+mod common;
+use common::vector_codes;
 use std::path::{Path, PathBuf};
 use tern_formats::Layout;
 use tern_formats::tiles::{self, Tiles};
-
-/// The generator of `../shared/vectors/bitnet-cpp/README.md`.
-fn vector_codes(rows: usize, cols: usize, seed: u64) -> Vec<i8> {
-    (0..(rows * cols) as u64)
-        .map(|i| {
-            let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(seed);
-            x ^= x >> 31;
-            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x ^= x >> 29;
-            (x % 3) as i8 - 1
-        })
-        .collect()
-}
 
 #[test]
 fn generator_matches_the_documented_sanity_check() {

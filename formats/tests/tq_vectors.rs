@@ -2,6 +2,7 @@
 //! (tests/fixtures/tq, scripts/make_tq_vectors.py): tern's packer reproduces them byte for byte
 //! on ternary inputs, and its decoder gives gguf-py's dequantised values on every case.
 
+mod common;
 use half::f16;
 use std::path::PathBuf;
 use tern_formats::{Layout, tq1_0, tq2_0};
@@ -10,17 +11,9 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tq")
 }
 
-/// The documented mixer: t = (x mod 3) − 1 for flat index i.
+/// The documented mixer, with the listed blocks forced to zero.
 fn codes(rows: usize, cols: usize, seed: u64, zero_blocks: &[(usize, usize)]) -> Vec<i8> {
-    let mut t: Vec<i8> = (0..(rows * cols) as u64)
-        .map(|i| {
-            let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(seed);
-            x ^= x >> 31;
-            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            x ^= x >> 29;
-            (x % 3) as i8 - 1
-        })
-        .collect();
+    let mut t = common::vector_codes(rows, cols, seed);
     for &(r, b) in zero_blocks {
         t[r * cols + b * 256..][..256].fill(0);
     }

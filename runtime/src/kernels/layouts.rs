@@ -431,12 +431,7 @@ unsafe fn tq2_dot_avx2(row: &[u8], act: &[i8]) -> i32 {
             }
         }
     }
-    let lo = _mm256_castsi256_si128(acc);
-    let hi = _mm256_extracti128_si256(acc, 1);
-    let s = _mm_add_epi32(lo, hi);
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-    _mm_cvtsi128_si32(s)
+    crate::kernels::i2s::x86::hsum256(acc)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 mod arm;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 use crate::cpu::Isa;
 

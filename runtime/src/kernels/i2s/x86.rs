@@ -42,8 +42,9 @@ unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
     hsum256(acc)
 }
 
+/// Sum of the eight i32 lanes.
 #[target_feature(enable = "avx2")]
-fn hsum256(v: __m256i) -> i32 {
+pub(crate) fn hsum256(v: __m256i) -> i32 {
     let lo = _mm256_castsi256_si128(v);
     let hi = _mm256_extracti128_si256(v, 1);
     let s = _mm_add_epi32(lo, hi);
