@@ -209,20 +209,19 @@ impl Plan {
         };
         entries.sort_by_key(layer_of);
 
-        let mut odd: Vec<String> = entries
+        let mut odd: Vec<u64> = entries
             .iter()
             .filter(|e| e.spec.ty == TensorType::I2S && !(e.spec.dims[0] as usize).is_multiple_of(i2s::BLOCK))
-            .map(|e| e.spec.dims[0].to_string())
+            .map(|e| e.spec.dims[0])
             .collect();
-        odd.sort();
+        odd.sort_unstable();
         odd.dedup();
-        {
-            if !odd.is_empty() {
-                warnings.push(format!(
-                    "row lengths {} are not multiples of 128: I2_S rows are padded with zero weights (tern-only; bitnet.cpp has no kernel for such shapes)",
-                    odd.join(", ")
-                ));
-            }
+        if !odd.is_empty() {
+            let odd: Vec<String> = odd.iter().map(u64::to_string).collect();
+            warnings.push(format!(
+                "row lengths {} are not multiples of 128: I2_S rows are padded with zero weights (tern-only; bitnet.cpp has no kernel for such shapes)",
+                odd.join(", ")
+            ));
         }
         if model.quant == QuantMode::Online && matches!(options.output, OutputType::F16) {
             warnings
