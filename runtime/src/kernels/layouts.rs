@@ -409,7 +409,6 @@ unsafe fn tq2_dot_avx2(row: &[u8], act: &[i8]) -> i32 {
     use std::arch::x86_64::*;
     assert_eq!(row.len() / tq2_0::BLOCK_BYTES * tq2_0::BLOCK, act.len());
     let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     for (b, block) in row.chunks_exact(tq2_0::BLOCK_BYTES).enumerate() {
         for h in 0..2 {
@@ -418,16 +417,10 @@ unsafe fn tq2_dot_avx2(row: &[u8], act: &[i8]) -> i32 {
             unsafe {
                 let packed = _mm256_loadu_si256(block.as_ptr().add(32 * h) as *const __m256i);
                 let q = act.as_ptr().add(tq2_0::BLOCK * b + 128 * h);
-                let c0 = _mm256_and_si256(packed, mask);
-                let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
-                let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-                let c3 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
-                let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(q as *const __m256i));
-                let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(q.add(32) as *const __m256i));
-                let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(q.add(64) as *const __m256i));
-                let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(q.add(96) as *const __m256i));
-                let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+                // TQ2_0: the I2_S codes with the shift order reversed.
+                let codes = [0, 2, 4, 6]
+                    .map(|shift| _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask));
+                acc = crate::kernels::i2s::x86::madd_codes4(acc, codes, q);
             }
         }
     }

@@ -18,7 +18,6 @@ pub(super) fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 #[target_feature(enable = "avx2")]
 unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
     let mask = _mm256_set1_epi8(3);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_si256();
     let (w, a) = (row.as_ptr(), act.as_ptr());
     for b in 0..row.len() / 32 {
@@ -27,19 +26,29 @@ unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
         unsafe {
             let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
             let q = a.add(128 * b);
-            let c0 = _mm256_and_si256(_mm256_srli_epi16(packed, 6), mask);
-            let c1 = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
-            let c2 = _mm256_and_si256(_mm256_srli_epi16(packed, 2), mask);
-            let c3 = _mm256_and_si256(packed, mask);
-            let p0 = _mm256_maddubs_epi16(c0, _mm256_loadu_si256(q as *const __m256i));
-            let p1 = _mm256_maddubs_epi16(c1, _mm256_loadu_si256(q.add(32) as *const __m256i));
-            let p2 = _mm256_maddubs_epi16(c2, _mm256_loadu_si256(q.add(64) as *const __m256i));
-            let p3 = _mm256_maddubs_epi16(c3, _mm256_loadu_si256(q.add(96) as *const __m256i));
-            let s = _mm256_add_epi16(_mm256_add_epi16(p0, p1), _mm256_add_epi16(p2, p3));
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+            // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
+            let codes = [6, 4, 2, 0]
+                .map(|shift| _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask));
+            acc = madd_codes4(acc, codes, q);
         }
     }
     hsum256(acc)
+}
+
+/// `acc + Σ codes[i]·q[32i..32i+32]` for four vectors of 32 unsigned codes (0..2) against the
+/// 128 activations at `q`: `maddubs` pairs (≤ 512 in magnitude), the four summed in i16
+/// (≤ 2048), then `madd` with ones into the i32 lanes. Shared by the I2_S and TQ2_0 kernels.
+///
+/// # Safety
+/// `q` must point to 128 readable bytes; the CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn madd_codes4(acc: __m256i, codes: [__m256i; 4], q: *const i8) -> __m256i {
+    // SAFETY: the caller guarantees q[0..128] is readable.
+    let p = |i: usize| unsafe {
+        _mm256_maddubs_epi16(codes[i], _mm256_loadu_si256(q.add(32 * i) as *const __m256i))
+    };
+    let s = _mm256_add_epi16(_mm256_add_epi16(p(0), p(1)), _mm256_add_epi16(p(2), p(3)));
+    _mm256_add_epi32(acc, _mm256_madd_epi16(s, _mm256_set1_epi16(1)))
 }
 
 /// Sum of the eight i32 lanes.
