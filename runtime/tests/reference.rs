@@ -56,6 +56,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 /// arithmetics (transformers' float order, and the exact-integer form verify uses).
 #[test]
 fn every_module_matches_transformers_strictly() {
+    let mut worst = 0f64;
     for (form, arithmetic) in
         FORMS.iter().flat_map(|f| [(*f, Arithmetic::Transformers), (*f, Arithmetic::Exact)])
     {
@@ -96,6 +97,7 @@ fn every_module_matches_transformers_strictly() {
                             g.tensor(&format!("module.model.layers.{l}.self_attn.attn_sub_norm.in"));
                         let r = rel(&context, &expected);
                         assert!(r <= 1e-5, "{form} {arithmetic:?}: layer {l} attention core rel-L2 {r:.3e}");
+                        worst = worst.max(r);
                         checked += 1;
                         continue;
                     }
@@ -111,11 +113,13 @@ fn every_module_matches_transformers_strictly() {
             };
             let r = rel(&got, &expected);
             assert!(r <= 1e-5, "{form} {arithmetic:?}: {path} rel-L2 {r:.3e}");
+            worst = worst.max(r);
             checked += 1;
         }
         // 12 modules per layer (7 projections, 4 norms, attention) plus the final norm.
         assert_eq!(checked, 12 * model.spec.layers + 1, "{form}");
     }
+    println!("modules: worst rel-L2 {worst:.2e}");
 }
 
 /// Layer l fed transformers' residual[l] gives residual[l+1]: within 1e-4 for most layers; int8
@@ -144,6 +148,19 @@ fn every_layer_matches_transformers_when_teacher_forced() {
     assert!(tight * 10 >= total * 8, "only {tight}/{total} layers within 1e-4");
 }
 
+/// The end-to-end comparison of a model's logits with transformers' for every golden prompt.
+fn golden_reports(model: &Reference, g: &Golden) -> Vec<tern_runtime::parity::LogitsReport> {
+    g.prompts()
+        .iter()
+        .enumerate()
+        .map(|(p, tokens)| {
+            let expected = values(&g.tensor(&format!("logits.{p}")));
+            let got = model.prompt_logits(tokens).unwrap();
+            compare_logits(&got, &expected, model.spec.vocab, Thresholds::default().min_gap)
+        })
+        .collect()
+}
+
 /// End to end: logits of every prompt within the reference tolerances, for every fixture form.
 #[test]
 fn logits_match_transformers_end_to_end() {
@@ -151,16 +168,7 @@ fn logits_match_transformers_end_to_end() {
         let dir = fixture(form);
         let model = Reference::load(&dir).unwrap();
         let g = Golden::open(&dir);
-        let reports: Vec<_> = g
-            .prompts()
-            .iter()
-            .enumerate()
-            .map(|(p, tokens)| {
-                let expected = values(&g.tensor(&format!("logits.{p}")));
-                let got = model.prompt_logits(tokens).unwrap();
-                compare_logits(&got, &expected, model.spec.vocab, Thresholds::default().min_gap)
-            })
-            .collect();
+        let reports = golden_reports(&model, &g);
         for (p, r) in reports.iter().enumerate() {
             println!(
                 "{form} prompt {p}: rel-L2 {:.2e}, max abs {:.2e}, top-1 {}/{}",
@@ -259,15 +267,7 @@ fn end_to_end_check_rejects_a_one_percent_scale_error() {
 
     let model = Reference::load(&dir).unwrap();
     let g = Golden::open(&src);
-    let reports: Vec<_> = g
-        .prompts()
-        .iter()
-        .enumerate()
-        .map(|(p, tokens)| {
-            let expected = values(&g.tensor(&format!("logits.{p}")));
-            compare_logits(&model.prompt_logits(tokens).unwrap(), &expected, model.spec.vocab, 1e-2)
-        })
-        .collect();
+    let reports = golden_reports(&model, &g);
     std::fs::remove_dir_all(&tmp).unwrap();
     let failure = Thresholds::default().failure(&reports);
     println!("perturbed: {failure:?}");
