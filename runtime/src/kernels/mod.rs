@@ -10,3 +10,7 @@ pub mod act;
 pub mod float;
 pub mod i2s;
 pub mod layouts;
+pub mod tl1;
+pub mod tl2;
+pub mod tq1_0;
+pub mod tq2_0;

@@ -29,6 +29,9 @@ struct QuantBatch {
     scales: Vec<f32>,
     sums: Vec<i32>,
     padded: usize,
+    /// Lookup tables built from these activations, kept for the next matrix of the same kind
+    /// (q/k/v and gate/up read one input).
+    tables: Vec<layouts::Tables>,
 }
 
 impl QuantBatch {
@@ -42,7 +45,27 @@ impl QuantBatch {
             scales.push(s);
             sums.push(sum);
         }
-        QuantBatch { codes, scales, sums, padded }
+        QuantBatch { codes, scales, sums, padded, tables: Vec::new() }
+    }
+
+    /// The same codes with each token padded to `padded` instead (the first `width` are real).
+    fn repad(&self, width: usize, padded: usize) -> QuantBatch {
+        let mut codes = vec![0i8; self.tokens() * padded];
+        for (dst, src) in codes.chunks_exact_mut(padded).zip(self.codes.chunks_exact(self.padded)) {
+            dst[..width].copy_from_slice(&src[..width]);
+        }
+        QuantBatch { codes, scales: self.scales.clone(), sums: self.sums.clone(), padded, tables: Vec::new() }
+    }
+
+    /// The tables of kind `key` over these activations, built on first use.
+    fn tables(&mut self, key: layouts::TableKey) -> &layouts::Tables {
+        match self.tables.iter().position(|t| t.key == key) {
+            Some(i) => &self.tables[i],
+            None => {
+                self.tables.push(layouts::Tables::build(key, &self.codes, self.padded));
+                self.tables.last().expect("just pushed")
+            }
+        }
     }
 
     fn tokens(&self) -> usize {
@@ -192,10 +215,10 @@ impl<'m> Session<'m> {
             )));
         }
         // q, k and v share one quantised input.
-        let qa = QuantBatch::new(h, c.hidden, layer.q.padded_cols());
-        let q = self.bitlinear(&layer.q, &qa);
-        let k = self.bitlinear(&layer.k, &qa);
-        let v = self.bitlinear(&layer.v, &qa);
+        let mut qa = QuantBatch::new(h, c.hidden, layer.q.padded_cols());
+        let q = self.bitlinear(&layer.q, &mut qa);
+        let k = self.bitlinear(&layer.k, &mut qa);
+        let v = self.bitlinear(&layer.v, &mut qa);
         let mut ctx = self.attend(l, q, k, &v)?;
         if let Some(w) = &layer.attn_sub_norm {
             ctx = rms_norm(&ctx, w, c.rms_eps);
@@ -240,9 +263,9 @@ impl<'m> Session<'m> {
         let c = &self.model.config;
         let layer: &Layer = &self.model.layers[l];
         // gate and up share one quantised input.
-        let ga = QuantBatch::new(h, c.hidden, layer.gate.padded_cols());
-        let gate = self.bitlinear(&layer.gate, &ga);
-        let up = self.bitlinear(&layer.up, &ga);
+        let mut ga = QuantBatch::new(h, c.hidden, layer.gate.padded_cols());
+        let gate = self.bitlinear(&layer.gate, &mut ga);
+        let up = self.bitlinear(&layer.up, &mut ga);
         let mut a = self.activate(&gate, &up);
         if let Some(w) = &layer.ffn_sub_norm {
             a = rms_norm(&a, w, c.rms_eps);
@@ -252,18 +275,29 @@ impl<'m> Session<'m> {
 
     /// One BitLinear: `x` `[T, cols]` → `[T, rows]` (quantise per token, integer GEMM, × β/s).
     pub fn project(&self, m: &TernaryMatrix, x: &[f32]) -> Vec<f32> {
-        self.bitlinear(m, &QuantBatch::new(x, m.cols, m.padded_cols()))
+        self.bitlinear(m, &mut QuantBatch::new(x, m.cols, m.padded_cols()))
     }
 
     /// `[T, cols]` quantised → `[T, rows]` f32: exact integer dots, then × β / s per token.
-    fn bitlinear(&self, m: &TernaryMatrix, a: &QuantBatch) -> Vec<f32> {
-        debug_assert_eq!(a.padded, m.padded_cols());
+    fn bitlinear(&self, m: &TernaryMatrix, a: &mut QuantBatch) -> Vec<f32> {
+        if a.padded != m.padded_cols() {
+            // Matrices sharing an input can differ in padding when the converter fell back to
+            // I2_S (128-weight blocks) for some of them: re-pad the same codes for this one.
+            let mut repadded = a.repad(m.cols, m.padded_cols());
+            return self.bitlinear(m, &mut repadded);
+        }
         let tokens = a.tokens();
         if tokens == 0 {
             return Vec::new();
         }
         let w = self.model.packed(m);
         let isa = self.isa;
+        // Lookup-table layouts: tables built once per input, shared by threads and matrices.
+        if let Some(key) = w.table_key() {
+            a.tables(key);
+        }
+        let a = &*a;
+        let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together).
         let group = w.row_group();
@@ -273,7 +307,8 @@ impl<'m> Session<'m> {
         acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
             let r0 = i * chunk_rows;
             let r1 = r0 + out.len() / tokens;
-            layouts::gemm_rows(isa, &w, r0, r1, &a.codes, &a.sums, out);
+            let acts = layouts::Acts { codes: &a.codes, sums: &a.sums, tables };
+            layouts::gemm_rows(isa, &w, r0, r1, acts, out);
         });
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];

@@ -1,0 +1,108 @@
+//! TQ2_0 row dots (llama.cpp's 2-bit layout, `formats::tq2_0`): Σ t·q over one packed row.
+//!
+//! Each 256-weight block holds `qs[64]` then an f16 `d` the kernels ignore (tern's TQ files carry
+//! one exact per-tensor β). Byte `qs[32h + m]` holds weights 128h + m + 32l in bits 2l..2l+1 as
+//! the unsigned code t + 1 — I2_S's codes with the shift order reversed — so the SIMD variants
+//! multiply unsigned codes by the activations (`maddubs` / `smull`) and subtract Σq once.
+//!
+//! Variants: scalar (decodes each block), AVX2, NEON; all exact, tested against each other.
+
+use crate::cpu::Isa;
+use tern_formats::tq2_0::{BLOCK, BLOCK_BYTES};
+
+/// Σ t·q over a TQ2_0 row (`act_sum` = Σq, used by the unsigned-code SIMD paths).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(unused_variables))]
+pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
+    assert_eq!(row.len() / BLOCK_BYTES * BLOCK, act.len(), "activations must cover the row");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() => {
+            // SAFETY: AVX2 was detected (Isa::supported); lengths checked above.
+            unsafe { x86::dot_avx2(row, act) - act_sum }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.supported() => {
+            // SAFETY: NEON was detected; lengths checked above.
+            unsafe { arm::dot_neon(row, act) - act_sum }
+        }
+        _ => dot_scalar(row, act),
+    }
+}
+
+pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {
+    let mut codes = [0i8; BLOCK];
+    row.chunks_exact(BLOCK_BYTES)
+        .zip(act.chunks_exact(BLOCK))
+        .map(|(block, a)| {
+            // Code 3 never reaches a kernel: the loader rejects it.
+            tern_formats::tq2_0::decode_block(block, &mut codes).expect("validated at load");
+            codes.iter().zip(a).map(|(&t, &q)| t as i32 * q as i32).sum::<i32>()
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BLOCK, BLOCK_BYTES};
+    use std::arch::x86_64::*;
+
+    /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_avx2(row: &[u8], act: &[i8]) -> i32 {
+        let mask = _mm256_set1_epi8(3);
+        let mut acc = _mm256_setzero_si256();
+        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            for h in 0..2 {
+                // SAFETY: 32 bytes at block[32h] lie within the 66-byte block; 128 activations
+                // at act[256b + 128h] lie within act (the caller checked the lengths).
+                unsafe {
+                    let packed = _mm256_loadu_si256(block.as_ptr().add(32 * h) as *const __m256i);
+                    let q = act.as_ptr().add(BLOCK * b + 128 * h);
+                    let codes = [0, 2, 4, 6].map(|shift| {
+                        _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask)
+                    });
+                    acc = crate::kernels::i2s::x86::madd_codes4(acc, codes, q);
+                }
+            }
+        }
+        crate::kernels::i2s::x86::hsum256(acc)
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{BLOCK, BLOCK_BYTES};
+    use std::arch::aarch64::*;
+
+    /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn dot_neon(row: &[u8], act: &[i8]) -> i32 {
+        let mask = vdupq_n_u8(3);
+        let mut acc = vdupq_n_s32(0);
+        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            for h in 0..2 {
+                for m0 in [0, 16] {
+                    // SAFETY: 16 bytes at block[32h + m0] lie within the block; activations
+                    // 256b + 128h + 32l + m0 .. +16 lie within act.
+                    unsafe {
+                        let packed = vld1q_u8(block.as_ptr().add(32 * h + m0));
+                        let q = act.as_ptr().add(BLOCK * b + 128 * h + m0);
+                        let codes = [
+                            vandq_u8(packed, mask),
+                            vandq_u8(vshrq_n_u8(packed, 2), mask),
+                            vandq_u8(vshrq_n_u8(packed, 4), mask),
+                            vshrq_n_u8(packed, 6),
+                        ];
+                        for (l, c) in codes.into_iter().enumerate() {
+                            let c = vreinterpretq_s8_u8(c);
+                            let x = vld1q_s8(q.add(32 * l));
+                            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(c), vget_low_s8(x)));
+                            acc = vpadalq_s16(acc, vmull_high_s8(c, x));
+                        }
+                    }
+                }
+            }
+        }
+        vaddvq_s32(acc)
+    }
+}
