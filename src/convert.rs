@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tern_converters::output::AtomicFile;
-use tern_converters::{ConvertOptions, ConvertSummary, OutputType, Plan};
+use tern_converters::{Compat, ConvertOptions, ConvertSummary, OutputType, Plan};
 use tern_formats::TensorType;
 use tern_formats::hf::HfCheckpoint;
 
@@ -34,6 +34,11 @@ pub struct Args {
     /// Projections whose shape a layout cannot hold exactly are stored as i2_s, with a warning.
     #[arg(short = 't', long = "type", default_value = "i2_s", value_parser = parse_output_type)]
     pub out_type: OutputType,
+    /// Which engines the file must load in: tern (any shape: tensors a layout cannot hold are
+    /// stored as i2_s, i2_s rows padded with zero weights) or bitnet.cpp (i2_s/tl1/tl2 only,
+    /// rows of whole 128-weight blocks, a warning for TL tiles bitnet.cpp ships no kernels for).
+    #[arg(long, default_value = "tern", value_parser = ["tern", "bitnet.cpp"])]
+    pub compat: String,
     /// Type of the token embedding and of a separate lm_head.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     pub embed_type: String,
@@ -75,6 +80,7 @@ fn convert(args: &Args) -> Result<()> {
     let options = ConvertOptions {
         output: args.out_type,
         embed_type: if args.embed_type == "f32" { TensorType::F32 } else { TensorType::F16 },
+        compat: Compat::parse(&args.compat).expect("clap checked the value"),
     };
     let plan = Plan::new(&ckpt, options)?;
     for w in &plan.warnings {

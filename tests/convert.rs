@@ -254,3 +254,47 @@ fn every_layout_stores_the_same_weights() {
         }
     }
 }
+
+/// `--compat bitnet.cpp` refuses what bitnet.cpp cannot load (llama.cpp's types, padded I2_S
+/// rows) with exit 2 and no output, and warns about TL tiles bitnet.cpp has no kernels for.
+#[test]
+fn compat_bitnet_cpp_refuses_what_bitnet_cpp_cannot_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.gguf");
+    let odd = fixtures().join("odd/bf16");
+    let o = |ty: &str| out.to_str().map(|p| (p.to_string(), ty.to_string())).unwrap();
+    for (ty, needle) in [
+        ("tq2_0", "tq2_0 is llama.cpp's"),
+        ("i2_s", "blk.0.attn_q.weight (96x96)"),
+        ("tl2", "128-weight blocks"),
+    ] {
+        let (path, ty) = o(ty);
+        let r =
+            tern(&["convert", odd.to_str().unwrap(), "-o", &path, "--type", &ty, "--compat", "bitnet.cpp"]);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{ty}: {err}");
+        assert!(err.contains(needle) && err.contains("odd/bf16"), "{ty}: {err}");
+        assert!(!out.exists() && std::fs::read_dir(tmp.path()).unwrap().count() == 0, "{ty} left output");
+    }
+    // Whole 128-weight rows: TL2 is written, with the tiles bitnet.cpp would need kernels for.
+    let wide = fixtures().join("wide/packed");
+    let r = tern(&[
+        "convert",
+        wide.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--type",
+        "tl2",
+        "--compat",
+        "bitnet.cpp",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("256x256: BM=256 BK=96 bm=32"), "{err}");
+    let f = GgufFile::open(&out).unwrap();
+    assert!(f.tensors().iter().any(|t| t.ty == TensorType::TL2));
+    assert!(f.tensors().iter().all(|t| t.ty != TensorType::I2S || t.rows_cols().1 % 128 == 0));
+    // The default (tern) pads the same odd rows instead of refusing.
+    let r = tern(&["convert", odd.to_str().unwrap(), "-o", tmp.path().join("t.gguf").to_str().unwrap()]);
+    assert!(r.status.success() && String::from_utf8_lossy(&r.stderr).contains("padded with zero weights"));
+}

@@ -60,16 +60,50 @@ impl OutputType {
     }
 }
 
+/// Which engines the output must load in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    /// tern's own rules: any shape (tensors a layout cannot hold fall back to I2_S, I2_S rows
+    /// are padded with zero weights).
+    #[default]
+    Tern,
+    /// Only what bitnet.cpp can load and run: I2_S, TL1, TL2 (or float), rows of whole
+    /// 128-weight blocks; TL tensors that do not fit fall back to I2_S with a warning.
+    BitnetCpp,
+}
+
+impl Compat {
+    pub fn parse(name: &str) -> Option<Compat> {
+        match name {
+            "tern" => Some(Compat::Tern),
+            "bitnet.cpp" => Some(Compat::BitnetCpp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compat::Tern => "tern",
+            Compat::BitnetCpp => "bitnet.cpp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ConvertOptions {
     pub output: OutputType,
     /// Type of the token embedding and a separate lm_head: F16 (as bitnet.cpp) or F32.
     pub embed_type: TensorType,
+    pub compat: Compat,
 }
 
 impl Default for ConvertOptions {
     fn default() -> Self {
-        ConvertOptions { output: OutputType::Ternary(Layout::I2S), embed_type: TensorType::F16 }
+        ConvertOptions {
+            output: OutputType::Ternary(Layout::I2S),
+            embed_type: TensorType::F16,
+            compat: Compat::Tern,
+        }
     }
 }
 
@@ -115,6 +149,17 @@ impl Plan {
         let model = ModelSpec::from_checkpoint(ckpt)?;
         if !matches!(options.embed_type, TensorType::F16 | TensorType::F32) {
             return Err(ConvertError::model(&ckpt.dir, "embeddings can be stored as f16 or f32 only"));
+        }
+        if options.compat == Compat::BitnetCpp
+            && matches!(options.output, OutputType::Ternary(Layout::TQ1_0 | Layout::TQ2_0))
+        {
+            return Err(ConvertError::model(
+                &ckpt.dir,
+                format!(
+                    "--compat bitnet.cpp: bitnet.cpp runs i2_s, tl1 and tl2; {} is llama.cpp's (use --compat tern)",
+                    options.output.name()
+                ),
+            ));
         }
         let mut warnings = Vec::new();
         let mut entries = Vec::new();
@@ -209,6 +254,9 @@ impl Plan {
         };
         entries.sort_by_key(layer_of);
 
+        if options.compat == Compat::BitnetCpp {
+            bitnet_cpp_checks(&ckpt.dir, options.output, &entries, &tile_table, &mut warnings)?;
+        }
         let mut odd: Vec<u64> = entries
             .iter()
             .filter(|e| e.spec.ty == TensorType::I2S && !(e.spec.dims[0] as usize).is_multiple_of(i2s::BLOCK))
@@ -307,6 +355,48 @@ impl Plan {
         }
         Ok((w.finish().map_err(io_err)?, summary))
     }
+}
+
+/// `--compat bitnet.cpp`: refuses what bitnet.cpp cannot load (I2_S rows that are not whole
+/// 128-weight blocks) and warns about TL tiles it has no generated kernels for.
+fn bitnet_cpp_checks(
+    dir: &std::path::Path,
+    output: OutputType,
+    entries: &[PlanEntry],
+    tile_table: &[(usize, usize, Tiles)],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let padded: Vec<String> = entries
+        .iter()
+        .filter(|e| e.spec.ty == TensorType::I2S && !(e.spec.dims[0] as usize).is_multiple_of(i2s::BLOCK))
+        .map(|e| format!("{} ({}x{})", e.spec.name, e.spec.dims[1], e.spec.dims[0]))
+        .collect();
+    if !padded.is_empty() {
+        return Err(ConvertError::model(
+            dir,
+            format!(
+                "--compat bitnet.cpp: bitnet.cpp's I2_S needs rows of whole 128-weight blocks, and {} projection(s) have none: {}{} (use --compat tern: tern pads them)",
+                padded.len(),
+                padded.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
+                if padded.len() > 4 { ", …" } else { "" }
+            ),
+        ));
+    }
+    let generated: Vec<String> = match output {
+        OutputType::Ternary(layout @ (Layout::TL1 | Layout::TL2)) => tile_table
+            .iter()
+            .filter(|&&(m, k, t)| !tern_formats::tiles::is_preset(layout, m, k, t))
+            .map(|&(m, k, t)| format!("{m}x{k}: BM={} BK={} bm={}", t.rows, t.cols, t.sub_rows))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !generated.is_empty() {
+        warnings.push(format!(
+            "--compat bitnet.cpp: bitnet.cpp ships TL kernels only for the shapes of its presets; generate kernels (its codegen script) for {}",
+            generated.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 fn entry(spec: TensorSpec, source: Source) -> Result<PlanEntry> {

@@ -15,7 +15,7 @@ pub mod output;
 pub mod tokenizer;
 pub mod weights;
 
-pub use convert::{ConvertOptions, ConvertSummary, OutputType, Plan};
+pub use convert::{Compat, ConvertOptions, ConvertSummary, OutputType, Plan};
 pub use family::Family;
 pub use model::{Activation, ModelSpec, QuantMode};
 

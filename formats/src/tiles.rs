@@ -42,6 +42,13 @@ const PRESETS: &[(Layout, usize, usize, [usize; 3])] = &[
     (Layout::TL2, 4096, 4096, [128, 96, 32]),
 ];
 
+/// Whether `t` is bitnet.cpp's preset for this shape (it ships kernels for those only).
+pub fn is_preset(layout: Layout, m: usize, k: usize, t: Tiles) -> bool {
+    PRESETS.iter().any(|&(l, pm, pk, [r, c, s])| {
+        (l, pm, pk) == (layout, m, k) && t == Tiles { rows: r, cols: c, sub_rows: s }
+    })
+}
+
 /// Why `tiles` cannot lay out an `m × k` matrix in `layout`, or Ok.
 pub fn check(layout: Layout, m: usize, k: usize, t: Tiles) -> Result<(), String> {
     let Tiles { rows: bm_big, cols: bk, sub_rows: bm } = t;
