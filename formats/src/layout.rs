@@ -84,6 +84,7 @@ pub const LAYOUTS: &[LayoutTraits] = &[
 ];
 
 impl Layout {
+    #[allow(clippy::expect_used)] // a static table, complete by construction (tested)
     pub fn traits(self) -> &'static LayoutTraits {
         LAYOUTS.iter().find(|l| l.layout == self).expect("every Layout has a row in LAYOUTS")
     }
@@ -111,6 +112,7 @@ impl Layout {
     }
 
     /// The tensor's bytes as written to GGUF (for I2_S/TL1/TL2 including the 32-byte scale tail).
+    #[allow(clippy::expect_used)] // a caller precondition (tiles come from `fit`), not file data
     pub fn pack(self, codes: &[i8], m: usize, k: usize, scale: f32, tiles: Option<Tiles>) -> Vec<u8> {
         let need = || tiles.expect("tiled layouts need tiles");
         match self {

@@ -11,6 +11,10 @@
 //!
 //! No threads beyond rayon inside a single tensor, no SIMD, no model semantics: the
 //! converters and the runtime build on this crate, never the other way round.
+//!
+//! Files come from the internet: nothing here may panic on file data, so `unwrap`/`expect` are
+//! denied outside tests (the few on static tables and caller preconditions say why they hold).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
 pub mod gguf;

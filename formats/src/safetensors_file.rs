@@ -61,6 +61,29 @@ fn explain(err: safetensors::SafeTensorError, bytes: &[u8]) -> String {
     }
 }
 
+/// A validated header of a whole safetensors file in memory: its tensors in file order (absolute
+/// byte ranges) and the user metadata. Errors say what is wrong in words.
+#[allow(clippy::type_complexity)]
+pub fn parse_tensors(
+    bytes: &[u8],
+) -> std::result::Result<(Vec<StTensor>, Option<HashMap<String, String>>), String> {
+    let (header_len, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| explain(e, bytes))?;
+    let data_start = 8 + header_len;
+    let mut tensors: Vec<StTensor> = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| StTensor {
+            name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            start: data_start + info.data_offsets.0,
+            end: data_start + info.data_offsets.1,
+        })
+        .collect();
+    tensors.sort_by_key(|t| (t.start, t.end));
+    Ok((tensors, metadata.metadata().clone()))
+}
+
 impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
         let path = path.as_ref().to_path_buf();
@@ -74,23 +97,9 @@ impl SafetensorsFile {
         }
         // SAFETY: read-only map; tern never writes to its inputs.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
-        let (header_len, metadata) =
-            SafeTensors::read_metadata(&map).map_err(|e| FormatError::corrupt(&path, explain(e, &map)))?;
-        let data_start = 8 + header_len;
-        let mut tensors: Vec<StTensor> = metadata
-            .tensors()
-            .into_iter()
-            .map(|(name, info)| StTensor {
-                name,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                start: data_start + info.data_offsets.0,
-                end: data_start + info.data_offsets.1,
-            })
-            .collect();
-        tensors.sort_by_key(|t| (t.start, t.end));
+        let (tensors, user_metadata) = parse_tensors(&map).map_err(|e| FormatError::corrupt(&path, e))?;
         let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(SafetensorsFile { path, map, tensors, by_name, user_metadata: metadata.metadata().clone() })
+        Ok(SafetensorsFile { path, map, tensors, by_name, user_metadata })
     }
 
     pub fn tensors(&self) -> &[StTensor] {

@@ -99,6 +99,7 @@ pub const TYPES: &[TypeTraits] = &[
 ];
 
 impl TensorType {
+    #[allow(clippy::expect_used)] // a static table, complete by construction (tested)
     pub fn traits(self) -> &'static TypeTraits {
         // The table is tiny; a linear scan keeps it the single source of truth.
         TYPES.iter().find(|t| t.ty == self).expect("every TensorType has a row in TYPES")

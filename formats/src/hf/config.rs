@@ -67,6 +67,14 @@ impl Reader<'_> {
         }
     }
 
+    /// A required size that must not be zero (a zero dimension means an empty model).
+    fn positive(&self, key: &str) -> Result<usize> {
+        match self.usize_req(key)? {
+            0 => Err(self.err(format!("{key} is 0; it must be positive"))),
+            v => Ok(v),
+        }
+    }
+
     fn usize_req(&self, key: &str) -> Result<usize> {
         self.usize_opt(key)?.ok_or_else(|| self.err(format!("missing required key '{key}'")))
     }
@@ -175,12 +183,12 @@ impl HfConfig {
             architectures,
             model_type,
             hidden_size,
-            intermediate_size: r.usize_req("intermediate_size")?,
-            num_hidden_layers: r.usize_req("num_hidden_layers")?,
+            intermediate_size: r.positive("intermediate_size")?,
+            num_hidden_layers: r.positive("num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            vocab_size: r.usize_req("vocab_size")?,
+            vocab_size: r.positive("vocab_size")?,
             hidden_act: r.str_opt("hidden_act")?.unwrap_or_else(|| "silu".into()),
             rms_norm_eps,
             rope_theta,
