@@ -54,11 +54,19 @@ pub struct Args {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Before renaming the output into place, check it against the f32 reference forward on the
-    /// input (`tern verify`); a failing check leaves no output and exits 1. Needs RAM for the
-    /// reference: about 4 bytes per parameter.
-    #[arg(long)]
+    /// The parity gate with the full prompt set of `tern verify` (default: one 8-token prompt).
+    #[arg(long, conflicts_with = "no_verify")]
     pub verify: bool,
+    /// Skip the parity gate. By default, before the output is renamed into place, it is checked
+    /// module by module against the f32 reference forward on the input (`tern verify --quick`);
+    /// a failing check leaves no output and exits 1. The reference needs about 4 bytes of RAM
+    /// per parameter: when that exceeds the available memory the gate is skipped with a warning.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// For tests of the gate: multiply the scale of this I2_S tensor, `NAME=FACTOR`, in the
+    /// temporary output before the gate runs.
+    #[arg(long, hide = true)]
+    pub fault_scale: Option<String>,
     /// Threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -91,28 +99,115 @@ fn convert(args: &Args) -> Result<()> {
         .with_context(|| format!("cannot create a file in the folder of {}", args.output.display()))?;
     let total = plan.entries.len();
     let mut done = 0;
-    let (file, summary) = plan.write(&ckpt, file, |e| {
+    let temp = file.temp_path().to_path_buf();
+    let written = plan.write(&ckpt, file, &temp, |e| {
         done += 1;
         bar.inc(e.bytes);
         bar.set_message(format!("{done}/{total} {}", e.spec.name));
-    })?;
+    });
+    let (file, summary) = match written {
+        Err(e @ tern_converters::ConvertError::Io { .. }) => {
+            bar.finish_and_clear();
+            // The temporary file was removed when the writer was dropped.
+            return Err(anyhow::Error::new(e).context(format!(
+                "writing {} failed (disk full or a file-size limit?); nothing was left behind",
+                args.output.display()
+            )));
+        }
+        other => other?,
+    };
     let mut file = file;
     bar.finish_and_clear();
-    if args.verify {
+    if let Some(fault) = &args.fault_scale {
         file.sync().with_context(|| format!("cannot write {}", file.temp_path().display()))?;
-        let check = crate::verify::Args::for_model(file.temp_path().to_path_buf(), args.input.clone());
-        let report = crate::verify::check(&check)?;
-        let shown = crate::verify::Args { model: args.output.clone(), ..check };
-        eprint!("{}", crate::verify::render(&shown, &report));
-        if let Some(why) = report.failure {
-            // Dropping `file` removes the temporary output.
-            return Err(
-                crate::common::CheckFailed(format!("verification failed, nothing written: {why}")).into()
-            );
-        }
+        inject_scale_fault(file.temp_path(), fault)?;
+    }
+    if !args.no_verify {
+        file.sync().with_context(|| format!("cannot write {}", file.temp_path().display()))?;
+        gate(args, &plan, file.temp_path())?;
     }
     file.commit().with_context(|| format!("cannot finish writing {}", args.output.display()))?;
     report(args, &plan, &summary, started.elapsed().as_secs_f64())
+}
+
+/// The parity gate on the temporary output; an error (exit 1) when it fails, which drops the
+/// temporary file.
+fn gate(args: &Args, plan: &Plan, temp: &Path) -> Result<()> {
+    if !matches!(args.out_type, OutputType::Ternary(_)) {
+        // Dequantised projections are for other tools; tern's runtime runs ternary files only.
+        if args.verify {
+            bail!("--verify checks ternary outputs; {} files are not run by tern", args.out_type.name());
+        }
+        return Ok(());
+    }
+    let params: u64 = plan.entries.iter().map(|e| e.spec.dims.iter().product::<u64>()).sum();
+    let need = params * 4 + plan.tensor_bytes();
+    if !args.verify
+        && let Some(available) = available_memory()
+        && need > available
+    {
+        eprintln!(
+            "warning: parity gate skipped: the f32 reference needs about {:.1} GiB, {:.1} GiB are available; run `tern verify` on a larger machine (--no-verify silences this)",
+            need as f64 / (1u64 << 30) as f64,
+            available as f64 / (1u64 << 30) as f64
+        );
+        return Ok(());
+    }
+    let check = crate::verify::Args {
+        quick: !args.verify,
+        threads: args.threads,
+        ..crate::verify::Args::for_model(temp.to_path_buf(), args.input.clone())
+    };
+    let report = crate::verify::check(&check)?;
+    if args.verify {
+        let shown = crate::verify::Args { model: args.output.clone(), ..check };
+        eprint!("{}", crate::verify::render(&shown, &report));
+    } else if !args.quiet && !args.json {
+        let worst =
+            report.layers.iter().map(|l| l.modules).fold(report.embedding.max(report.output_head), f64::max);
+        let verdict = if report.failure.is_some() { "FAIL" } else { "PASS" };
+        eprintln!(
+            "parity gate: {verdict} (worst module rel-L2 {worst:.2e} on one {}-token prompt)",
+            report.prompts[0].len()
+        );
+    }
+    match report.failure {
+        Some(why) => Err(crate::common::CheckFailed(format!(
+            "verification failed, nothing written: {why} (for the full report: convert with --no-verify, then `tern verify {} --reference {}`)",
+            args.output.display(),
+            args.input.display()
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `--fault-scale NAME=FACTOR`: multiplies the β in the tail of I2_S tensor NAME.
+fn inject_scale_fault(path: &Path, spec: &str) -> Result<()> {
+    let (name, factor) = spec.split_once('=').context("--fault-scale wants NAME=FACTOR")?;
+    let factor: f32 = factor.parse().context("--fault-scale: FACTOR is not a number")?;
+    let (pos, beta) = {
+        let f = tern_formats::gguf::GgufFile::open(path)?;
+        let t = f.tensor(name).with_context(|| format!("--fault-scale: no tensor {name}"))?;
+        if t.ty != TensorType::I2S {
+            bail!("--fault-scale: {name} is not I2_S");
+        }
+        let tail = &f.data(t)[t.size as usize - 32..];
+        (t.offset + t.size - 32, f32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]))
+    };
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.seek(SeekFrom::Start(pos))?;
+    file.write_all(&(beta * factor).to_le_bytes())?;
+    Ok(())
 }
 
 /// Refuses outputs that would clobber something: an existing file (without --force), an input

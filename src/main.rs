@@ -53,8 +53,31 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Ctrl-C and SIGTERM: remove any temporary output, say so, exit 130. A process past its
+/// file-size limit gets EFBIG from `write` (reported like a full disk) instead of SIGXFSZ.
+fn install_signal_handlers() {
+    let handler = || {
+        for path in tern_converters::output::remove_temp_files() {
+            eprintln!("interrupted: removed {}", path.display());
+        }
+        eprintln!("interrupted");
+        std::process::exit(130);
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        eprintln!(
+            "warning: cannot install the Ctrl-C handler ({e}); an interrupted conversion may leave a temporary file"
+        );
+    }
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    install_signal_handlers();
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),

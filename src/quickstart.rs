@@ -31,6 +31,8 @@ pub fn run(_: Args) -> Result<()> {
         json: false,
         quiet: false,
         verify: true,
+        no_verify: false,
+        fault_scale: None,
         threads: None,
     })?;
     println!("\n== tern inspect {}", output.display());

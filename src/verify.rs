@@ -33,6 +33,10 @@ pub struct Args {
     /// token ids. Default: two sentences and two random-id prompts.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// One short prompt (8 tokens) instead of the default set: the check `tern convert` runs
+    /// before writing its output.
+    #[arg(long, conflicts_with = "prompts")]
+    pub quick: bool,
     /// Largest module rel-L2 allowed (the gate).
     #[arg(long, default_value_t = VerifyOptions::default().max_module_rel_l2)]
     pub max_module_rel_l2: f64,
@@ -64,6 +68,7 @@ impl Args {
             model,
             reference,
             prompts: None,
+            quick: false,
             max_module_rel_l2: VerifyOptions::default().max_module_rel_l2,
             strict: false,
             max_rel_l2: Thresholds::default().max_rel_l2,
@@ -102,7 +107,14 @@ pub fn check(args: &Args) -> Result<VerifyReport> {
     let reference = Reference::load_with(&args.reference, Arithmetic::Exact)?;
     let prompts = match &args.prompts {
         Some(p) => read_prompts(p, tokenizer.as_ref())?,
-        None => default_prompts(model.config.vocab, tokenizer.as_ref())?,
+        None => {
+            let mut prompts = default_prompts(model.config.vocab, tokenizer.as_ref())?;
+            if args.quick {
+                prompts.truncate(1);
+                prompts[0].truncate(8);
+            }
+            prompts
+        }
     };
     let opts = VerifyOptions {
         thresholds: Thresholds {

@@ -211,3 +211,211 @@ fn inspect_reports_corrupt_gguf() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("bad.gguf") && err.contains("truncated: tensor 'blk.3.ffn_down.weight'"), "{err}");
 }
+
+/// A safetensors file cut at every structural boundary: inside the length field, right after it,
+/// inside the header, at its end, and inside every tensor's data.
+#[test]
+fn safetensors_truncated_at_every_boundary() {
+    let c = case("tiny/bf16");
+    let p = c.input.join("model.safetensors");
+    let data = std::fs::read(&p).unwrap();
+    let header_len = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+    let f = SafetensorsFile::open(&p).unwrap();
+    let mut cuts = vec![3, 8, 8 + header_len / 2, 8 + header_len];
+    cuts.extend(f.tensors().iter().map(|t| t.start + (t.end - t.start) / 2));
+    for cut in cuts {
+        std::fs::write(&p, &data[..cut]).unwrap();
+        let err = fails(&c, &["model.safetensors"]);
+        assert!(
+            ["too short", "truncated", "header length", "corrupt", "past the end"]
+                .iter()
+                .any(|n| err.contains(n)),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn safetensors_header_not_json() {
+    let c = case("tiny/bf16");
+    let p = c.input.join("model.safetensors");
+    let mut data = std::fs::read(&p).unwrap();
+    data[8..40].fill(b'#');
+    std::fs::write(&p, data).unwrap();
+    fails(&c, &["model.safetensors", "header"]);
+}
+
+/// A dtype in the header that disagrees with the tensor's byte length.
+#[test]
+fn dtype_inconsistent_with_bytes() {
+    let c = case("tiny/bf16");
+    let p = c.input.join("model.safetensors");
+    let mut data = std::fs::read(&p).unwrap();
+    let header_len = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(data[8..8 + header_len].to_vec()).unwrap();
+    // Same length: JSON allows the trailing space.
+    let edited = header.replacen("\"BF16\"", "\"F32\" ", 1);
+    assert_ne!(header, edited);
+    data[8..8 + header_len].copy_from_slice(edited.as_bytes());
+    std::fs::write(&p, data).unwrap();
+    fails(&c, &["model.safetensors"]);
+}
+
+#[test]
+fn zero_size_dimension_in_config() {
+    for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"] {
+        let c = case("tiny/bf16");
+        edit_config(&c, |v| v[key] = serde_json::json!(0));
+        fails(&c, &[key]);
+    }
+}
+
+/// /sys refuses new files even to root, so this holds wherever the tests run.
+#[test]
+fn unwritable_output_folder() {
+    let c = case("tiny/bf16");
+    let res = tern(&["convert", c.input.to_str().unwrap(), "-o", "/sys/tern-test-output.gguf", "--quiet"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("/sys") && err.contains("tern-test-output.gguf"), "{err}");
+    assert!(!Path::new("/sys/tern-test-output.gguf").exists());
+}
+
+/// A full disk, simulated with a file-size limit (RLIMIT_FSIZE): `write` fails with EFBIG
+/// part-way through the output, exactly where ENOSPC would.
+#[test]
+fn disk_full_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let c = case("tiny/bf16");
+    let out = c.out_dir.join("model.gguf");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.args(["convert", c.input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit { rlim_cur: 64 * 1024, rlim_max: 64 * 1024 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let res = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.gguf") && err.contains("File too large"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&c.out_dir).unwrap().collect();
+    assert!(left.is_empty(), "output folder not empty: {left:?}");
+}
+
+/// Writes a random bf16 BitNet checkpoint shaped like the tiny fixture but with hidden 1024,
+/// intermediate 3072 and 8 layers (~100 M parameters): big enough that converting it takes a
+/// while, so a signal lands mid-conversion.
+fn write_medium_checkpoint(dir: &Path) {
+    use safetensors::tensor::{Dtype as StDtype, TensorView};
+    let tiny = fixtures().join("tiny/bf16");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).unwrap()).unwrap();
+    let (h, i, layers) = (1024usize, 3072usize, 8usize);
+    config["hidden_size"] = h.into();
+    config["intermediate_size"] = i.into();
+    config["num_hidden_layers"] = layers.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let vocab = config["vocab_size"].as_u64().unwrap() as usize;
+    let kv = h / 2; // 2 of 4 heads
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("model.embed_tokens.weight".into(), vec![vocab, h]), ("model.norm.weight".into(), vec![h])];
+    for l in 0..layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}.weight");
+        shapes.extend([
+            (p("input_layernorm"), vec![h]),
+            (p("post_attention_layernorm"), vec![h]),
+            (p("self_attn.attn_sub_norm"), vec![h]),
+            (p("mlp.ffn_sub_norm"), vec![i]),
+            (p("self_attn.q_proj"), vec![h, h]),
+            (p("self_attn.k_proj"), vec![kv, h]),
+            (p("self_attn.v_proj"), vec![kv, h]),
+            (p("self_attn.o_proj"), vec![h, h]),
+            (p("mlp.gate_proj"), vec![i, h]),
+            (p("mlp.up_proj"), vec![i, h]),
+            (p("mlp.down_proj"), vec![h, i]),
+        ]);
+    }
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| {
+            (0..s.iter().product::<usize>())
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    half::bf16::from_f32((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((n, s), d)| (n.clone(), TensorView::new(StDtype::BF16, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Ctrl-C in the middle of a conversion: exit 130, the temporary file removed, no output.
+#[test]
+fn interrupted_conversion_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("medium");
+    write_medium_checkpoint(&input);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("model.gguf");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["convert", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the temporary output exists, then interrupt.
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&out_dir).unwrap().next().is_none() {
+        assert!(child.try_wait().unwrap().is_none(), "conversion ended before it could be interrupted");
+        assert!(started.elapsed().as_secs() < 60, "no temporary file appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let res = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: removed") && err.contains("model.gguf.tmp-"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert!(left.is_empty(), "output folder not empty: {left:?}");
+}
+
+/// A GGUF cut at structural boundaries (magic, version, counts, metadata, tensor infos, data):
+/// `inspect` and `run` fail cleanly naming the file.
+#[test]
+fn gguf_truncated_at_every_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("a.gguf");
+    convert(&fixtures().join("tiny/bf16"), &good, &[]);
+    let data = std::fs::read(&good).unwrap();
+    let bad = tmp.path().join("cut.gguf");
+    for cut in [0, 2, 4, 6, 8, 12, 16, 20, 24, 30, 200, 2000, 20_000, data.len() / 2, data.len() - 1] {
+        std::fs::write(&bad, &data[..cut]).unwrap();
+        for cmd in
+            [&["inspect", bad.to_str().unwrap()][..], &["run", bad.to_str().unwrap(), "-p", "hi", "-n", "1"]]
+        {
+            let res = tern(cmd);
+            let err = String::from_utf8_lossy(&res.stderr);
+            assert_eq!(res.status.code(), Some(2), "cut at {cut}, {cmd:?}: {err}");
+            assert!(err.contains("cut.gguf"), "cut at {cut}, {cmd:?}: {err}");
+        }
+    }
+}

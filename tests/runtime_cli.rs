@@ -268,3 +268,34 @@ fn verify_and_bench_work_for_every_layout() {
         assert_eq!(b["results"].as_array().unwrap().len(), 2, "{layout}");
     }
 }
+
+/// The parity gate runs by default: a converter fault (a scale off by 1 %, injected into the
+/// temporary output) fails the conversion with exit 1 and no file; without the fault the gate
+/// passes; with --no-verify the faulty file is written (the gate is what stopped it).
+#[test]
+fn convert_gate_refuses_a_corrupted_scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixtures().join("tiny/bf16");
+    let out = tmp.path().join("g.gguf");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["convert", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--force"];
+        args.extend_from_slice(extra);
+        tern(&args)
+    };
+    let res = run(&["--fault-scale", "blk.1.attn_v.weight=1.01"]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("verification failed, nothing written") && err.contains("layer 1 module attn_v"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "left a file behind");
+    let res = run(&[]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success() && err.contains("parity gate: PASS"), "{err}");
+    let res = run(&["--no-verify", "--fault-scale", "blk.1.attn_v.weight=1.01"]);
+    assert!(res.status.success() && out.is_file());
+    assert!(!String::from_utf8_lossy(&res.stderr).contains("parity gate"));
+    let res = tern(&["verify", out.to_str().unwrap(), "--reference", input.to_str().unwrap()]);
+    assert_eq!(res.status.code(), Some(1), "the injected fault must be in the written file");
+}

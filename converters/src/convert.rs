@@ -307,13 +307,15 @@ impl Plan {
     }
 
     /// Streams the GGUF into `out`, calling `progress` after each tensor.
+    /// Streams the GGUF into `out`; `out_path` names it in I/O errors (a full disk, say).
     pub fn write<W: Write>(
         &self,
         ckpt: &HfCheckpoint,
         out: W,
+        out_path: &std::path::Path,
         mut progress: impl FnMut(&PlanEntry),
     ) -> Result<(W, ConvertSummary)> {
-        let io_err = |e: std::io::Error| ConvertError::Io { path: "<output>".into(), source: e };
+        let io_err = |e: std::io::Error| ConvertError::Io { path: out_path.to_path_buf(), source: e };
         let specs = self.entries.iter().map(|e| e.spec.clone()).collect();
         let mut w = GgufWriter::new(out, &self.metadata, specs).map_err(io_err)?;
         let mut summary = ConvertSummary { tensors: self.entries.len(), ..Default::default() };

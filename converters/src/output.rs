@@ -2,10 +2,37 @@
 //! and is renamed into place only when the caller commits. Dropping an uncommitted
 //! [`AtomicFile`] (error, panic, early return) removes the temporary file, so a failed
 //! conversion never leaves a half-written model behind.
+//!
+//! Signals end a process without running destructors, so every live temporary file is also
+//! listed in a process-wide registry: a signal handler (the binary installs one for Ctrl-C)
+//! calls [`remove_temp_files`] before exiting.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary files not yet committed or dropped.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while holding the lock leaves the list intact; keep using it.
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn forget(path: &Path) {
+    live().retain(|p| p != path);
+}
+
+/// Removes every temporary file still being written (for signal handlers, before exiting).
+/// Returns the paths removed.
+pub fn remove_temp_files() -> Vec<PathBuf> {
+    let paths = std::mem::take(&mut *live());
+    for p in &paths {
+        let _ = std::fs::remove_file(p);
+    }
+    paths
+}
 
 pub struct AtomicFile {
     target: PathBuf,
@@ -25,6 +52,7 @@ impl AtomicFile {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
         let temp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&temp)?;
+        live().push(temp.clone());
         Ok(AtomicFile {
             target: target.to_path_buf(),
             temp,
@@ -50,6 +78,7 @@ impl AtomicFile {
         file.sync_all()?;
         drop(file);
         std::fs::rename(&self.temp, &self.target)?;
+        forget(&self.temp);
         if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Make the rename itself durable; not every filesystem allows syncing a folder.
             let _ = File::open(dir).and_then(|d| d.sync_all());
@@ -71,6 +100,7 @@ impl Drop for AtomicFile {
     fn drop(&mut self) {
         if self.writer.take().is_some() {
             let _ = std::fs::remove_file(&self.temp);
+            forget(&self.temp);
         }
     }
 }
@@ -95,6 +125,13 @@ mod tests {
         f.write_all(b"whole").unwrap();
         f.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
+        // What a signal handler does: live temporary files go, committed ones stay.
+        let other = dir.join("other.gguf");
+        let f = AtomicFile::create(&other).unwrap();
+        let temp = f.temp_path().to_path_buf();
+        assert!(remove_temp_files().contains(&temp));
+        assert!(!temp.exists() && target.exists());
+        std::mem::forget(f);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

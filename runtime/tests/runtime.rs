@@ -25,7 +25,7 @@ fn convert_to(form: &str, dir: &std::path::Path, options: ConvertOptions) -> Pat
     let plan = Plan::new(&ckpt, options).unwrap();
     let out = dir.join(format!("{}-{}.gguf", form.replace('/', "-"), options.output.name()));
     let file = std::fs::File::create(&out).unwrap();
-    plan.write(&ckpt, std::io::BufWriter::new(file), |_| {}).unwrap();
+    plan.write(&ckpt, std::io::BufWriter::new(file), &out, |_| {}).unwrap();
     out
 }
 
