@@ -182,7 +182,10 @@ pub fn unpack(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(Vec<i8>, f3
         return Err(format!("TL2 tensor of {m}x{k} needs {} bytes, found {}", off + 4, bytes.len()));
     }
     // Indices a packer never writes: above 13 in the index plane, above 8 in the pair tail.
-    let mut bad = None;
+    let bad = std::cell::RefCell::new(None);
+    let flag = |msg: String| {
+        bad.borrow_mut().get_or_insert(msg);
+    };
     walk(
         m,
         k,
@@ -190,17 +193,21 @@ pub fn unpack(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(Vec<i8>, f3
         0..m / t.rows,
         |i, r, c| {
             if bytes[i] >> 4 > 13 || bytes[i] & 15 > 13 {
-                bad.get_or_insert(format!("invalid TL2 index byte {:#04x} at row {r}, column {c}", bytes[i]));
+                flag(format!("invalid TL2 index byte {:#04x} at row {r}, column {c}", bytes[i]));
             }
         },
         |_, _, _, _| {},
-        |_, _, _| {},
+        |i, r, c| {
+            if bytes[i] >> 4 > 8 || bytes[i] & 15 > 8 {
+                flag(format!("invalid TL2 pair byte {:#04x} at row {r}, column {c}", bytes[i]));
+            }
+        },
     );
     let mut codes = vec![0i8; m * k];
     for (i0, block) in codes.chunks_exact_mut(t.rows * k).enumerate() {
         decode_row_block(bytes, m, k, t, i0, block);
     }
-    if let Some(e) = bad {
+    if let Some(e) = bad.into_inner() {
         return Err(e);
     }
     let s = &bytes[off..off + 4];
