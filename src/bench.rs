@@ -3,7 +3,9 @@
 use crate::common::{load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
-use tern_runtime::bench::{generation_rate, peak_rss_bytes, prompt_rate, summary};
+use tern_runtime::bench::{
+    Roofline, generation_profile, generation_rate, peak_rss_bytes, prompt_rate, read_bandwidth, summary,
+};
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
 ///
@@ -11,8 +13,15 @@ use tern_runtime::bench::{generation_rate, peak_rss_bytes, prompt_rate, summary}
 /// a time. Each test runs --reps times per thread count; the table shows the median and the
 /// range. Random token ids, so any model works, tokenizer or not.
 ///
-/// Example:
+/// --roofline also measures this machine's streaming read bandwidth with each thread count and
+/// compares generation with the ceiling it sets: every generated token reads every ternary
+/// weight and the whole output head once (the file's bytes per token), so tg ≤ bandwidth /
+/// bytes per token. --profile runs one generation per thread count with timers on every
+/// operation and prints where a token's time goes.
+///
+/// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
+///   tern bench model-i2_s.gguf -p 0 -n 64 --roofline --profile
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -29,6 +38,15 @@ pub struct Args {
     /// Repetitions per test.
     #[arg(short, long, default_value_t = 3)]
     pub reps: usize,
+    /// Measure the read bandwidth and show tg as a share of the bandwidth ceiling.
+    #[arg(long)]
+    pub roofline: bool,
+    /// Size of the buffer the bandwidth test streams through, in MiB (well above the caches).
+    #[arg(long, default_value_t = 1024)]
+    pub roofline_mib: usize,
+    /// Time every operation of generation and print the breakdown per token.
+    #[arg(long)]
+    pub profile: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -62,19 +80,65 @@ pub fn run(args: Args) -> Result<()> {
             rows.push(serde_json::json!({"threads": t, "test": format!("{test}{n}"), "samples": samples, "median": median, "min": min, "max": max}));
         }
     }
+    // Before the bandwidth buffer, so the RSS is the model's.
     let rss = peak_rss_bytes();
+    let bytes_per_token = model.bytes_per_token();
+    let mut roofs = Vec::new();
+    if args.roofline {
+        for &t in &args.threads {
+            let bandwidth = with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?;
+            let tg = rows
+                .iter()
+                .find(|r| r["threads"] == t && r["test"].as_str().is_some_and(|s| s.starts_with("tg")))
+                .and_then(|r| r["median"].as_f64());
+            roofs.push((t, Roofline::new(bandwidth, bytes_per_token, tg.unwrap_or(f64::NAN))));
+        }
+    }
+    let mut profiles = Vec::new();
+    if args.profile {
+        let n = if args.generate == 0 { 32 } else { args.generate };
+        for &t in &args.threads {
+            let p = with_threads(Some(t), || generation_profile(&model, n, 1))??;
+            profiles.push((t, n, p));
+        }
+    }
     if args.json {
+        let roofline: Vec<_> = roofs
+            .iter()
+            .map(|(t, r)| {
+                serde_json::json!({"threads": t, "read_bytes_per_s": r.bandwidth_bytes_per_s,
+                    "bytes_per_token": r.bytes_per_token, "ceiling_tokens_per_s": r.ceiling_tokens_per_s,
+                    "tg_tokens_per_s": r.measured_tokens_per_s, "fraction_of_ceiling": r.fraction})
+            })
+            .collect();
+        let profile: Vec<_> = profiles
+            .iter()
+            .map(|(t, n, p)| {
+                let (rate, per_token) = (p.tokens_per_s, p.seconds_per_token);
+                let ops: serde_json::Map<String, serde_json::Value> = p
+                    .per_op
+                    .iter()
+                    .map(|(op, secs)| (op.name().to_string(), serde_json::json!(secs)))
+                    .collect();
+                serde_json::json!({"threads": t, "tokens": n, "tokens_per_s": rate,
+                    "seconds_per_token": per_token, "seconds_per_token_by_op": ops})
+            })
+            .collect();
         let v = serde_json::json!({
             "model": args.model, "file_bytes": size, "isa": isa.name(),
-            "bytes_per_token": model.bytes_per_token(), "peak_rss_bytes": rss, "results": rows,
+            "bytes_per_token": bytes_per_token, "peak_rss_bytes": rss, "results": rows,
+            "roofline": roofline, "profile": profile,
         });
         return crate::print_stdout(&(serde_json::to_string_pretty(&v)? + "\n"));
     }
     let name = args.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut text = format!(
-        "| model | size | kernel | threads | test | t/s (median, min–max of {}) |\n|---|---|---|---|---|---|\n",
-        args.reps.max(1)
-    );
+    let mut text = String::new();
+    if !rows.is_empty() {
+        text += &format!(
+            "| model | size | kernel | threads | test | t/s (median, min–max of {}) |\n|---|---|---|---|---|---|\n",
+            args.reps.max(1)
+        );
+    }
     for r in &rows {
         text += &format!(
             "| {name} | {} | {} | {} | {} | {:.2} ({:.2}–{:.2}) |\n",
@@ -89,6 +153,38 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(b) = rss {
         text += &format!("\npeak RSS {}\n", crate::inspect::human_bytes(b));
+    }
+    if !roofs.is_empty() {
+        text += &format!(
+            "\nroofline: {} read per generated token\n| threads | read bandwidth | ceiling | tg | of ceiling |\n|---|---|---|---|---|\n",
+            crate::inspect::human_bytes(bytes_per_token)
+        );
+        for (t, r) in &roofs {
+            text += &format!(
+                "| {t} | {:.1} GB/s | {:.2} t/s | {:.2} t/s | {:.0} % |\n",
+                r.bandwidth_bytes_per_s / 1e9,
+                r.ceiling_tokens_per_s,
+                r.measured_tokens_per_s,
+                r.fraction * 100.0
+            );
+        }
+    }
+    for (t, n, p) in &profiles {
+        let (rate, per_token, ops) = (p.tokens_per_s, &p.seconds_per_token, &p.per_op);
+        text += &format!(
+            "\nprofile: {n} generated tokens, {t} thread(s), {rate:.2} t/s, {:.2} ms per token\n| operation | ms/token | share |\n|---|---|---|\n",
+            per_token * 1e3
+        );
+        let mut rest = *per_token;
+        for (op, secs) in ops {
+            rest -= secs;
+            text += &format!("| {} | {:.3} | {:.1} % |\n", op.name(), secs * 1e3, secs / per_token * 100.0);
+        }
+        text += &format!(
+            "| other (residual adds, argmax, allocation) | {:.3} | {:.1} % |\n",
+            rest * 1e3,
+            rest / per_token * 100.0
+        );
     }
     crate::print_stdout(&text)
 }

@@ -299,3 +299,32 @@ fn convert_gate_refuses_a_corrupted_scale() {
     let res = tern(&["verify", out.to_str().unwrap(), "--reference", input.to_str().unwrap()]);
     assert_eq!(res.status.code(), Some(1), "the injected fault must be in the written file");
 }
+
+/// `--roofline` relates tg to the measured bandwidth and the file's bytes per token; `--profile`
+/// splits a token's time into operations that add up to no more than the whole.
+#[test]
+fn bench_roofline_and_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("tiny/bf16", tmp.path());
+    let args = ["bench", gguf.to_str().unwrap(), "-p", "0", "-n", "8", "-t", "1", "-r", "1"];
+    let mut with_flags = args.to_vec();
+    with_flags.extend(["--roofline", "--roofline-mib", "64", "--profile", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&tern_ok(&with_flags)).unwrap();
+    let roof = &j["roofline"][0];
+    let (bw, bpt) = (roof["read_bytes_per_s"].as_f64().unwrap(), roof["bytes_per_token"].as_f64().unwrap());
+    assert!(bw > 1e8, "bandwidth {bw}");
+    // The tiny model's weights: 786432 ternary weights at 2 bits plus the 400×128 f16 head.
+    assert_eq!(bpt as u64, j["bytes_per_token"].as_u64().unwrap());
+    assert!(bpt > 786432.0 / 4.0 + 400.0 * 128.0 * 2.0 && bpt < 400_000.0, "bytes per token {bpt}");
+    let tg = j["results"][0]["median"].as_f64().unwrap();
+    assert_eq!(roof["ceiling_tokens_per_s"].as_f64().unwrap(), bw / bpt);
+    assert_eq!(roof["fraction_of_ceiling"].as_f64().unwrap(), tg / (bw / bpt));
+    let p = &j["profile"][0];
+    let per_token = p["seconds_per_token"].as_f64().unwrap();
+    let ops = p["seconds_per_token_by_op"].as_object().unwrap();
+    assert_eq!(ops.len(), 8);
+    let sum: f64 = ops.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!(sum > 0.0 && sum <= per_token * 1.0001, "{sum} vs {per_token}");
+    assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
+    assert_eq!(ops["lookup tables (TL)"].as_f64().unwrap(), 0.0, "an I2_S model builds no tables");
+}

@@ -47,8 +47,27 @@ pub fn ternarise(values: &[f32], beta: f32) -> Vec<i8> {
 
 /// Per-token activation scale `s = 127 / max(absmax, 1e-5)`.
 pub fn activation_scale(row: &[f32]) -> f32 {
-    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Eight running maxima, so the loop vectorises; max is order-independent here (NaN is
+    // skipped by f32::max whatever the order), so this equals the sequential fold.
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let absmax = lanes.iter().fold(tail, |m, &l| m.max(l));
     127.0 / absmax.max(SCALE_FLOOR)
+}
+
+/// `v.round_ties_even()` for |v| < 2^22 (and NaN) without a libm call, so loops vectorise:
+/// adding and removing 1.5·2^23 leaves exactly the integer the IEEE default rounding (to
+/// nearest, ties to even) picks. Activations need |x·s| ≤ 127.
+#[inline]
+fn round_ties_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// Quantises one token's activations to int8 codes; returns the scale s (x ≈ q / s).
@@ -56,7 +75,7 @@ pub fn quantise_activations(row: &[f32], out: &mut [i8]) -> f32 {
     debug_assert_eq!(row.len(), out.len());
     let s = activation_scale(row);
     for (q, &x) in out.iter_mut().zip(row) {
-        *q = (x * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        *q = round_ties_even_small(x * s).clamp(-128.0, 127.0) as i8;
     }
     s
 }
@@ -70,6 +89,28 @@ mod tests {
         // β = 1, so w * inv = w: 0.5 → 0 and 1.5 → 2 → clamped 1; -0.5 → -0 → 0.
         let codes = ternarise(&[0.5, -0.5, 1.5, -1.5, 0.49, 0.51, 3.0, -7.0], 1.0);
         assert_eq!(codes, vec![0, 0, 1, -1, 0, 1, 1, -1]);
+    }
+
+    #[test]
+    fn small_rounding_equals_round_ties_even() {
+        let mut vals: Vec<f32> = (-300..=300).map(|k| k as f32 * 0.5).collect();
+        vals.extend((-300..=300).map(|k| k as f32 * 0.5 + f32::EPSILON * 64.0));
+        vals.extend((0..100_000).map(|i| (i as f32 * 0.001_27).sin() * 130.0));
+        vals.extend([0.0, -0.0, 0.499_999_97, -0.499_999_97, 126.5, -127.5, 1e-30, f32::MIN_POSITIVE]);
+        for v in vals {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+        }
+        assert!(round_ties_even_small(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn vectorised_absmax_equals_the_fold() {
+        let row: Vec<f32> = (0..1001).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
+        let fold = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(activation_scale(&row), 127.0 / fold);
+        let mut with_nan = row.clone();
+        with_nan[17] = f32::NAN;
+        assert_eq!(activation_scale(&with_nan), 127.0 / fold);
     }
 
     #[test]

@@ -60,3 +60,102 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Streaming read bandwidth in bytes/s with the current rayon pool: the best of `reps` passes
+/// over a `bytes`-sized buffer (make it much larger than the caches), each thread summing its
+/// own contiguous part, the way a GEMV reads its weight rows.
+pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
+    use rayon::prelude::*;
+    let words = (bytes / 8).max(1);
+    // Written once so every page is resident before timing.
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let chunk = words.div_ceil(rayon::current_num_threads());
+    let mut best = 0f64;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let sum: u64 = buf.par_chunks(chunk).map(sum_words).reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(sum);
+        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// Sum with four independent accumulators, so loads, not the add chain, set the pace.
+fn sum_words(c: &[u64]) -> u64 {
+    let mut acc = [0u64; 4];
+    let mut quads = c.chunks_exact(4);
+    for q in &mut quads {
+        for (a, &x) in acc.iter_mut().zip(q) {
+            *a = a.wrapping_add(x);
+        }
+    }
+    let tail: u64 = quads.remainder().iter().fold(0, |a, &x| a.wrapping_add(x));
+    acc.iter().fold(tail, |a, &x| a.wrapping_add(x))
+}
+
+/// Generation speed against the memory-bandwidth ceiling: every generated token reads
+/// `bytes_per_token` of weights, so at `bandwidth` bytes/s no engine exceeds the ceiling.
+#[derive(Debug, Clone, Copy)]
+pub struct Roofline {
+    pub bandwidth_bytes_per_s: f64,
+    pub bytes_per_token: u64,
+    pub ceiling_tokens_per_s: f64,
+    pub measured_tokens_per_s: f64,
+    /// measured / ceiling.
+    pub fraction: f64,
+}
+
+impl Roofline {
+    pub fn new(bandwidth: f64, bytes_per_token: u64, measured: f64) -> Roofline {
+        let ceiling = bandwidth / bytes_per_token.max(1) as f64;
+        Roofline {
+            bandwidth_bytes_per_s: bandwidth,
+            bytes_per_token,
+            ceiling_tokens_per_s: ceiling,
+            measured_tokens_per_s: measured,
+            fraction: measured / ceiling,
+        }
+    }
+}
+
+/// Where one generated token's time went.
+pub struct GenerationProfile {
+    pub tokens_per_s: f64,
+    pub seconds_per_token: f64,
+    /// Seconds per token in each operation (the rest is residual adds, argmax, allocation).
+    pub per_op: Vec<(crate::model::Op, f64)>,
+}
+
+/// One generation run of `n` tokens with a profile attached.
+pub fn generation_profile(model: &Model, n: usize, seed: u64) -> Result<GenerationProfile> {
+    let profile = std::sync::Arc::new(crate::model::Profile::default());
+    let mut s = Session::new(model, n + 1);
+    let mut logits = s.forward(&random_tokens(1, model.config.vocab, seed), Want::Last, None)?;
+    s.profile = Some(profile.clone());
+    let t = Instant::now();
+    for _ in 0..n {
+        let next = crate::parity::argmax(&logits) as u32;
+        logits = s.forward(&[next], Want::Last, None)?;
+    }
+    let total = t.elapsed().as_secs_f64();
+    Ok(GenerationProfile {
+        tokens_per_s: n as f64 / total,
+        seconds_per_token: total / n as f64,
+        per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn word_sum_and_roofline_arithmetic() {
+        let v: Vec<u64> = (1..=11).collect();
+        assert_eq!(sum_words(&v), 66);
+        let r = Roofline::new(20e9, 1_000_000_000, 17.0);
+        assert_eq!(r.ceiling_tokens_per_s, 20.0);
+        assert_eq!(r.fraction, 0.85);
+        assert!(read_bandwidth(1 << 20, 1) > 0.0);
+    }
+}

@@ -4,6 +4,7 @@
 //! BitLinear: each token's input is quantised to int8 exactly as the reference does, the kernel
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
+use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
 use crate::kernels::{act, float, layouts};
@@ -85,6 +86,8 @@ pub struct Session<'m> {
     v_cache: Vec<f32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// When set, every operation's wall time is added to it (`tern bench --profile`).
+    pub profile: Option<std::sync::Arc<Profile>>,
 }
 
 /// Receives the residual stream entering each layer (`residual.{l}`) and after the last one.
@@ -107,6 +110,15 @@ impl<'m> Session<'m> {
             v_cache: vec![0.0; kv],
             rope_cos,
             rope_sin,
+            profile: None,
+        }
+    }
+
+    /// Runs `f`, charging its wall time to `op` when profiling.
+    fn time<T>(&self, op: Op, f: impl FnOnce() -> T) -> T {
+        match &self.profile {
+            Some(p) => p.time(op, f),
+            None => f(),
         }
     }
 
@@ -143,7 +155,7 @@ impl<'m> Session<'m> {
                 c.context
             )));
         }
-        let mut x = self.embed(tokens)?;
+        let mut x = self.time(Op::Embed, || self.embed(tokens))?;
         let mut tap = tap;
         for l in 0..c.layers {
             if let Some(t) = tap.as_mut() {
@@ -161,7 +173,7 @@ impl<'m> Session<'m> {
             Want::Last => &x[(tokens.len() - 1) * h..],
             Want::All => &x,
         };
-        Ok(self.logits(rows))
+        Ok(self.time(Op::LmHead, || self.logits(rows)))
     }
 
     /// Embedding rows of `tokens`, `[T, hidden]`.
@@ -191,10 +203,10 @@ impl<'m> Session<'m> {
     pub fn layer(&mut self, l: usize, x: &mut [f32]) -> Result<()> {
         let c = &self.model.config;
         let layer: &Layer = &self.model.layers[l];
-        let h = rms_norm(x, &layer.attn_norm, c.rms_eps);
+        let h = self.time(Op::Norm, || rms_norm(x, &layer.attn_norm, c.rms_eps));
         let attn = self.attention_block(l, &h)?;
         x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
-        let h = rms_norm(x, &layer.ffn_norm, c.rms_eps);
+        let h = self.time(Op::Norm, || rms_norm(x, &layer.ffn_norm, c.rms_eps));
         let mlp = self.mlp_block(l, &h);
         x.iter_mut().zip(&mlp).for_each(|(a, b)| *a += b);
         Ok(())
@@ -215,13 +227,13 @@ impl<'m> Session<'m> {
             )));
         }
         // q, k and v share one quantised input.
-        let mut qa = QuantBatch::new(h, c.hidden, layer.q.padded_cols());
+        let mut qa = self.time(Op::Quantise, || QuantBatch::new(h, c.hidden, layer.q.padded_cols()));
         let q = self.bitlinear(&layer.q, &mut qa);
         let k = self.bitlinear(&layer.k, &mut qa);
         let v = self.bitlinear(&layer.v, &mut qa);
         let mut ctx = self.attend(l, q, k, &v)?;
         if let Some(w) = &layer.attn_sub_norm {
-            ctx = rms_norm(&ctx, w, c.rms_eps);
+            ctx = self.time(Op::Norm, || rms_norm(&ctx, w, c.rms_eps));
         }
         Ok(self.project(&layer.o, &ctx))
     }
@@ -242,12 +254,17 @@ impl<'m> Session<'m> {
                 self.ctx
             )));
         }
+        let started = std::time::Instant::now();
         self.rope(&mut q, c.heads);
         self.rope(&mut k, c.kv_heads);
         let base = l * self.ctx * kv_dim + self.pos * kv_dim;
         self.k_cache[base..base + t * kv_dim].copy_from_slice(&k);
         self.v_cache[base..base + t * kv_dim].copy_from_slice(v);
-        Ok(self.attention(l, &q, t))
+        let out = self.attention(l, &q, t);
+        if let Some(p) = &self.profile {
+            p.add(Op::Attention, started.elapsed());
+        }
+        Ok(out)
     }
 
     /// `act(gate) · up` elementwise (relu² or SiLU).
@@ -263,19 +280,20 @@ impl<'m> Session<'m> {
         let c = &self.model.config;
         let layer: &Layer = &self.model.layers[l];
         // gate and up share one quantised input.
-        let mut ga = QuantBatch::new(h, c.hidden, layer.gate.padded_cols());
+        let mut ga = self.time(Op::Quantise, || QuantBatch::new(h, c.hidden, layer.gate.padded_cols()));
         let gate = self.bitlinear(&layer.gate, &mut ga);
         let up = self.bitlinear(&layer.up, &mut ga);
-        let mut a = self.activate(&gate, &up);
+        let mut a = self.time(Op::Activation, || self.activate(&gate, &up));
         if let Some(w) = &layer.ffn_sub_norm {
-            a = rms_norm(&a, w, c.rms_eps);
+            a = self.time(Op::Norm, || rms_norm(&a, w, c.rms_eps));
         }
         self.project(&layer.down, &a)
     }
 
     /// One BitLinear: `x` `[T, cols]` → `[T, rows]` (quantise per token, integer GEMM, × β/s).
     pub fn project(&self, m: &TernaryMatrix, x: &[f32]) -> Vec<f32> {
-        self.bitlinear(m, &mut QuantBatch::new(x, m.cols, m.padded_cols()))
+        let mut a = self.time(Op::Quantise, || QuantBatch::new(x, m.cols, m.padded_cols()));
+        self.bitlinear(m, &mut a)
     }
 
     /// `[T, cols]` quantised → `[T, rows]` f32: exact integer dots, then × β / s per token.
@@ -294,7 +312,9 @@ impl<'m> Session<'m> {
         let isa = self.isa;
         // Lookup-table layouts: tables built once per input, shared by threads and matrices.
         if let Some(key) = w.table_key() {
-            a.tables(key);
+            self.time(Op::Tables, || {
+                a.tables(key);
+            });
         }
         let a = &*a;
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
@@ -303,6 +323,7 @@ impl<'m> Session<'m> {
         let group = w.row_group();
         let chunk_rows =
             (m.rows / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows);
+        let started = std::time::Instant::now();
         let mut acc = vec![0i32; m.rows * tokens];
         acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
             let r0 = i * chunk_rows;
@@ -316,6 +337,9 @@ impl<'m> Session<'m> {
             for (t, f) in factors.iter().enumerate() {
                 y[t * m.rows + r] = acc[r * tokens + t] as f32 * f;
             }
+        }
+        if let Some(p) = &self.profile {
+            p.add(Op::Ternary, started.elapsed());
         }
         y
     }

@@ -4,8 +4,10 @@
 
 mod config;
 mod forward;
+pub mod profile;
 mod weights;
 
 pub use config::ModelConfig;
 pub use forward::{Session, Want, rms_norm};
+pub use profile::{Op, Profile};
 pub use weights::{Model, TernaryMatrix};
