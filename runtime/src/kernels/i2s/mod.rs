@@ -50,15 +50,16 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
     check_rows(rows, row_bytes);
     assert_eq!(rows.len(), out.len() * row_bytes);
     assert_eq!(act.len(), row_bytes * 4, "activations must cover the padded row");
-    assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
-    let f = dot_fn(isa);
-    for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
-        *o = f(row, act, act_sum);
-    }
+    gemm(isa, rows, row_bytes, act, &[act_sum], out);
 }
 
-/// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`. Each weight row is read once
-/// and stays in L1 while every token's activations stream past it.
+/// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`.
+///
+/// With AVX2 and several tokens, each pair of rows is unpacked once into an L1-resident buffer
+/// of codes, and every token then runs only loads and `maddubs` against it, each activation
+/// load serving both rows (pp128 on the 2B-4T shape: 25.9 → 29.9 t/s with 1 thread). One token
+/// (generation) keeps the row-at-a-time kernel: a two-row variant measured faster on cached
+/// matrices but halved generation speed when the weights stream from memory.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
     check_rows(rows, row_bytes);
     let k = row_bytes * 4;
@@ -66,8 +67,31 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     assert_eq!(acts.len(), tokens * k);
     assert_eq!(rows.len() / row_bytes * tokens, out.len(), "one output per row and token");
     assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    let mut rows_iter = rows.chunks_exact(row_bytes);
+    let mut outs = out.chunks_exact_mut(tokens.max(1));
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && tokens > 1 {
+        let mut codes = vec![0u8; 2 * k];
+        for _ in 0..rows.len() / row_bytes / 2 {
+            let (r0, r1) = (rows_iter.next().expect("a pair"), rows_iter.next().expect("a pair"));
+            let (o0, o1) = (outs.next().expect("a pair"), outs.next().expect("a pair"));
+            let (c0, c1) = codes.split_at_mut(k);
+            // SAFETY: AVX2 was checked (isa == Avx2 and supported); every slice covers k
+            // activations or codes.
+            unsafe {
+                x86::unpack_codes_avx2(r0, c0);
+                x86::unpack_codes_avx2(r1, c1);
+            }
+            for (t, (act, &sum)) in acts.chunks_exact(k).zip(act_sums).enumerate() {
+                // SAFETY: as above.
+                let [a, b] = unsafe { x86::dot2_codes_avx2(c0, c1, act) };
+                o0[t] = a - sum;
+                o1[t] = b - sum;
+            }
+        }
+    }
     let f = dot_fn(isa);
-    for (row, o) in rows.chunks_exact(row_bytes).zip(out.chunks_exact_mut(tokens.max(1))) {
+    for (row, o) in rows_iter.zip(outs) {
         for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(act_sums) {
             *slot = f(row, act, sum);
         }
@@ -148,27 +172,27 @@ mod tests {
 
     #[test]
     fn gemm_equals_gemv_per_token() {
-        let (rows, cols, tokens) = (6, 256, 5);
-        let (_, packed, _) = random_case(rows, cols, 7, false);
-        let rb = i2s::row_bytes(cols);
-        let mut r = stream(99);
-        let acts: Vec<i8> = (0..tokens * cols).map(|_| r() as i8).collect();
-        let sums: Vec<i32> = acts.chunks_exact(cols).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
-        for isa in crate::cpu::available() {
-            let mut out = vec![0; rows * tokens];
-            gemm(isa, &packed[..rows * rb], rb, &acts, &sums, &mut out);
-            for t in 0..tokens {
-                let mut one = vec![0; rows];
-                gemv(
-                    Isa::Scalar,
-                    &packed[..rows * rb],
-                    rb,
-                    &acts[t * cols..(t + 1) * cols],
-                    sums[t],
-                    &mut one,
-                );
-                let col: Vec<i32> = (0..rows).map(|r| out[r * tokens + t]).collect();
-                assert_eq!(col, one, "{} token {t}", isa.name());
+        // Small; and an odd row count (a row left over after the pairs), 54 blocks (several i16
+        // widening rounds) with activations at the extremes.
+        for (rows, cols, tokens, extreme) in [(6, 256, 5, false), (7, 6912, 3, true), (9, 384, 1, true)] {
+            let (codes, packed, _) = random_case(rows, cols, 7, false);
+            let rb = i2s::row_bytes(cols);
+            let mut r = stream(99);
+            let acts: Vec<i8> = (0..tokens * cols)
+                .map(|_| if extreme { if r().is_multiple_of(2) { -128 } else { 127 } } else { r() as i8 })
+                .collect();
+            let sums: Vec<i32> = acts.chunks_exact(cols).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
+            for isa in crate::cpu::available() {
+                let mut out = vec![0; rows * tokens];
+                gemm(isa, &packed[..rows * rb], rb, &acts, &sums, &mut out);
+                for t in 0..tokens {
+                    let act = &acts[t * cols..(t + 1) * cols];
+                    let mut one = vec![0; rows];
+                    gemv(Isa::Scalar, &packed[..rows * rb], rb, act, sums[t], &mut one);
+                    assert_eq!(one, naive(&codes, cols, act));
+                    let col: Vec<i32> = (0..rows).map(|r| out[r * tokens + t]).collect();
+                    assert_eq!(col, one, "{} {rows}x{cols} token {t}", isa.name());
+                }
             }
         }
     }

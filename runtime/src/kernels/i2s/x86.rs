@@ -114,3 +114,56 @@ unsafe fn dot_avx512vnni_impl(row: &[u8], act: &[i8]) -> i32 {
     }
     total
 }
+
+/// Unpacks a row's unsigned codes (0..2) into `out` (`row.len() * 4` bytes) in activation
+/// order, so a GEMM decodes each row once for all its tokens.
+///
+/// # Safety
+/// The CPU must support AVX2; `out.len() == row.len() * 4`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn unpack_codes_avx2(row: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), row.len() * 4);
+    let mask = _mm256_set1_epi8(3);
+    for b in 0..row.len() / 32 {
+        // SAFETY: 32 bytes of row and 128 of out for block b, in bounds.
+        unsafe {
+            let p = _mm256_loadu_si256(row.as_ptr().add(32 * b) as *const __m256i);
+            for (i, shift) in [6, 4, 2, 0].into_iter().enumerate() {
+                let c = _mm256_and_si256(_mm256_srl_epi16(p, _mm_cvtsi32_si128(shift)), mask);
+                _mm256_storeu_si256(out.as_mut_ptr().add(128 * b + 32 * i) as *mut __m256i, c);
+            }
+        }
+    }
+}
+
+/// Σ c·q of two unpacked code rows against one token (no decoding: loads and `maddubs` only;
+/// the i16 sums are widened every 32 vectors: 32 `maddubs` ≤ 32·512 = 16384 in magnitude for
+/// any i8 activations, so exact).
+///
+/// # Safety
+/// The CPU must support AVX2; `c0`, `c1` and `act` have the same length, a multiple of 128.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 2] {
+    debug_assert!(c0.len() == act.len() && c1.len() == act.len());
+    let ones = _mm256_set1_epi16(1);
+    let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    let vecs = act.len() / 32;
+    let mut v = 0;
+    while v < vecs {
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for v in v..(v + 32).min(vecs) {
+            // SAFETY: 32 bytes at 32v of each slice, in bounds.
+            unsafe {
+                let x = _mm256_loadu_si256(act.as_ptr().add(32 * v) as *const __m256i);
+                let w0 = _mm256_loadu_si256(c0.as_ptr().add(32 * v) as *const __m256i);
+                let w1 = _mm256_loadu_si256(c1.as_ptr().add(32 * v) as *const __m256i);
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(w0, x));
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(w1, x));
+            }
+        }
+        acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(s0, ones));
+        acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(s1, ones));
+        v += 32;
+    }
+    [hsum256(acc0), hsum256(acc1)]
+}
