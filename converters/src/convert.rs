@@ -4,7 +4,7 @@
 //! Peak memory is one tensor in a few forms, never the model.
 
 use crate::model::{ModelSpec, PROJECTIONS, QuantMode};
-use crate::weights::load_ternary;
+use crate::weights::load_ternary_with;
 use crate::{ConvertError, Result, tokenizer};
 use half::f16;
 use rayon::prelude::*;
@@ -320,25 +320,51 @@ impl Plan {
         let mut w = GgufWriter::new(out, &self.metadata, specs).map_err(io_err)?;
         let mut summary = ConvertSummary { tensors: self.entries.len(), ..Default::default() };
         let mut last_beta = None;
+        let mut scratch = Vec::new();
         for e in &self.entries {
             let params: u64 = e.spec.dims.iter().product();
             summary.parameters += params;
             summary.tensor_bytes += e.bytes;
             let bytes = match &e.source {
                 Source::Float { hf } => {
+                    // In pieces: the token embedding alone would be 1.3 GB as f32.
                     let t = ckpt.require(hf)?;
-                    encode_float(&t.to_f32()?, e.spec.ty).map_err(|m| t.error(m))?
+                    let mut failure = None;
+                    let mut first = 0;
+                    let written = w.write_tensor_parts(&e.spec.name, |sink| {
+                        let r = t.for_each_f32_chunk(FLOAT_CHUNK, |chunk| {
+                            let bytes = encode_float(chunk, e.spec.ty, first).map_err(|m| t.error(m))?;
+                            first += chunk.len();
+                            sink(&bytes).map_err(|err| tern_formats::FormatError::io(out_path, err))
+                        });
+                        r.map_err(|err| {
+                            failure = Some(err);
+                            std::io::Error::other("stopped")
+                        })
+                    });
+                    release(t);
+                    match (failure, written) {
+                        (Some(err), _) => return Err(err.into()),
+                        (None, r) => r.map_err(io_err)?,
+                    }
+                    progress(e);
+                    continue;
                 }
                 Source::Ternary { hf, rows, cols, layout, tiles } => {
                     summary.ternary_parameters += params;
                     summary.ternary_bytes += e.bytes;
-                    let tw = load_ternary(ckpt, hf, *rows, *cols, self.model.quant)?;
+                    let tw = load_ternary_with(ckpt, hf, *rows, *cols, self.model.quant, &mut scratch)?;
+                    for name in [hf.clone(), format!("{hf}_scale"), hf.replace(".weight", ".weight_scale")] {
+                        if let Some(t) = ckpt.get(&name) {
+                            release(t);
+                        }
+                    }
                     last_beta = Some(tw.beta);
                     match layout {
                         Some(l) => l.pack(&tw.codes, tw.rows, tw.cols, tw.beta, *tiles),
                         None => {
                             let values: Vec<f32> = tw.codes.iter().map(|&t| t as f32 * tw.beta).collect();
-                            encode_float(&values, e.spec.ty).expect("β·t of a finite β always fits")
+                            encode_float(&values, e.spec.ty, 0).expect("β·t of a finite β always fits")
                         }
                     }
                 }
@@ -409,13 +435,24 @@ fn entry(spec: TensorSpec, source: Source) -> Result<PlanEntry> {
     Ok(PlanEntry { spec, source, bytes })
 }
 
-fn encode_float(values: &[f32], ty: TensorType) -> Result<Vec<u8>, String> {
+/// Elements per piece when streaming float tensors (4 MB of f32).
+const FLOAT_CHUNK: usize = 1 << 20;
+
+/// Input pages of a tensor already converted leave the resident set (see `SafetensorsFile::release`).
+fn release(t: tern_formats::hf::TensorRef) {
+    #[cfg(unix)]
+    t.release();
+}
+
+/// `values` (elements `first..` of a tensor, for messages) in the output float type.
+fn encode_float(values: &[f32], ty: TensorType, first: usize) -> Result<Vec<u8>, String> {
     match ty {
         TensorType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
         TensorType::F16 => {
             if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
                 return Err(format!(
-                    "value #{i} = {} does not fit in f16; convert with --embed-type f32",
+                    "value #{} = {} does not fit in f16; convert with --embed-type f32",
+                    first + i,
                     values[i]
                 ));
             }

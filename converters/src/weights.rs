@@ -55,11 +55,25 @@ pub fn load_ternary(
     cols: usize,
     mode: QuantMode,
 ) -> Result<TernaryWeight> {
+    load_ternary_with(ckpt, name, rows, cols, mode, &mut Vec::new())
+}
+
+/// [`load_ternary`] with a reused f32 buffer for master weights (conversion streams tensor after
+/// tensor; a fresh 70 MB buffer per projection costs a page fault per 4 KB).
+pub fn load_ternary_with(
+    ckpt: &HfCheckpoint,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    mode: QuantMode,
+    scratch: &mut Vec<f32>,
+) -> Result<TernaryWeight> {
     let t = ckpt.require(name)?;
     if mode == QuantMode::Online {
-        let values = t.to_f32()?;
-        let beta = ternary::absmean(&values);
-        let codes = ternary::ternarise(&values, beta);
+        t.to_f32_into(scratch)?;
+        let values = &scratch[..];
+        let beta = ternary::absmean(values);
+        let codes = ternary::ternarise(values, beta);
         return Ok(TernaryWeight { codes, beta, source_scale: beta, rows, cols });
     }
     if t.info.dtype != Dtype::U8 {

@@ -121,17 +121,34 @@ impl SafetensorsFile {
     /// A tensor as f32 (from BF16, F16 or F32), refusing NaN and ±Inf: a master weight or norm
     /// that is not finite would silently poison every output.
     pub fn to_f32(&self, t: &StTensor) -> Result<Vec<f32>> {
-        let bytes = self.data(t);
-        let values: Vec<f32> = match t.dtype {
-            Dtype::F32 => {
-                bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            }
-            Dtype::BF16 => {
-                bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::F16 => {
-                bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
+        let mut values = Vec::new();
+        self.to_f32_into(t, &mut values)?;
+        Ok(values)
+    }
+
+    /// [`to_f32`](Self::to_f32) into a reused buffer (cleared first): converting tensor after
+    /// tensor then costs no fresh allocation — and no page faults — per tensor.
+    pub fn to_f32_into(&self, t: &StTensor, values: &mut Vec<f32>) -> Result<()> {
+        values.clear();
+        values.reserve(t.elements());
+        self.for_each_f32_chunk(t, 1 << 20, |chunk| {
+            values.extend_from_slice(chunk);
+            Ok(())
+        })
+    }
+
+    /// Decodes a float tensor (BF16, F16, F32) to f32 `chunk` elements at a time and hands each
+    /// piece to `f`, so a tensor never needs to exist whole as f32 (a 2.6 GB embedding becomes
+    /// pieces of a few MB). Every value must be finite.
+    pub fn for_each_f32_chunk(
+        &self,
+        t: &StTensor,
+        chunk: usize,
+        mut f: impl FnMut(&[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let width = match t.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
             other => {
                 return Err(FormatError::tensor(
                     &self.path,
@@ -140,13 +157,45 @@ impl SafetensorsFile {
                 ));
             }
         };
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(FormatError::tensor(
-                &self.path,
-                &t.name,
-                format!("value #{i} is {} (weights must be finite)", values[i]),
-            ));
+        let mut done = 0;
+        for bytes in self.data(t).chunks(chunk.saturating_mul(width).max(width)) {
+            let values: Vec<f32> = match t.dtype {
+                Dtype::F32 => {
+                    bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                Dtype::BF16 => {
+                    bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                _ => bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            };
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(FormatError::tensor(
+                    &self.path,
+                    &t.name,
+                    format!("value #{} is {} (weights must be finite)", done + i, values[i]),
+                ));
+            }
+            done += values.len();
+            f(&values)?;
         }
-        Ok(values)
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    /// Tells the kernel this tensor's pages will not be read again soon, so they leave this
+    /// process's resident set (the file stays in the page cache; a later read maps it back in).
+    /// Conversion streams tensor by tensor, so without this a whole checkpoint would count as
+    /// resident by the end.
+    pub fn release(&self, t: &StTensor) {
+        const PAGE: usize = 4096;
+        let start = t.start / PAGE * PAGE;
+        let end = t.end.next_multiple_of(PAGE).min(self.map.len());
+        if end > start {
+            // SAFETY: a read-only, file-backed shared mapping: MADV_DONTNEED only drops pages,
+            // which are re-read from the file on the next access; no data can change or be lost.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
     }
 }

@@ -36,7 +36,10 @@ pub fn weight_inverse_scale(beta: f32) -> f32 {
 /// Ternarises one weight: `clamp(round_ties_even(w * inv), -1, 1)`.
 #[inline]
 pub fn ternarise_one(w: f32, inv: f32) -> i8 {
-    (w * inv).round_ties_even().clamp(-1.0, 1.0) as i8
+    // round_ties_even without a libm call (so the loop vectorises): exact below 2^22, and any
+    // larger |w·inv| rounds to something of the same sign ≥ 1, which the clamp maps to ±1 as
+    // the exact rounding would.
+    round_ties_even_small(w * inv).clamp(-1.0, 1.0) as i8
 }
 
 /// Ternarises a whole tensor with its per-tensor β; returns the codes in {-1, 0, 1}.
@@ -89,6 +92,17 @@ mod tests {
         // β = 1, so w * inv = w: 0.5 → 0 and 1.5 → 2 → clamped 1; -0.5 → -0 → 0.
         let codes = ternarise(&[0.5, -0.5, 1.5, -1.5, 0.49, 0.51, 3.0, -7.0], 1.0);
         assert_eq!(codes, vec![0, 0, 1, -1, 0, 1, 1, -1]);
+    }
+
+    #[test]
+    fn fast_ternarisation_equals_the_exact_formula() {
+        let inv = weight_inverse_scale(0.37);
+        let mut ws: Vec<f32> = (-2000..=2000).map(|k| k as f32 * 0.37 / 1000.0).collect();
+        ws.extend([0.185, -0.185, 0.5 / inv, -0.5 / inv, 1.5 / inv, 1e30, -1e30, 5e6, -5e6, 0.0, -0.0]);
+        for w in ws {
+            let exact = (w * inv).round_ties_even().clamp(-1.0, 1.0) as i8;
+            assert_eq!(ternarise_one(w, inv), exact, "{w}");
+        }
     }
 
     #[test]

@@ -134,24 +134,43 @@ impl<W: Write> GgufWriter<W> {
 
     /// Writes the data of the next tensor; its name and byte size must match the header.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        self.write_tensor_parts(name, |sink| sink(data))
+    }
+
+    /// Writes the next declared tensor in pieces: `fill` calls `sink` with consecutive parts
+    /// whose lengths must add up to the declared size (so a large tensor never sits whole in RAM).
+    pub fn write_tensor_parts(
+        &mut self,
+        name: &str,
+        fill: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let Some((spec, size)) = self.tensors.get(self.next) else {
             return Err(invalid(format!("tensor '{name}' written after the last declared tensor")));
         };
         if spec.name != name {
             return Err(invalid(format!("tensor '{name}' written where '{}' was declared", spec.name)));
         }
-        if data.len() as u64 != *size {
+        let size = *size;
+        let mut written = 0u64;
+        let out = &mut self.out;
+        fill(&mut |part: &[u8]| {
+            written += part.len() as u64;
+            if written > size {
+                return Err(invalid(format!(
+                    "tensor '{name}' has more bytes than its header entry's {size}"
+                )));
+            }
+            out.write_all(part)
+        })?;
+        if written != size {
             return Err(invalid(format!(
-                "tensor '{name}' has {} bytes, its header entry says {size}",
-                data.len()
+                "tensor '{name}' has {written} bytes, its header entry says {size}"
             )));
         }
-        self.out.write_all(data)?;
-        pad(&mut self.out, *size, self.alignment)?;
+        pad(&mut self.out, size, self.alignment)?;
         self.next += 1;
         Ok(())
     }
-
     /// Checks every declared tensor was written and returns the underlying writer.
     pub fn finish(mut self) -> io::Result<W> {
         if let Some((spec, _)) = self.tensors.get(self.next) {
@@ -217,8 +236,30 @@ mod tests {
         let specs = vec![TensorSpec { name: "a".into(), ty: TensorType::F16, dims: vec![4] }];
         let mut w = GgufWriter::new(Vec::new(), &Metadata::default(), specs.clone()).unwrap();
         assert!(w.write_tensor("a", &[0u8; 7]).is_err());
-        let w = GgufWriter::new(Vec::new(), &Metadata::default(), specs).unwrap();
+        let w = GgufWriter::new(Vec::new(), &Metadata::default(), specs.clone()).unwrap();
         assert!(w.finish().is_err());
+        // In parts: too few bytes, too many, and the right number.
+        let mut w = GgufWriter::new(Vec::new(), &Metadata::default(), specs.clone()).unwrap();
+        assert!(w.write_tensor_parts("a", |sink| sink(&[1, 2, 3])).is_err());
+        let mut w = GgufWriter::new(Vec::new(), &Metadata::default(), specs.clone()).unwrap();
+        assert!(
+            w.write_tensor_parts("a", |sink| {
+                sink(&[1; 5])?;
+                sink(&[2; 5])
+            })
+            .is_err()
+        );
+        let mut w = GgufWriter::new(Vec::new(), &Metadata::default(), specs.clone()).unwrap();
+        w.write_tensor_parts("a", |sink| {
+            sink(&[1, 2, 3])?;
+            sink(&[])?;
+            sink(&[4, 5, 6, 7, 8])
+        })
+        .unwrap();
+        let parts = w.finish().unwrap();
+        let mut w = GgufWriter::new(Vec::new(), &Metadata::default(), specs).unwrap();
+        w.write_tensor("a", &[1, 2, 3, 4, 5, 6, 7, 8]).unwrap();
+        assert_eq!(parts, w.finish().unwrap(), "parts write the same bytes as one piece");
     }
 
     #[test]

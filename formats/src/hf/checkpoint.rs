@@ -35,6 +35,22 @@ impl<'a> TensorRef<'a> {
         self.file.to_f32(self.info)
     }
 
+    /// See [`SafetensorsFile::to_f32_into`].
+    pub fn to_f32_into(&self, values: &mut Vec<f32>) -> Result<()> {
+        self.file.to_f32_into(self.info, values)
+    }
+
+    /// See [`SafetensorsFile::for_each_f32_chunk`].
+    pub fn for_each_f32_chunk(&self, chunk: usize, f: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
+        self.file.for_each_f32_chunk(self.info, chunk, f)
+    }
+
+    /// See [`SafetensorsFile::release`].
+    #[cfg(unix)]
+    pub fn release(&self) {
+        self.file.release(self.info)
+    }
+
     pub fn path(&self) -> &'a Path {
         &self.file.path
     }

@@ -67,7 +67,10 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     assert_eq!(acts.len(), tokens * k);
     assert_eq!(rows.len() / row_bytes * tokens, out.len(), "one output per row and token");
     assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    // Only the x86 pair path advances these before the loop below.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut rows_iter = rows.chunks_exact(row_bytes);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut outs = out.chunks_exact_mut(tokens.max(1));
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && tokens > 1 {
