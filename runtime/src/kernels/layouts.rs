@@ -124,7 +124,10 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             let rb = i2s_format::row_bytes(w.cols);
             i2s::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
         }
-        Layout::TQ2_0 => per_row(w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES, tq2_kernels::dot, out),
+        Layout::TQ2_0 => {
+            let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
+            tq2_kernels::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
+        }
         Layout::TQ1_0 => per_row(w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES, tq1_kernels::dot, out),
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");

@@ -29,6 +29,45 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
+/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`. With AVX2 and
+/// several tokens, each pair of rows is unpacked once into codes in activation order and every
+/// token runs I2_S's decode-free two-row dot against them; otherwise row by row.
+pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
+    let tokens = sums.len();
+    let k = row_bytes / BLOCK_BYTES * BLOCK;
+    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
+    assert_eq!(out.len(), rows.len() / row_bytes * tokens);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut pairs_done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1 {
+        let mut codes = vec![0u8; 2 * k];
+        for (pair, o) in rows.chunks_exact(2 * row_bytes).zip(out.chunks_exact_mut(2 * tokens)) {
+            let (c0, c1) = codes.split_at_mut(k);
+            // SAFETY: AVX2 was detected; each row is row_bytes, each code buffer k bytes.
+            unsafe {
+                x86::unpack_codes_avx2(&pair[..row_bytes], c0);
+                x86::unpack_codes_avx2(&pair[row_bytes..], c1);
+            }
+            let (o0, o1) = o.split_at_mut(tokens);
+            for (t, (act, &sum)) in acts.chunks_exact(k).zip(sums).enumerate() {
+                // SAFETY: as above; act holds k activations.
+                let [a, b] = unsafe { crate::kernels::i2s::x86::dot2_codes_avx2(c0, c1, act) };
+                o0[t] = a - sum;
+                o1[t] = b - sum;
+            }
+            pairs_done += 1;
+        }
+    }
+    let rest = &rows[2 * pairs_done * row_bytes..];
+    let out_rest = &mut out[2 * pairs_done * tokens..];
+    for (row, o) in rest.chunks_exact(row_bytes).zip(out_rest.chunks_exact_mut(tokens.max(1))) {
+        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
+            *slot = dot(isa, row, act, sum);
+        }
+    }
+}
+
 pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {
     let mut codes = [0i8; BLOCK];
     row.chunks_exact(BLOCK_BYTES)
@@ -66,6 +105,29 @@ mod x86 {
             }
         }
         crate::kernels::i2s::x86::hsum256(acc)
+    }
+
+    /// A row's unsigned codes (0..2) in activation order: byte `qs[32h + m]` bits 2l give
+    /// weight 128h + 32l + m of each block.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `out.len() == row.len() / 66 · 256`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn unpack_codes_avx2(row: &[u8], out: &mut [u8]) {
+        let mask = _mm256_set1_epi8(3);
+        for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
+            for h in 0..2 {
+                // SAFETY: 32 bytes at block[32h] lie in the block; 128 codes at out[256b + 128h].
+                unsafe {
+                    let p = _mm256_loadu_si256(block.as_ptr().add(32 * h) as *const __m256i);
+                    for l in 0..4 {
+                        let c = _mm256_and_si256(_mm256_srl_epi16(p, _mm_cvtsi32_si128(2 * l)), mask);
+                        let dst = out.as_mut_ptr().add(BLOCK * b + 128 * h + 32 * l as usize);
+                        _mm256_storeu_si256(dst as *mut __m256i, c);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -143,7 +143,7 @@ pub(super) unsafe fn unpack_codes_avx2(row: &[u8], out: &mut [u8]) {
 /// # Safety
 /// The CPU must support AVX2; `c0`, `c1` and `act` have the same length, a multiple of 128.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 2] {
+pub(crate) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 2] {
     debug_assert!(c0.len() == act.len() && c1.len() == act.len());
     let ones = _mm256_set1_epi16(1);
     let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
