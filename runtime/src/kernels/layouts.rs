@@ -96,9 +96,6 @@ pub struct Acts<'a> {
     pub tables: Option<&'a Tables>,
 }
 
-/// A row dot of a per-row layout: `(isa, packed row, activations, Σ activations)`.
-type RowDot = fn(Isa, &[u8], &[i8], i32) -> i32;
-
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).
 pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut [i32]) {
     let (acts, sums) = (a.codes, a.sums);
@@ -111,14 +108,6 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             && (r1.is_multiple_of(w.row_group()) || r1 == w.rows)
     );
     assert_eq!((acts.len(), out.len()), (tokens * k, (r1 - r0) * tokens));
-    let per_row = |row_bytes: usize, dot: RowDot, out: &mut [i32]| {
-        for (r, o) in (r0..r1).zip(out.chunks_exact_mut(tokens)) {
-            let row = &w.bytes[r * row_bytes..][..row_bytes];
-            for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
-                *slot = dot(isa, row, act, sum);
-            }
-        }
-    };
     match w.layout {
         Layout::I2S => {
             let rb = i2s_format::row_bytes(w.cols);
@@ -128,7 +117,15 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
             tq2_kernels::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
         }
-        Layout::TQ1_0 => per_row(w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES, tq1_kernels::dot, out),
+        Layout::TQ1_0 => {
+            let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
+            for (r, o) in (r0..r1).zip(out.chunks_exact_mut(tokens)) {
+                let row = &w.bytes[r * rb..][..rb];
+                for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
+                    *slot = tq1_kernels::dot(isa, row, act, sum);
+                }
+            }
+        }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");
             let key = w.table_key().expect("tiled layouts read tables");

@@ -125,6 +125,7 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 mod arm {
     use super::{BLOCK, BLOCK_BYTES};
+    use crate::kernels::i2s::arm::madd16;
     use std::arch::aarch64::*;
 
     /// Unsigned codes of bytes x = b·3ⁿ mod 256: (x ≥ 86) + (x ≥ 171).
@@ -133,15 +134,6 @@ mod arm {
         let c1 = vcgtq_u8(x, vdupq_n_u8(85));
         let c2 = vcgtq_u8(x, vdupq_n_u8(170));
         vreinterpretq_s8_u8(vsubq_u8(vsubq_u8(vdupq_n_u8(0), c1), c2))
-    }
-
-    /// Σ c·q over 16 codes and 16 activations, accumulated pairwise into `acc`.
-    #[target_feature(enable = "neon")]
-    unsafe fn madd16(acc: int32x4_t, c: int8x16_t, q: *const i8) -> int32x4_t {
-        // SAFETY: the caller guarantees 16 readable activations at q.
-        let x = unsafe { vld1q_s8(q) };
-        let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(c), vget_low_s8(x)));
-        vpadalq_s16(acc, vmull_high_s8(c, x))
     }
 
     /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).

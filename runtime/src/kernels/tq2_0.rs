@@ -38,30 +38,24 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], 
     assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
     assert_eq!(out.len(), rows.len() / row_bytes * tokens);
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut pairs_done = 0;
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1 {
-        let mut codes = vec![0u8; 2 * k];
-        for (pair, o) in rows.chunks_exact(2 * row_bytes).zip(out.chunks_exact_mut(2 * tokens)) {
-            let (c0, c1) = codes.split_at_mut(k);
-            // SAFETY: AVX2 was detected; each row is row_bytes, each code buffer k bytes.
-            unsafe {
-                x86::unpack_codes_avx2(&pair[..row_bytes], c0);
-                x86::unpack_codes_avx2(&pair[row_bytes..], c1);
-            }
-            let (o0, o1) = o.split_at_mut(tokens);
-            for (t, (act, &sum)) in acts.chunks_exact(k).zip(sums).enumerate() {
-                // SAFETY: as above; act holds k activations.
-                let [a, b] = unsafe { crate::kernels::i2s::x86::dot2_codes_avx2(c0, c1, act) };
-                o0[t] = a - sum;
-                o1[t] = b - sum;
-            }
-            pairs_done += 1;
-        }
+        // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
+        done = unsafe {
+            crate::kernels::i2s::x86::gemm_row_pairs(
+                rows,
+                row_bytes,
+                k,
+                acts,
+                sums,
+                out,
+                x86::unpack_codes_avx2,
+            )
+        };
     }
-    let rest = &rows[2 * pairs_done * row_bytes..];
-    let out_rest = &mut out[2 * pairs_done * tokens..];
-    for (row, o) in rest.chunks_exact(row_bytes).zip(out_rest.chunks_exact_mut(tokens.max(1))) {
+    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
+    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
         for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
             *slot = dot(isa, row, act, sum);
         }
@@ -156,10 +150,8 @@ mod arm {
                             vshrq_n_u8(packed, 6),
                         ];
                         for (l, c) in codes.into_iter().enumerate() {
-                            let c = vreinterpretq_s8_u8(c);
-                            let x = vld1q_s8(q.add(32 * l));
-                            acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(c), vget_low_s8(x)));
-                            acc = vpadalq_s16(acc, vmull_high_s8(c, x));
+                            acc =
+                                crate::kernels::i2s::arm::madd16(acc, vreinterpretq_s8_u8(c), q.add(32 * l));
                         }
                     }
                 }

@@ -30,13 +30,24 @@ unsafe fn dot_neon_impl(row: &[u8], act: &[i8]) -> i32 {
                     vandq_u8(packed, mask),
                 ];
                 for (i, c) in codes.into_iter().enumerate() {
-                    let c = vreinterpretq_s8_u8(c);
-                    let x = vld1q_s8(q.add(32 * i));
-                    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(c), vget_low_s8(x)));
-                    acc = vpadalq_s16(acc, vmull_high_s8(c, x));
+                    acc = madd16(acc, vreinterpretq_s8_u8(c), q.add(32 * i));
                 }
             }
         }
     }
     vaddvq_s32(acc)
+}
+
+/// Σ c·q over 16 codes (≤ 2, so they fit in i8) and the 16 activations at `q`, multiplied with
+/// `smull`/`smull2` and accumulated pairwise into `acc` (`sadalp`). Shared by the 2-bit and
+/// base-3 NEON kernels.
+///
+/// # Safety
+/// `q` must point to 16 readable bytes; the CPU must support NEON.
+#[target_feature(enable = "neon")]
+pub(crate) unsafe fn madd16(acc: int32x4_t, c: int8x16_t, q: *const i8) -> int32x4_t {
+    // SAFETY: the caller guarantees 16 readable activations at q.
+    let x = unsafe { vld1q_s8(q) };
+    let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(c), vget_low_s8(x)));
+    vpadalq_s16(acc, vmull_high_s8(c, x))
 }

@@ -6,7 +6,7 @@
 //! `smull`) and subtract Σq, which is exact because c·q stays far from i16/i32 limits.
 
 #[cfg(target_arch = "aarch64")]
-mod arm;
+pub(crate) mod arm;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -67,34 +67,17 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     assert_eq!(acts.len(), tokens * k);
     assert_eq!(rows.len() / row_bytes * tokens, out.len(), "one output per row and token");
     assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
-    // Only the x86 pair path advances these before the loop below.
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut rows_iter = rows.chunks_exact(row_bytes);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut outs = out.chunks_exact_mut(tokens.max(1));
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && tokens > 1 {
-        let mut codes = vec![0u8; 2 * k];
-        for _ in 0..rows.len() / row_bytes / 2 {
-            let (r0, r1) = (rows_iter.next().expect("a pair"), rows_iter.next().expect("a pair"));
-            let (o0, o1) = (outs.next().expect("a pair"), outs.next().expect("a pair"));
-            let (c0, c1) = codes.split_at_mut(k);
-            // SAFETY: AVX2 was checked (isa == Avx2 and supported); every slice covers k
-            // activations or codes.
-            unsafe {
-                x86::unpack_codes_avx2(r0, c0);
-                x86::unpack_codes_avx2(r1, c1);
-            }
-            for (t, (act, &sum)) in acts.chunks_exact(k).zip(act_sums).enumerate() {
-                // SAFETY: as above.
-                let [a, b] = unsafe { x86::dot2_codes_avx2(c0, c1, act) };
-                o0[t] = a - sum;
-                o1[t] = b - sum;
-            }
-        }
+        // SAFETY: AVX2 was checked (isa == Avx2 and supported); sizes asserted above.
+        done =
+            unsafe { x86::gemm_row_pairs(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2) };
     }
     let f = dot_fn(isa);
-    for (row, o) in rows_iter.zip(outs) {
+    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
+    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
         for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(act_sums) {
             *slot = f(row, act, sum);
         }

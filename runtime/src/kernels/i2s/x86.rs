@@ -143,7 +143,7 @@ pub(super) unsafe fn unpack_codes_avx2(row: &[u8], out: &mut [u8]) {
 /// # Safety
 /// The CPU must support AVX2; `c0`, `c1` and `act` have the same length, a multiple of 128.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 2] {
+pub(super) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 2] {
     debug_assert!(c0.len() == act.len() && c1.len() == act.len());
     let ones = _mm256_set1_epi16(1);
     let (mut acc0, mut acc1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
@@ -166,4 +166,44 @@ pub(crate) unsafe fn dot2_codes_avx2(c0: &[u8], c1: &[u8], act: &[i8]) -> [i32; 
         v += 32;
     }
     [hsum256(acc0), hsum256(acc1)]
+}
+
+/// Prompt GEMM over pairs of rows, shared by every 2-bit layout: each pair is unpacked once with
+/// `unpack` (a row's unsigned codes in activation order, `k` per row) into an L1-resident buffer,
+/// then every token runs [`dot2_codes_avx2`] against it. `out[r·tokens + t]` as in `i2s::gemm`.
+/// Handles the first 2·⌊rows/2⌋ rows and returns how many that is; the caller does the last.
+///
+/// # Safety
+/// The CPU must support AVX2; `unpack(row, codes)` must fill `k` codes from a `row_bytes` row;
+/// `acts` holds `sums.len()` tokens of `k` activations and `out` one slot per row and token.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn gemm_row_pairs(
+    rows: &[u8],
+    row_bytes: usize,
+    k: usize,
+    acts: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+    unpack: unsafe fn(&[u8], &mut [u8]),
+) -> usize {
+    let tokens = sums.len();
+    let mut codes = vec![0u8; 2 * k];
+    let mut done = 0;
+    for (pair, o) in rows.chunks_exact(2 * row_bytes).zip(out.chunks_exact_mut(2 * tokens)) {
+        let (c0, c1) = codes.split_at_mut(k);
+        let (o0, o1) = o.split_at_mut(tokens);
+        // SAFETY: forwarded from the caller; each row is row_bytes, each code buffer k bytes,
+        // each token k activations.
+        unsafe {
+            unpack(&pair[..row_bytes], c0);
+            unpack(&pair[row_bytes..], c1);
+            for (t, (act, &sum)) in acts.chunks_exact(k).zip(sums).enumerate() {
+                let [a, b] = dot2_codes_avx2(c0, c1, act);
+                o0[t] = a - sum;
+                o1[t] = b - sum;
+            }
+        }
+        done += 2;
+    }
+    done
 }
