@@ -4,8 +4,9 @@
 //! Weights: one scale per tensor, β = mean|W| in f32, `t = clamp(round_ties_even(W · (1/max(β,
 //! 1e-5))), -1, 1)`. It is `W * inv`, not `W / β`: the two differ in the last ulp exactly at ±β/2.
 //!
-//! Activations: one scale per token, `s = 127 / max(max|x|, 1e-5)`, `q = clamp(round_ties_even(x ·
-//! s), -128, 127)`. Since |x·s| ≤ 127 (+ an ulp), −128 never occurs.
+//! Activations: one scale per token, `s = 127 / max(max|x|, 1e-5)` (evaluated as torch does,
+//! `(1/max) · 127`, see [`activation_scale`]), `q = clamp(round_ties_even(x · s), -128, 127)`.
+//! Since |x·s| ≤ 127 (+ an ulp), −128 never occurs.
 //!
 //! Rust's `f32::round` rounds half away from zero; torch rounds half to even, hence
 //! `round_ties_even` everywhere.
@@ -48,7 +49,12 @@ pub fn ternarise(values: &[f32], beta: f32) -> Vec<i8> {
     values.iter().map(|&w| ternarise_one(w, inv)).collect()
 }
 
-/// Per-token activation scale `s = 127 / max(absmax, 1e-5)`.
+/// Per-token activation scale `s = 127 / max(absmax, 1e-5)`, computed as torch computes it:
+/// transformers writes `127 / t` with a tensor `t`, which torch evaluates as
+/// `t.reciprocal() * 127` — two roundings, sometimes one ulp away from a true division. The
+/// difference decides exact rounding ties (x·s = k + ½), which are common when the input is an
+/// integer multiple of one factor, e.g. o_proj's input for the first token of a family without
+/// sub-norms (attention context = v). Matching it keeps tern's codes equal to transformers'.
 pub fn activation_scale(row: &[f32]) -> f32 {
     // Eight running maxima, so the loop vectorises; max is order-independent here (NaN is
     // skipped by f32::max whatever the order), so this equals the sequential fold.
@@ -61,7 +67,7 @@ pub fn activation_scale(row: &[f32]) -> f32 {
     }
     let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let absmax = lanes.iter().fold(tail, |m, &l| m.max(l));
-    127.0 / absmax.max(SCALE_FLOOR)
+    (1.0 / absmax.max(SCALE_FLOOR)) * 127.0
 }
 
 /// `v.round_ties_even()` for |v| < 2^22 (and NaN) without a libm call, so loops vectorise:
@@ -121,10 +127,10 @@ mod tests {
     fn vectorised_absmax_equals_the_fold() {
         let row: Vec<f32> = (0..1001).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37).collect();
         let fold = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert_eq!(activation_scale(&row), 127.0 / fold);
+        assert_eq!(activation_scale(&row), (1.0 / fold) * 127.0);
         let mut with_nan = row.clone();
         with_nan[17] = f32::NAN;
-        assert_eq!(activation_scale(&with_nan), 127.0 / fold);
+        assert_eq!(activation_scale(&with_nan), (1.0 / fold) * 127.0);
     }
 
     #[test]
@@ -148,7 +154,7 @@ mod tests {
         // 63.5 rounds to even 64; -127; 31.75 → 32; -12.7 → -13.
         assert_eq!(q, [64, -127, 32, -13]);
         let s0 = quantise_activations(&[0.0, 0.0, 0.0, 0.0], &mut q);
-        assert_eq!(s0, 127.0 / 1e-5);
+        assert_eq!(s0, (1.0 / 1e-5f32) * 127.0);
         assert_eq!(q, [0, 0, 0, 0]);
     }
 }
