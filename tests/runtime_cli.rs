@@ -16,7 +16,17 @@ fn converted(form: &str, tmp: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn verify_passes_on_every_fixture() {
     let tmp = tempfile::tempdir().unwrap();
-    for form in ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed"] {
+    let forms = [
+        ("tiny/bf16", 4),
+        ("tiny/packed", 4),
+        ("odd/bf16", 3),
+        ("odd/packed", 3),
+        // The other families: 1bitLLM (fp16 masters, SiLU, renamed sub-norms) and Llama-1.58
+        // (packed, divided scales, no sub-norms, q/k permuted for interleaved RoPE).
+        ("onebit/fp16", 2),
+        ("llama158/packed", 2),
+    ];
+    for (form, layers) in forms {
         let gguf = converted(form, tmp.path());
         let reference = fixtures().join(form);
         let j: serde_json::Value = serde_json::from_str(&tern_ok(&[
@@ -34,7 +44,7 @@ fn verify_passes_on_every_fixture() {
         }
         assert!(j["output_head_rel_l2"].as_f64().unwrap() < 1e-5);
         assert!(j["embedding_rel_l2"].as_f64().unwrap() < 1e-5);
-        assert_eq!(j["layers"].as_array().unwrap().len(), if form.starts_with("tiny") { 4 } else { 3 });
+        assert_eq!(j["layers"].as_array().unwrap().len(), layers, "{form}");
         assert_eq!(j["prompts"].as_array().unwrap().len(), 4);
     }
 }

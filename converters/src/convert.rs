@@ -3,7 +3,7 @@
 //! [`Plan::write`] streams the tensors one at a time (read → ternarise or unpack → pack → write).
 //! Peak memory is one tensor in a few forms, never the model.
 
-use crate::model::{ModelSpec, PROJECTIONS, QuantMode};
+use crate::model::{ModelSpec, PROJECTIONS, Projection, QuantMode, RopePairing};
 use crate::weights::load_ternary_with;
 use crate::{ConvertError, Result, tokenizer};
 use half::f16;
@@ -112,7 +112,16 @@ pub enum Source {
     /// A float tensor copied (converted to the spec's type).
     Float { hf: String },
     /// A ternary projection, packed in `layout` (None: dequantised to the entry's float type).
-    Ternary { hf: String, rows: usize, cols: usize, layout: Option<Layout>, tiles: Option<Tiles> },
+    /// q and k rows are reordered per head of `head_dim` rows when the family's GGUF arch pairs
+    /// RoPE elements differently from the checkpoint (`reorder_heads`, see [`RopePairing`]).
+    Ternary {
+        hf: String,
+        rows: usize,
+        cols: usize,
+        layout: Option<Layout>,
+        tiles: Option<Tiles>,
+        reorder_heads: Option<(RopePairing, usize)>,
+    },
     /// The f32 scale of the ternary tensor just before (bitnet.cpp's `<name>_scale` tensor).
     ScaleOfPrevious,
 }
@@ -223,9 +232,19 @@ impl Plan {
                     tile_table.push((rows, cols, t));
                 }
                 let spec = TensorSpec { name: name.clone(), ty, dims: vec![cols as u64, rows as u64] };
+                let reorder_heads = (matches!(p, Projection::Q | Projection::K)
+                    && fam.rope_pairing != RopePairing::HalfSplit)
+                    .then_some((fam.rope_pairing, model.head_dim));
                 entries.push(entry(
                     spec,
-                    Source::Ternary { hf: model.hf_projection(l, p), rows, cols, layout, tiles },
+                    Source::Ternary {
+                        hf: model.hf_projection(l, p),
+                        rows,
+                        cols,
+                        layout,
+                        tiles,
+                        reorder_heads,
+                    },
                 )?);
                 if layout.is_some_and(|l| l.traits().scale_tensor) {
                     let spec =
@@ -350,10 +369,13 @@ impl Plan {
                     progress(e);
                     continue;
                 }
-                Source::Ternary { hf, rows, cols, layout, tiles } => {
+                Source::Ternary { hf, rows, cols, layout, tiles, reorder_heads } => {
                     summary.ternary_parameters += params;
                     summary.ternary_bytes += e.bytes;
-                    let tw = load_ternary_with(ckpt, hf, *rows, *cols, self.model.quant, &mut scratch)?;
+                    let mut tw = load_ternary_with(ckpt, hf, *rows, *cols, self.model.quant, &mut scratch)?;
+                    if let Some((pairing, head_dim)) = reorder_heads {
+                        tw.codes = pairing.reorder(&tw.codes, *head_dim, *cols);
+                    }
                     for name in [hf.clone(), format!("{hf}_scale"), hf.replace(".weight", ".weight_scale")] {
                         if let Some(t) = ckpt.get(&name) {
                             release(t);
@@ -488,6 +510,6 @@ fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {
     md.set("tern.family", Value::String(m.family.name().into()));
     md.set("tern.activation", Value::String(m.activation.name().into()));
     md.set("tern.source_quantization", Value::String(m.quant.name().into()));
-    // q/k rows are written as in the HF checkpoint: RoPE pairs element j with j + head_dim/2.
-    md.set("tern.rope.pairing", Value::String("half-split".into()));
+    // half-split: q/k rows as in the HF checkpoint; interleaved: permuted per head for llama.cpp.
+    md.set("tern.rope.pairing", Value::String(m.family.traits().rope_pairing.name().into()));
 }

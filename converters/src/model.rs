@@ -27,8 +27,62 @@ impl Activation {
         match name {
             "relu2" => Some(Activation::Relu2),
             "silu" | "swish" => Some(Activation::Silu),
+            // llama.cpp's spelling of the same op (`LLM_FFN_RELU_SQR`).
+            "relu_sqr" | "relu_squared" => Some(Activation::Relu2),
             _ => None,
         }
+    }
+}
+
+/// Which elements of a head RoPE rotates together, as stored in a GGUF's q/k rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopePairing {
+    /// Element j with j + d/2 (transformers' `rotate_half`; the HF row order, arch `bitnet*`).
+    HalfSplit,
+    /// Element 2i with 2i + 1 (llama.cpp's arch `llama`): its converters permute the q/k rows of
+    /// each head so that interleaved RoPE on them equals half-split RoPE on the HF rows.
+    Interleaved,
+}
+
+impl RopePairing {
+    pub fn name(self) -> &'static str {
+        match self {
+            RopePairing::HalfSplit => "half-split",
+            RopePairing::Interleaved => "interleaved",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<RopePairing> {
+        match name {
+            "half-split" => Some(RopePairing::HalfSplit),
+            "interleaved" => Some(RopePairing::Interleaved),
+            _ => None,
+        }
+    }
+
+    /// The HF row (within one head of `head_dim` rows) stored at row `stored` of that head.
+    /// Interleaved: stored row 2i + j holds HF row j·d/2 + i (llama.cpp's `permute`).
+    pub fn hf_row(self, stored: usize, head_dim: usize) -> usize {
+        match self {
+            RopePairing::HalfSplit => stored,
+            RopePairing::Interleaved => (stored % 2) * (head_dim / 2) + stored / 2,
+        }
+    }
+
+    /// `values` (rows of `width`, heads of `head_dim` rows each, in HF order) reordered to this
+    /// pairing's stored order. Used on weight rows at conversion and on reference q/k outputs.
+    pub fn reorder<T: Copy>(self, values: &[T], head_dim: usize, width: usize) -> Vec<T> {
+        if self == RopePairing::HalfSplit {
+            return values.to_vec();
+        }
+        let mut out = Vec::with_capacity(values.len());
+        let rows = values.len() / width;
+        for r in 0..rows {
+            let (head, within) = (r / head_dim, r % head_dim);
+            let src = head * head_dim + self.hf_row(within, head_dim);
+            out.extend_from_slice(&values[src * width..(src + 1) * width]);
+        }
+        out
     }
 }
 
@@ -186,6 +240,17 @@ impl ModelSpec {
                 format!(
                     "quantization_mode is {:?} but the projection weights are {:?}",
                     mode_in_config.unwrap_or_default(),
+                    first.info.dtype
+                ),
+            ));
+        }
+        if !packed && family.traits().needs_bitnet_quantization {
+            return Err(ConvertError::model(
+                &c.path,
+                format!(
+                    "a {} checkpoint stores its projections packed as U8 (transformers' BitLinear), but {} is {:?}",
+                    family.name(),
+                    first.info.name,
                     first.info.dtype
                 ),
             ));

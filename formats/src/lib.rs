@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod error;
+pub mod float_blocks;
 pub mod gguf;
 pub mod hf;
 pub mod hf_packed;

@@ -29,3 +29,35 @@ pub fn apply(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         x[j + half] = b * cos[j + half] + a * sin[j + half];
     }
 }
+
+/// The interleaved pairing (llama.cpp's arch `llama`): element 2i rotates with 2i + 1 by the
+/// angle of frequency i. On q/k rows permuted as [`tern_converters::model::RopePairing`]
+/// describes, this computes exactly what [`apply`] computes on the unpermuted rows.
+pub fn apply_interleaved(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (i, pair) in x.chunks_exact_mut(2).enumerate() {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * cos[i] - b * sin[i];
+        pair[1] = b * cos[i] + a * sin[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_converters::model::RopePairing;
+
+    #[test]
+    fn interleaved_on_permuted_rows_equals_half_split_on_hf_rows() {
+        let d = 16;
+        let (cos, sin) = tables(d, 10_000.0, 7);
+        let hf: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin() * 3.0 + 0.5).collect();
+        let pos = 6 * d;
+        let mut expected = hf.clone();
+        apply(&mut expected, &cos[pos..pos + d], &sin[pos..pos + d]);
+        let mut stored = RopePairing::Interleaved.reorder(&hf, d, 1);
+        apply_interleaved(&mut stored, &cos[pos..pos + d], &sin[pos..pos + d]);
+        // Bit for bit: the same products in the same order, only at other indices.
+        assert_eq!(stored, RopePairing::Interleaved.reorder(&expected, d, 1));
+        assert_ne!(stored, expected);
+    }
+}

@@ -152,17 +152,15 @@ pub fn verify(
             let h1 = get(m("input_layernorm"))?;
             let h2 = get(m("post_attention_layernorm"))?;
             let mid: Vec<f32> = res.iter().zip(get(m("self_attn"))?).map(|(a, b)| a + b).collect();
+            // q/k as the file stores them (rows permuted per head for an interleaved RoPE).
+            let ref_q = c.rope_pairing.reorder(get(m("self_attn.q_proj"))?, c.head_dim, 1);
+            let ref_k = c.rope_pairing.reorder(get(m("self_attn.k_proj"))?, c.head_dim, 1);
             let mut fresh = Session::new(model, tokens.len());
-            let ctx = fresh.attend(
-                l,
-                get(m("self_attn.q_proj"))?.clone(),
-                get(m("self_attn.k_proj"))?.clone(),
-                get(m("self_attn.v_proj"))?,
-            )?;
+            let ctx = fresh.attend(l, ref_q.clone(), ref_k.clone(), get(m("self_attn.v_proj"))?)?;
             let mut checks: Vec<(&str, Vec<f32>, &Vec<f32>)> = vec![
                 ("attn_norm", rms_norm(res, &layer.attn_norm, c.rms_eps), h1),
-                ("attn_q", session.project(&layer.q, h1), get(m("self_attn.q_proj"))?),
-                ("attn_k", session.project(&layer.k, h1), get(m("self_attn.k_proj"))?),
+                ("attn_q", session.project(&layer.q, h1), &ref_q),
+                ("attn_k", session.project(&layer.k, h1), &ref_k),
                 ("attn_v", session.project(&layer.v, h1), get(m("self_attn.v_proj"))?),
                 ("attention", ctx, get(m("self_attn.context"))?),
                 (

@@ -9,7 +9,9 @@ use tern_formats::safetensors_file::SafetensorsFile;
 use tern_runtime::parity::{Thresholds, compare_logits, rel_l2};
 use tern_runtime::reference::{Arithmetic, KvCache, Reference, no_tap};
 
-const FORMS: [&str; 5] = ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed", "wide/packed"];
+/// 2B-4T-like forms, then the 1bitLLM (fp16 masters) and Llama-1.58 (packed, divide) families.
+const FORMS: [&str; 7] =
+    ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed", "wide/packed", "onebit/fp16", "llama158/packed"];
 
 fn fixture(form: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(form)
@@ -93,8 +95,12 @@ fn every_module_matches_transformers_strictly() {
                         let k = g.tensor(&format!("module.model.layers.{l}.self_attn.k_proj.out"));
                         let v = g.tensor(&format!("module.model.layers.{l}.self_attn.v_proj.out"));
                         let context = model.attention_core(l, q, k, v, &mut KvCache::default()).unwrap();
-                        let expected =
-                            g.tensor(&format!("module.model.layers.{l}.self_attn.attn_sub_norm.in"));
+                        // The context: the sub-norm's input, or o_proj's when there is none.
+                        let sub = format!("module.model.layers.{l}.self_attn.attn_sub_norm.in");
+                        let expected = match g.file.get(&sub) {
+                            Some(_) => g.tensor(&sub),
+                            None => g.tensor(&format!("module.model.layers.{l}.self_attn.o_proj.in")),
+                        };
                         let r = rel(&context, &expected);
                         assert!(r <= 1e-5, "{form} {arithmetic:?}: layer {l} attention core rel-L2 {r:.3e}");
                         worst = worst.max(r);
@@ -116,8 +122,11 @@ fn every_module_matches_transformers_strictly() {
             worst = worst.max(r);
             checked += 1;
         }
-        // 12 modules per layer (7 projections, 4 norms, attention) plus the final norm.
-        assert_eq!(checked, 12 * model.spec.layers + 1, "{form}");
+        // Per layer 7 projections, 2 norms, the sub-norms the family has, the attention core;
+        // plus the final norm.
+        let sub_norms = model.layers[0].attn_sub_norm.is_some() as usize
+            + model.layers[0].ffn_sub_norm.is_some() as usize;
+        assert_eq!(checked, (10 + sub_norms) * model.spec.layers + 1, "{form}");
     }
     println!("modules: worst rel-L2 {worst:.2e}");
 }

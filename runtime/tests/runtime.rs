@@ -9,7 +9,9 @@ use tern_formats::safetensors_file::SafetensorsFile;
 use tern_runtime::model::{Model, Session, Want};
 use tern_runtime::parity::{Thresholds, compare_logits};
 
-const FORMS: [&str; 5] = ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed", "wide/packed"];
+/// 2B-4T-like forms, then the 1bitLLM (fp16 masters) and Llama-1.58 (packed, divide) families.
+const FORMS: [&str; 7] =
+    ["tiny/bf16", "tiny/packed", "odd/bf16", "odd/packed", "wide/packed", "onebit/fp16", "llama158/packed"];
 
 fn fixture(form: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(form)
@@ -70,12 +72,17 @@ fn i2s_logits_match_transformers() {
                 r.rel_l2, r.max_abs, r.top1_agree, r.top1_considered
             );
         }
-        let per_prompt = Thresholds { median_rel_l2: f64::INFINITY, ..Thresholds::default() };
+        // Without sub-norms (Llama-1.58) the MLP output dominates the residual stream (norm
+        // 7000 against 500 in the fixture), so one int8 rounding flip moves a token's residual by
+        // ~1e-2 and, through attention, later logits by up to ~4e-2 (docs/reference.md).
+        let max_rel_l2 = if form.starts_with("llama158") { 5e-2 } else { 2e-2 };
+        let per_prompt = Thresholds { median_rel_l2: f64::INFINITY, max_rel_l2, ..Thresholds::default() };
         assert_eq!(per_prompt.failure(&reports), None, "{form}");
         all.extend(reports);
     }
-    assert_eq!(all.len(), 20);
-    assert_eq!(Thresholds::default().failure(&all), None, "median over all prompts");
+    assert_eq!(all.len(), 4 * FORMS.len());
+    let median = Thresholds { max_rel_l2: f64::INFINITY, ..Thresholds::default() };
+    assert_eq!(median.failure(&all), None, "median over all prompts");
 }
 
 #[test]

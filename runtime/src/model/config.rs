@@ -1,11 +1,47 @@
 //! Model hyper-parameters from GGUF metadata, for the architectures tern runs.
 
 use crate::{Result, RuntimeError};
-use tern_converters::model::Activation;
+use tern_converters::model::{Activation, RopePairing};
 use tern_formats::gguf::GgufFile;
 
-/// Architectures whose graph is the BitNet b1.58 one (sub-norms, ternary projections).
-pub const ARCHITECTURES: [&str; 3] = ["bitnet-b1.58", "bitnet-25", "bitnet"];
+/// The architectures tern runs, with what each implies when the file does not say otherwise.
+/// All share one graph: pre-norm decoder layers of ternary projections, with sub-norms where the
+/// file has them.
+pub struct ArchTraits {
+    pub name: &'static str,
+    /// The MLP activation without `tern.activation` or `<arch>.hidden_activation`.
+    pub default_activation: Activation,
+    /// The RoPE pairing without `tern.rope.pairing` (llama.cpp's rope type for the arch).
+    pub rope_pairing: RopePairing,
+}
+
+pub const ARCHITECTURES: &[ArchTraits] = &[
+    // bitnet.cpp's 2B-4T graphs square the ReLU.
+    ArchTraits {
+        name: "bitnet-b1.58",
+        default_activation: Activation::Relu2,
+        rope_pairing: RopePairing::HalfSplit,
+    },
+    ArchTraits {
+        name: "bitnet-25",
+        default_activation: Activation::Relu2,
+        rope_pairing: RopePairing::HalfSplit,
+    },
+    // llama.cpp's `bitnet` (1bitLLM first): SiLU unless a key says otherwise — or the file has
+    // 2B-4T's grouped-query attention (see `from_gguf`); a NEOX-type RoPE, i.e. half-split.
+    ArchTraits { name: "bitnet", default_activation: Activation::Silu, rope_pairing: RopePairing::HalfSplit },
+    // Llama3-8B-1.58 / Falcon3-1.58bit as bitnet.cpp and tern write them: q/k rows permuted for
+    // llama.cpp's interleaved (NORM) RoPE.
+    ArchTraits {
+        name: "llama",
+        default_activation: Activation::Silu,
+        rope_pairing: RopePairing::Interleaved,
+    },
+];
+
+pub fn arch_names() -> String {
+    ARCHITECTURES.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+}
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -21,6 +57,7 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     pub rope_theta: f32,
     pub activation: Activation,
+    pub rope_pairing: RopePairing,
 }
 
 impl ModelConfig {
@@ -28,12 +65,9 @@ impl ModelConfig {
         let md = f.metadata();
         let err = |msg: String| RuntimeError::Model { path: f.path.clone(), msg };
         let arch = md.get_str("general.architecture").ok_or_else(|| err("no general.architecture".into()))?;
-        if !ARCHITECTURES.contains(&arch) {
-            return Err(err(format!(
-                "architecture {arch:?} is not supported (tern runs {})",
-                ARCHITECTURES.join(", ")
-            )));
-        }
+        let traits = ARCHITECTURES.iter().find(|a| a.name == arch).ok_or_else(|| {
+            err(format!("architecture {arch:?} is not supported (tern runs {})", arch_names()))
+        })?;
         let int = |key: &str| -> Result<Option<usize>> {
             match md.get(&format!("{arch}.{key}")) {
                 None => Ok(None),
@@ -78,16 +112,26 @@ impl ModelConfig {
                 .ok_or_else(|| err("no vocab_size and no token_embd.weight".into()))?,
         };
         let float = |key: &str, default: f64| md.get_f64(&format!("{arch}.{key}")).unwrap_or(default) as f32;
-        let activation = match md.get_str("tern.activation") {
-            Some(name) => {
-                Activation::from_hf(name).ok_or_else(|| err(format!("unknown tern.activation {name:?}")))?
-            }
-            // bitnet.cpp's and llama.cpp's BitNet graphs (2B-4T) square the ReLU.
-            None => Activation::Relu2,
+        let hidden_act_key = format!("{arch}.hidden_activation");
+        let activation = match md
+            .get_str("tern.activation")
+            .map(|n| ("tern.activation", n))
+            .or_else(|| md.get_str(&hidden_act_key).map(|n| (hidden_act_key.as_str(), n)))
+        {
+            Some((key, name)) => Activation::from_hf(name)
+                .ok_or_else(|| err(format!("{key} is {name:?}; tern runs relu2 and silu")))?,
+            // llama.cpp writes no activation key for arch `bitnet` and runs every such file with
+            // SiLU, right for 1bitLLM (multi-head attention) but not for 2B-4T conversions
+            // (grouped-query attention, relu²). The head layout tells the two apart.
+            None if arch == "bitnet" && kv_heads < heads => Activation::Relu2,
+            None => traits.default_activation,
         };
-        if let Some(p) = md.get_str("tern.rope.pairing").filter(|p| *p != "half-split") {
-            return Err(err(format!("tern.rope.pairing {p:?} is not supported")));
-        }
+        let rope_pairing = match md.get_str("tern.rope.pairing") {
+            Some(p) => RopePairing::from_name(p).ok_or_else(|| {
+                err(format!("tern.rope.pairing {p:?} is not supported (half-split or interleaved)"))
+            })?,
+            None => traits.rope_pairing,
+        };
         let intermediate = req("feed_forward_length")?;
         let layers = req("block_count")?;
         if intermediate > MAX_DIM || layers > 4096 || vocab > MAX_DIM * 4 {
@@ -112,6 +156,7 @@ impl ModelConfig {
             rms_eps: float("attention.layer_norm_rms_epsilon", 1e-5),
             rope_theta: float("rope.freq_base", 10_000.0),
             activation,
+            rope_pairing,
         })
     }
 }

@@ -10,8 +10,8 @@ use crate::cpu::{self, Isa};
 use crate::kernels::{act, float, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
-use tern_converters::model::Activation;
-use tern_formats::TensorType;
+use tern_converters::model::{Activation, RopePairing};
+use tern_formats::{TensorType, float_blocks};
 
 /// Which positions' logits a forward call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,12 +188,11 @@ impl<'m> Session<'m> {
                 )));
             }
             let row = self.model.float_row(m, t as usize);
-            match m.ty {
-                TensorType::F16 => {
-                    x.extend(row.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()))
-                }
-                _ => x.extend(row.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            }
+            let start = x.len();
+            x.resize(start + m.cols, 0.0);
+            // The loader checked the type and the row size.
+            float_blocks::dequantize_row(m.ty, row, &mut x[start..])
+                .map_err(|e| RuntimeError::Input(format!("token_embd.weight row {t}: {e}")))?;
         }
         Ok(x)
     }
@@ -344,13 +343,17 @@ impl<'m> Session<'m> {
         y
     }
 
-    /// Half-split RoPE on every head of every token, positions `position()..`.
+    /// RoPE, in the file's pairing, on every head of every token, positions `position()..`.
     fn rope(&self, x: &mut [f32], heads: usize) {
         let d = self.model.config.head_dim;
+        let apply = match self.model.config.rope_pairing {
+            RopePairing::HalfSplit => crate::rope::apply,
+            RopePairing::Interleaved => crate::rope::apply_interleaved,
+        };
         for (i, token) in x.chunks_exact_mut(heads * d).enumerate() {
             let p = (self.pos + i) * d;
             for head in token.chunks_exact_mut(d) {
-                crate::rope::apply(head, &self.rope_cos[p..p + d], &self.rope_sin[p..p + d]);
+                apply(head, &self.rope_cos[p..p + d], &self.rope_sin[p..p + d]);
             }
         }
     }
@@ -403,13 +406,22 @@ impl<'m> Session<'m> {
         // Vocab-major so each output row of the matrix is read once for all positions.
         let mut by_vocab = vec![0f32; m.rows * n];
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
+            // Block-quantised rows (other tools' files) are decoded once per row, then dotted.
+            let mut decoded = Vec::new();
             for (i, slot) in o.chunks_exact_mut(n).enumerate() {
                 let row = self.model.float_row(m, chunk * 64 + i);
+                let row_f32 = !matches!(m.ty, TensorType::F16 | TensorType::F32);
+                if row_f32 {
+                    decoded.resize(m.cols, 0.0);
+                    float_blocks::dequantize_row(m.ty, row, &mut decoded)
+                        .expect("the loader checked the output matrix's type and row size");
+                }
                 for (p, s) in slot.iter_mut().enumerate() {
                     let xp = &h[p * c.hidden..(p + 1) * c.hidden];
                     *s = match m.ty {
                         TensorType::F16 => float::dot_f16(isa, row, xp),
-                        _ => float::dot_f32(row, xp),
+                        TensorType::F32 => float::dot_f32(row, xp),
+                        _ => decoded.iter().zip(xp).map(|(a, b)| a * b).sum(),
                     };
                 }
             }

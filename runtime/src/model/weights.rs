@@ -47,18 +47,20 @@ impl TernaryMatrix {
     }
 }
 
-/// A float matrix (embeddings, lm_head) `[rows, cols]`, F16 or F32.
+/// A float matrix (embeddings, lm_head) `[rows, cols]`: F16 or F32, or a block-quantised type
+/// other tools write (Q8_0, Q6_K, BF16; decoded row by row, `tern_formats::float_blocks`).
 #[derive(Debug, Clone)]
 pub struct FloatMatrix {
     pub ty: TensorType,
     pub rows: usize,
     pub cols: usize,
     pub offset: usize,
+    row_bytes: usize,
 }
 
 impl FloatMatrix {
     pub fn row_bytes(&self) -> usize {
-        self.cols * if self.ty == TensorType::F16 { 2 } else { 4 }
+        self.row_bytes
     }
 }
 
@@ -196,11 +198,14 @@ impl Loader<'_> {
 
     fn float(&self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
         let t = self.info(name)?;
-        if !matches!(t.ty, TensorType::F16 | TensorType::F32) {
-            return Err(self.err(name, format!("type {} is not supported here (F16 or F32)", t.ty)));
+        if !tern_formats::float_blocks::is_supported(t.ty) {
+            return Err(
+                self.err(name, format!("type {} is not supported here (F32, F16, BF16, Q8_0 or Q6_K)", t.ty))
+            );
         }
         self.expect_dims(t, &[cols as u64, rows as u64])?;
-        Ok(FloatMatrix { ty: t.ty, rows, cols, offset: t.offset as usize })
+        let row_bytes = t.ty.byte_size(&[cols as u64]).map_err(|m| self.err(name, m))? as usize;
+        Ok(FloatMatrix { ty: t.ty, rows, cols, offset: t.offset as usize, row_bytes })
     }
 
     fn ternary(&self, name: &str, rows: usize, cols: usize) -> Result<TernaryMatrix> {
