@@ -215,7 +215,7 @@ fn every_layout_gives_the_i2s_logits_exactly() {
     use tern_converters::OutputType;
     use tern_formats::{Layout, TensorType};
     let tmp = tempfile::tempdir().unwrap();
-    for form in ["tiny/packed", "odd/bf16", "wide/packed"] {
+    for form in ["tiny/packed", "odd/bf16", "wide/packed", "onebit/fp16", "llama158/packed"] {
         let (prompts, _) = golden(form);
         let base = Model::load(convert(form, tmp.path())).unwrap();
         // The f16 lm_head dot's float order depends on the ISA: compare on the same ISA.
