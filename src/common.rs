@@ -30,7 +30,15 @@ pub fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Sen
 
 pub fn load_model(path: &Path) -> Result<(Model, Option<Tokenizer>)> {
     let model = Model::load(path)?;
-    let tokenizer = Tokenizer::from_gguf(&model.file)?;
+    // A tokenizer tern cannot build (e.g. SentencePiece in a 1bitLLM file from bitnet.cpp) must
+    // not stop the model from running on token ids (`--tokens`, bench, logits).
+    let tokenizer = match Tokenizer::from_gguf(&model.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("warning: {e}; running without a tokenizer (give prompts as --tokens)");
+            None
+        }
+    };
     Ok((model, tokenizer))
 }
 

@@ -74,7 +74,7 @@ pub const FAMILIES: &[FamilyTraits] = &[
     FamilyTraits {
         family: Family::Llama158,
         name: "llama-1.58",
-        description: "HF1BitLLM/Llama3-8B-1.58-* and tiiuae/Falcon3-*-1.58bit (packed U8)",
+        description: "HF1BitLLM/Llama3-8B-1.58-*, tiiuae/Falcon3-*-1.58bit and Falcon-E-* (packed U8)",
         architectures: &["LlamaForCausalLM"],
         model_types: &["llama"],
         gguf_arch: "llama",

@@ -132,7 +132,8 @@ fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let mut tk = tokenizers::Tokenizer::new(bpe);
     let pre = md.get_str("tokenizer.ggml.pre").unwrap_or("gpt-2");
     match pre {
-        "llama-bpe" | "llama3" => {
+        // bitnet.cpp names Falcon-E's pre-tokenizer `falcon_e` and maps it to LLaMA-3's split.
+        "llama-bpe" | "llama3" | "falcon_e" => {
             let split =
                 Split::new(SplitPattern::Regex(LLAMA3_SPLIT.into()), SplitDelimiterBehavior::Isolated, false)
                     .map_err(|e| tok_err(f, e))?;

@@ -8,6 +8,7 @@ use super::config::ModelConfig;
 use crate::kernels::layouts::Packed;
 use crate::{Result, RuntimeError};
 use std::path::Path;
+use std::sync::Arc;
 use tern_formats::gguf::Metadata;
 use tern_formats::gguf::{GgufFile, TensorInfo};
 use tern_formats::tiles::{self, Tiles};
@@ -35,6 +36,9 @@ pub struct TernaryMatrix {
     pub size: usize,
     /// β: W ≈ β · t.
     pub scale: f32,
+    /// I2_S bytes packed at load, for projections the file stores as floats (see
+    /// `Loader::float_projection`); None: the bytes are the file's, at `offset`.
+    pub packed_at_load: Option<Arc<[u8]>>,
 }
 
 impl TernaryMatrix {
@@ -136,14 +140,12 @@ impl Model {
     }
 
     /// A matrix's bytes with what the kernels need to read them.
-    pub fn packed(&self, m: &TernaryMatrix) -> Packed<'_> {
-        Packed {
-            layout: m.layout,
-            rows: m.rows,
-            cols: m.cols,
-            tiles: m.tiles,
-            bytes: self.bytes(m.offset, m.size),
-        }
+    pub fn packed<'a>(&'a self, m: &'a TernaryMatrix) -> Packed<'a> {
+        let bytes = match &m.packed_at_load {
+            Some(b) => b,
+            None => self.bytes(m.offset, m.size),
+        };
+        Packed { layout: m.layout, rows: m.rows, cols: m.cols, tiles: m.tiles, bytes }
     }
 
     pub fn float_row(&self, m: &FloatMatrix, row: usize) -> &[u8] {
@@ -208,10 +210,68 @@ impl Loader<'_> {
         Ok(FloatMatrix { ty: t.ty, rows, cols, offset: t.offset as usize, row_bytes })
     }
 
+    /// A projection stored as floats (tern's `--type f16|f32`, or bitnet.cpp's converter where it
+    /// cannot quantise a tensor): its values must be one β times {-1, 0, 1}, since the graph is
+    /// ternary; they are packed to I2_S here, once, so every kernel runs it.
+    fn float_projection(&self, t: &TensorInfo, rows: usize, cols: usize) -> Result<TernaryMatrix> {
+        let mut values = vec![0f32; rows * cols];
+        let data = self.file.data(t);
+        let row_bytes = data.len() / rows;
+        for (r, out) in values.chunks_exact_mut(cols).enumerate() {
+            tern_formats::float_blocks::dequantize_row(t.ty, &data[r * row_bytes..(r + 1) * row_bytes], out)
+                .map_err(|m| self.err(&t.name, m))?;
+        }
+        let beta = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let mut codes = Vec::with_capacity(values.len());
+        for (i, &v) in values.iter().enumerate() {
+            codes.push(match v {
+                _ if v == 0.0 => 0,
+                _ if v == beta => 1,
+                _ if v == -beta => -1,
+                _ => {
+                    return Err(self.err(
+                        &t.name,
+                        format!(
+                            "{} projection is not ternary: row {}, column {} holds {v}, the others ±{beta} or 0",
+                            t.ty,
+                            i / cols,
+                            i % cols
+                        ),
+                    ));
+                }
+            });
+        }
+        if !beta.is_finite() {
+            return Err(self.err(&t.name, format!("scale is {beta}")));
+        }
+        let bytes: Arc<[u8]> = i2s::pack(&codes, rows, cols, beta).into();
+        Ok(TernaryMatrix {
+            name: t.name.clone(),
+            layout: Layout::I2S,
+            rows,
+            cols,
+            tiles: None,
+            offset: t.offset as usize,
+            size: bytes.len(),
+            scale: beta,
+            packed_at_load: Some(bytes),
+        })
+    }
+
     fn ternary(&self, name: &str, rows: usize, cols: usize) -> Result<TernaryMatrix> {
         let t = self.info(name)?;
+        if matches!(t.ty, TensorType::F16 | TensorType::F32 | TensorType::BF16) {
+            self.expect_dims(t, &[cols as u64, rows as u64])?;
+            return self.float_projection(t, rows, cols);
+        }
         let layout = t.ty.traits().layout.ok_or_else(|| {
-            self.err(name, format!("type {} is not a ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0)", t.ty))
+            self.err(
+                name,
+                format!(
+                    "type {} is not a ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0) or a float holding one",
+                    t.ty
+                ),
+            )
         })?;
         self.expect_dims(t, &[cols as u64, rows as u64])?;
         let data = self.file.data(t);
@@ -297,6 +357,7 @@ impl Loader<'_> {
             offset: t.offset as usize,
             size: t.size as usize,
             scale,
+            packed_at_load: None,
         })
     }
 }
