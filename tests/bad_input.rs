@@ -89,6 +89,37 @@ fn unknown_architecture() {
 }
 
 #[test]
+fn float_llama_without_bitnet_quantization() {
+    // A Llama-1.58 checkpoint whose config lost its quantization_config reads as a float model.
+    let c = case("llama158/packed");
+    std::fs::write(
+        c.input.join("config.json"),
+        std::fs::read_to_string(c.input.join("config.json"))
+            .unwrap()
+            .replace("\"quant_method\": \"bitnet\"", "\"quant_method\": \"gptq\""),
+    )
+    .unwrap();
+    fails(&c, &["config.json", "LlamaForCausalLM", "float model", "llama-1.58"]);
+}
+
+#[test]
+fn one_bit_llm_sub_norm_missing() {
+    // 1bitLLM names its sub-norms inner_attn_ln / ffn_layernorm; one gone is named exactly.
+    let c = case("onebit/fp16");
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView)> = Vec::new();
+    let bytes = std::fs::read(c.input.join("model.safetensors")).unwrap();
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in parsed.tensors() {
+        if name != "model.layers.1.mlp.ffn_layernorm.weight" {
+            tensors.push((name, view));
+        }
+    }
+    let out = safetensors::serialize(tensors, None).unwrap();
+    std::fs::write(c.input.join("model.safetensors"), out).unwrap();
+    fails(&c, &["model.layers.1.mlp.ffn_layernorm.weight"]);
+}
+
+#[test]
 fn shape_mismatch_between_config_and_tensors() {
     let c = case("tiny/bf16");
     edit_config(&c, |v| v["intermediate_size"] = 256.into());
