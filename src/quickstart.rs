@@ -25,6 +25,7 @@ pub fn run(_: Args) -> Result<()> {
         output: output.clone(),
         out_type: tern_converters::OutputType::Ternary(tern_formats::Layout::I2S),
         embed_type: "f16".into(),
+        output_type: None,
         compat: "tern".into(),
         force: true,
         allow_output_in_input: false,

@@ -135,8 +135,10 @@ pub fn render(args: &Args, r: &VerifyReport) -> String {
         args.model.display(),
         args.reference.display()
     );
-    s +=
-        &format!("embedding lookup rel-L2 {:.3e}, output head rel-L2 {:.3e}\n\n", r.embedding, r.output_head);
+    s += &format!(
+        "embedding lookup rel-L2 {:.3e}, output head rel-L2 {:.3e} (bound {:.0e}), head KL {:.2e} nats\n\n",
+        r.embedding, r.output_head, r.output_head_bound, r.output_head_kl
+    );
     s += "layer  modules (worst)              layer teacher-forced  free-running\n";
     for l in &r.layers {
         s += &format!(
@@ -177,6 +179,8 @@ pub fn json(r: &VerifyReport) -> serde_json::Value {
         "end_to_end": r.end_to_end,
         "embedding_rel_l2": r.embedding,
         "output_head_rel_l2": r.output_head,
+        "output_head_kl": r.output_head_kl,
+        "output_head_bound": r.output_head_bound,
         "layers": r.layers.iter().map(|l| serde_json::json!({
             "layer": l.layer, "modules_rel_l2": l.modules, "worst_module": l.worst_module,
             "teacher_forced_rel_l2": l.teacher_forced, "free_running_rel_l2": l.free_running,

@@ -83,6 +83,47 @@ fn verify_fails_on_a_corrupted_scale() {
     }
 }
 
+/// `--output-type q8_0|q4_0` stores the head block-quantised: the file shrinks, verify reports the
+/// head's error and KL against the f32 reference within the type's bound, and a head whose block
+/// scales are all doubled fails that bound.
+#[test]
+fn quantised_output_head_is_verified_within_its_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = fixtures().join("wide/packed");
+    let r = reference.to_str().unwrap();
+    let f16 = converted("wide/packed", tmp.path());
+    for (ty, bound) in [("q8_0", 3e-2), ("q4_0", 2.5e-1)] {
+        let out = tmp.path().join(format!("{ty}.gguf"));
+        convert(&reference, &out, &["--output-type", ty]);
+        let f = GgufFile::open(&out).unwrap();
+        let head = f.tensor("token_embd.weight").unwrap().clone();
+        assert_eq!(head.ty.name().to_lowercase(), ty, "the tied embedding is the head");
+        assert!(std::fs::metadata(&out).unwrap().len() < std::fs::metadata(&f16).unwrap().len());
+        drop(f);
+        let o = out.to_str().unwrap();
+        let j: serde_json::Value =
+            serde_json::from_str(&tern_ok(&["verify", o, "--reference", r, "--json"])).unwrap();
+        assert_eq!(j["pass"], true, "{ty}: {j}");
+        let (rel, kl) = (j["output_head_rel_l2"].as_f64().unwrap(), j["output_head_kl"].as_f64().unwrap());
+        println!("{ty}: head rel-L2 {rel:.3e}, KL {kl:.3e}");
+        assert!(rel > 1e-4 && rel < bound && kl > 0.0, "{ty}: {j}");
+        assert_eq!(j["output_head_bound"].as_f64().unwrap(), bound);
+
+        // Double every block scale (the f16 d at the start of each block): rel-L2 ≈ 1.
+        let block = if ty == "q8_0" { 34 } else { 18 };
+        let mut bytes = std::fs::read(&out).unwrap();
+        for at in (head.offset as usize..(head.offset + head.size) as usize).step_by(block) {
+            let d = half::f16::from_le_bytes([bytes[at], bytes[at + 1]]);
+            bytes[at..at + 2].copy_from_slice(&half::f16::from_f32(d.to_f32() * 2.0).to_le_bytes());
+        }
+        std::fs::write(&out, bytes).unwrap();
+        let res = tern(&["verify", o, "--reference", r]);
+        let stdout = String::from_utf8_lossy(&res.stdout);
+        assert_eq!(res.status.code(), Some(1), "{ty}: {stdout}");
+        assert!(stdout.contains("embedding lookup") || stdout.contains("output head"), "{ty}: {stdout}");
+    }
+}
+
 #[test]
 fn strict_verify_gates_on_end_to_end_thresholds() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,7 +6,6 @@
 use crate::model::{ModelSpec, PROJECTIONS, Projection, QuantMode, RopePairing};
 use crate::weights::load_ternary_with;
 use crate::{ConvertError, Result, tokenizer};
-use half::f16;
 use rayon::prelude::*;
 use std::io::Write;
 use tern_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value, ValueType};
@@ -92,8 +91,12 @@ impl Compat {
 #[derive(Debug, Clone, Copy)]
 pub struct ConvertOptions {
     pub output: OutputType,
-    /// Type of the token embedding and a separate lm_head: F16 (as bitnet.cpp) or F32.
+    /// Type of the token embedding (and of the head, unless `head_type` says otherwise): F16 (as
+    /// bitnet.cpp) or F32.
     pub embed_type: TensorType,
+    /// Type of the output head — `output.weight`, or the token embedding when tied, which then
+    /// serves both: F16, F32, Q8_0 or Q4_0. None: `embed_type`.
+    pub head_type: Option<TensorType>,
     pub compat: Compat,
 }
 
@@ -102,6 +105,7 @@ impl Default for ConvertOptions {
         ConvertOptions {
             output: OutputType::Ternary(Layout::I2S),
             embed_type: TensorType::F16,
+            head_type: None,
             compat: Compat::Tern,
         }
     }
@@ -159,6 +163,23 @@ impl Plan {
         if !matches!(options.embed_type, TensorType::F16 | TensorType::F32) {
             return Err(ConvertError::model(&ckpt.dir, "embeddings can be stored as f16 or f32 only"));
         }
+        let head_type = options.head_type.unwrap_or(options.embed_type);
+        if !tern_formats::float_blocks::is_writable(head_type) {
+            return Err(ConvertError::model(
+                &ckpt.dir,
+                format!("the output head can be stored as f16, f32, q8_0 or q4_0, not {head_type}"),
+            ));
+        }
+        if !(model.hidden as u64).is_multiple_of(32)
+            && matches!(head_type, TensorType::Q8_0 | TensorType::Q4_0)
+        {
+            return Err(ConvertError::model(
+                &ckpt.dir,
+                format!("{head_type} needs a hidden size that is a multiple of 32, not {}", model.hidden),
+            ));
+        }
+        // Tied: the one matrix is both the embedding and the head, stored as the head asks.
+        let embed_type = if model.tied { head_type } else { options.embed_type };
         if options.compat == Compat::BitnetCpp
             && matches!(options.output, OutputType::Ternary(Layout::TQ1_0 | Layout::TQ2_0))
         {
@@ -180,17 +201,12 @@ impl Plan {
         float(
             "model.embed_tokens.weight".into(),
             "token_embd.weight".into(),
-            options.embed_type,
+            embed_type,
             vec![h, model.vocab as u64],
         )?;
         float("model.norm.weight".into(), "output_norm.weight".into(), TensorType::F32, vec![h])?;
         if !model.tied {
-            float(
-                "lm_head.weight".into(),
-                "output.weight".into(),
-                options.embed_type,
-                vec![h, model.vocab as u64],
-            )?;
+            float("lm_head.weight".into(), "output.weight".into(), head_type, vec![h, model.vocab as u64])?;
         }
         let fam = model.family.traits();
         for l in 0..model.layers {
@@ -466,22 +482,34 @@ fn release(t: tern_formats::hf::TensorRef) {
     t.release();
 }
 
-/// `values` (elements `first..` of a tensor, for messages) in the output float type.
+/// `values` (elements `first..` of a tensor, for messages; a whole number of 32-element blocks
+/// unless it is the tensor's end) in the output float type, encoded in parallel pieces.
 fn encode_float(values: &[f32], ty: TensorType, first: usize) -> Result<Vec<u8>, String> {
-    match ty {
-        TensorType::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        TensorType::F16 => {
-            if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
-                return Err(format!(
-                    "value #{} = {} does not fit in f16; convert with --embed-type f32",
-                    first + i,
-                    values[i]
-                ));
-            }
-            Ok(values.par_iter().flat_map_iter(|&v| f16::from_f32(v).to_le_bytes()).collect())
-        }
-        other => Err(format!("tern cannot write float tensors as {other}")),
+    const PIECE: usize = 1 << 14;
+    let pieces: Vec<Result<Vec<u8>, String>> = values
+        .par_chunks(PIECE)
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = Vec::new();
+            tern_formats::float_blocks::quantize_row(ty, piece, &mut out).map_err(|m| {
+                match m.strip_prefix("value #") {
+                    Some(rest) => {
+                        let (index, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                        let at = index.parse::<usize>().map_or(0, |k| first + i * PIECE + k);
+                        let hint = if ty == TensorType::F16 { "; convert with --embed-type f32" } else { "" };
+                        format!("value #{at} {tail}{hint}")
+                    }
+                    None => m,
+                }
+            })?;
+            Ok(out)
+        })
+        .collect();
+    let mut out = Vec::with_capacity(ty.byte_size(&[values.len() as u64]).unwrap_or(0) as usize);
+    for p in pieces {
+        out.extend(p?);
     }
+    Ok(out)
 }
 
 fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {

@@ -1,23 +1,34 @@
-//! Decoding of llama.cpp's block-quantised float types that other tools store embeddings and
-//! output matrices in (bitnet.cpp's `--quant-embd` writes Q6_K; llama-quantize picks Q6_K or
-//! Q8_0 for a tied embedding). tern reads them; it does not write them.
+//! llama.cpp's block-quantised float types for embeddings and output heads: decoding F32, F16,
+//! BF16, Q8_0, Q4_0 and Q6_K rows (what other tools store: llama-quantize picks Q6_K or Q8_0 for a
+//! tied embedding), and encoding Q8_0 and Q4_0 rows (`tern convert --output-type`).
 //!
-//! Each decoder turns one row (whole blocks) into f32 with llama.cpp's arithmetic, in its order
-//! of operations (`d · scale · q` left to right), so values agree bit for bit with ggml's and
-//! gguf-py's dequantisers.
+//! Decoders use llama.cpp's arithmetic in its order of operations (`d · scale · q` left to right),
+//! so values agree bit for bit with ggml's and gguf-py's dequantisers; encoders follow ggml's
+//! reference quantisers (`quantize_row_q8_0_ref`, `quantize_row_q4_0_ref`).
 
 use crate::TensorType;
 use half::f16;
 
 /// Q8_0: blocks of 32 int8 with one f16 scale (34 bytes).
-const Q8_0_BYTES: usize = 34;
+pub const Q8_0_BYTES: usize = 34;
+/// Q4_0: blocks of 32 4-bit values with one f16 scale: element j in the low nibble of byte j,
+/// element j + 16 in its high nibble, value = d · (q − 8) (18 bytes).
+pub const Q4_0_BYTES: usize = 18;
 /// Q6_K: super-blocks of 256: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 int8
 /// sub-block scales, f16 d (210 bytes).
 const Q6_K_BYTES: usize = 210;
 
 /// True for the types [`dequantize_row`] decodes.
 pub fn is_supported(ty: TensorType) -> bool {
-    matches!(ty, TensorType::F32 | TensorType::F16 | TensorType::BF16 | TensorType::Q8_0 | TensorType::Q6K)
+    matches!(
+        ty,
+        TensorType::F32
+            | TensorType::F16
+            | TensorType::BF16
+            | TensorType::Q8_0
+            | TensorType::Q4_0
+            | TensorType::Q6K
+    )
 }
 
 /// Decodes one row of `out.len()` elements from `bytes` (exactly that row's bytes).
@@ -54,12 +65,69 @@ pub fn dequantize_row(ty: TensorType, bytes: &[u8], out: &mut [f32]) -> Result<(
                 }
             }
         }
+        TensorType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(Q4_0_BYTES)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for j in 0..16 {
+                    o[j] = d * ((b[2 + j] & 0xF) as i32 - 8) as f32;
+                    o[j + 16] = d * ((b[2 + j] >> 4) as i32 - 8) as f32;
+                }
+            }
+        }
         TensorType::Q6K => {
             for (o, b) in out.chunks_exact_mut(256).zip(bytes.chunks_exact(Q6_K_BYTES)) {
                 q6_k_block(b, o);
             }
         }
         other => return Err(format!("tern cannot decode {other} tensors")),
+    }
+    Ok(())
+}
+
+/// The types [`quantize_row`] writes.
+pub fn is_writable(ty: TensorType) -> bool {
+    matches!(ty, TensorType::F32 | TensorType::F16 | TensorType::Q8_0 | TensorType::Q4_0)
+}
+
+/// Encodes one row (a multiple of 32 elements for Q8_0/Q4_0); appends to `out`. F16 refuses
+/// values it cannot hold; non-finite values are refused for every type.
+pub fn quantize_row(ty: TensorType, values: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(format!("value #{i} is {}", values[i]));
+    }
+    match ty {
+        TensorType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+        TensorType::F16 => {
+            if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
+                return Err(format!("value #{i} = {} does not fit in f16", values[i]));
+            }
+            out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
+        }
+        TensorType::Q8_0 | TensorType::Q4_0 if !values.len().is_multiple_of(32) => {
+            return Err(format!("{ty} needs rows of whole 32-element blocks, got {}", values.len()));
+        }
+        TensorType::Q8_0 => {
+            for x in values.chunks_exact(32) {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                // C's roundf: half away from zero.
+                out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
+            }
+        }
+        TensorType::Q4_0 => {
+            for x in values.chunks_exact(32) {
+                // The value of largest magnitude, with its sign, maps to -8.
+                let max = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / -8.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
+            }
+        }
+        other => return Err(format!("tern cannot write {other} tensors")),
     }
     Ok(())
 }
@@ -116,6 +184,40 @@ mod tests {
         let mut out = vec![0f32; 256];
         dequantize_row(TensorType::Q6K, &b, &mut out).unwrap();
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn q8_0_and_q4_0_round_trip_within_a_step() {
+        let values: Vec<f32> = (0..96).map(|i| ((i * 37 % 61) as f32 - 30.0) * 0.173).collect();
+        // Q8_0 rounds to nearest; Q4_0 maps the largest magnitude to -8, so values of the other
+        // sign reach only +7 and may lose a whole step (as ggml's quantiser).
+        for (ty, levels, steps) in [(TensorType::Q8_0, 127.0, 0.5), (TensorType::Q4_0, 8.0, 1.0)] {
+            let mut bytes = Vec::new();
+            quantize_row(ty, &values, &mut bytes).unwrap();
+            assert_eq!(bytes.len() as u64, ty.byte_size(&[96]).unwrap());
+            let mut back = vec![0f32; 96];
+            dequantize_row(ty, &bytes, &mut back).unwrap();
+            for (block, (x, y)) in values.chunks(32).zip(back.chunks(32)).enumerate() {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // Half a step (Q4_0: a step), plus the f16 rounding of d.
+                let step = amax / levels;
+                for (a, b) in x.iter().zip(y) {
+                    assert!(
+                        (a - b).abs() <= steps * step * 1.01 + amax * 1e-3,
+                        "{ty} block {block}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+        // Hand-computed Q4_0 block: max -8 → d = 1, every value exact.
+        let x: Vec<f32> = (0..32).map(|i| (i % 16) as f32 - 8.0).collect();
+        let mut bytes = Vec::new();
+        quantize_row(TensorType::Q4_0, &x, &mut bytes).unwrap();
+        assert_eq!(&bytes[..2], &f16::from_f32(1.0).to_le_bytes());
+        assert_eq!(bytes[2], 0x00);
+        assert_eq!(bytes[17], 0xFF);
+        assert!(quantize_row(TensorType::Q8_0, &[f32::NAN; 32], &mut bytes).is_err());
+        assert!(quantize_row(TensorType::Q4_0, &[1.0; 20], &mut bytes).is_err());
     }
 
     #[test]

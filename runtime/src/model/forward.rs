@@ -7,7 +7,7 @@
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
-use crate::kernels::{act, float, layouts};
+use crate::kernels::{act, float, head, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
@@ -405,11 +405,24 @@ impl<'m> Session<'m> {
         let mut out = vec![0f32; n * m.rows];
         // Vocab-major so each output row of the matrix is read once for all positions.
         let mut by_vocab = vec![0f32; m.rows * n];
+        // A Q8_0/Q4_0 head runs integer dots against the normed state quantised once per position.
+        let integer_head = matches!(m.ty, TensorType::Q8_0 | TensorType::Q4_0);
+        let head_acts: Vec<head::HeadActs> = if integer_head {
+            h.chunks_exact(c.hidden).map(head::HeadActs::quantise).collect()
+        } else {
+            Vec::new()
+        };
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
-            // Block-quantised rows (other tools' files) are decoded once per row, then dotted.
+            // Other block-quantised rows (other tools' files) are decoded once per row, then dotted.
             let mut decoded = Vec::new();
             for (i, slot) in o.chunks_exact_mut(n).enumerate() {
                 let row = self.model.float_row(m, chunk * 64 + i);
+                if integer_head {
+                    for (s, acts) in slot.iter_mut().zip(&head_acts) {
+                        *s = head::dot(isa, m.ty, row, acts);
+                    }
+                    continue;
+                }
                 let row_f32 = !matches!(m.ty, TensorType::F16 | TensorType::F32);
                 if row_f32 {
                     decoded.resize(m.cols, 0.0);

@@ -201,9 +201,10 @@ impl Loader<'_> {
     fn float(&self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
         let t = self.info(name)?;
         if !tern_formats::float_blocks::is_supported(t.ty) {
-            return Err(
-                self.err(name, format!("type {} is not supported here (F32, F16, BF16, Q8_0 or Q6_K)", t.ty))
-            );
+            return Err(self.err(
+                name,
+                format!("type {} is not supported here (F32, F16, BF16, Q8_0, Q4_0 or Q6_K)", t.ty),
+            ));
         }
         self.expect_dims(t, &[cols as u64, rows as u64])?;
         let row_bytes = t.ty.byte_size(&[cols as u64]).map_err(|m| self.err(name, m))? as usize;

@@ -1,0 +1,325 @@
+//! Integer row dots for a block-quantised output head (Q8_0, Q4_0; `tern convert --output-type`):
+//! the final normed hidden state is quantised once per position to int8 in blocks of 32 with an
+//! f32 scale each ([`HeadActs`]), then each weight row is dotted block by block.
+//!
+//! The arithmetic is fixed so that every variant gives the same bits: per block, eight exact
+//! integer sums of four consecutive products (lane k: elements 4k..4k+3, what AVX2's
+//! maddubs + madd produce), each accumulated into its own f32 lane with one fused multiply-add
+//! by `d_w · d_x` — even and odd blocks into separate lane sets, added lane by lane at the end —
+//! and the eight lanes are then added as `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+//! The scalar twin spells that out; AVX2 and NEON compute it with vectors (tested bit for bit).
+
+use crate::cpu::Isa;
+use half::f16;
+use tern_formats::TensorType;
+use tern_formats::float_blocks::{Q4_0_BYTES, Q8_0_BYTES};
+
+/// One position's hidden state as int8 blocks of 32: `x ≈ q · d` per block, q in [-127, 127].
+pub struct HeadActs {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    /// 8 · Σ q over each 4-element quad (8 per block): Q4_0 stores q + 8, and AVX2 multiplies the
+    /// unsigned q + 8 directly, then takes the offset out with these.
+    pub offset_quads: Vec<i32>,
+}
+
+impl HeadActs {
+    /// `x.len()` must be a multiple of 32 (the loader checks the head's row length).
+    pub fn quantise(x: &[f32]) -> HeadActs {
+        let blocks = x.len() / 32;
+        let mut acts = HeadActs {
+            q: Vec::with_capacity(x.len()),
+            d: Vec::with_capacity(blocks),
+            offset_quads: Vec::new(),
+        };
+        for b in x.chunks_exact(32) {
+            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            acts.q.extend(b.iter().map(|v| (v * id).round_ties_even().clamp(-127.0, 127.0) as i8));
+            acts.d.push(d);
+        }
+        acts.offset_quads =
+            acts.q.chunks_exact(4).map(|q| 8 * q.iter().map(|&v| v as i32).sum::<i32>()).collect();
+        acts
+    }
+}
+
+/// Bytes per 32-weight block of a head type this module runs.
+pub fn block_bytes(ty: TensorType) -> Option<usize> {
+    match ty {
+        TensorType::Q8_0 => Some(Q8_0_BYTES),
+        TensorType::Q4_0 => Some(Q4_0_BYTES),
+        _ => None,
+    }
+}
+
+/// `Σ w·x` of one row of the head (`row`: that row's bytes) against `acts`.
+pub fn dot(isa: Isa, ty: TensorType, row: &[u8], acts: &HeadActs) -> f32 {
+    let bytes = block_bytes(ty).unwrap_or_else(|| panic!("no integer head kernel for {ty}"));
+    assert_eq!(row.len(), bytes * acts.d.len(), "row and activations differ in length");
+    let q4 = ty == TensorType::Q4_0;
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+            // SAFETY: AVX2 and FMA (Isa::supported) and F16C were detected; lengths checked above.
+            unsafe { if q4 { x86::dot_q4_0(row, acts) } else { x86::dot_q8_0(row, acts) } }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon if isa.supported() => {
+            // SAFETY: NEON is part of aarch64; lengths checked above.
+            unsafe { arm::dot(row, acts, q4) }
+        }
+        _ => dot_scalar(row, acts, q4),
+    }
+}
+
+fn scale(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
+}
+
+/// The 32 signed weights of one block, in element order.
+fn weights(block: &[u8], q4: bool) -> [i8; 32] {
+    let mut w = [0i8; 32];
+    if q4 {
+        for j in 0..16 {
+            w[j] = (block[2 + j] & 0xF) as i8 - 8;
+            w[j + 16] = (block[2 + j] >> 4) as i8 - 8;
+        }
+    } else {
+        for (o, &b) in w.iter_mut().zip(&block[2..34]) {
+            *o = b as i8;
+        }
+    }
+    w
+}
+
+/// The lanes' final sum, in the order the SIMD variants add them.
+fn sum_lanes(l: [f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+pub fn dot_scalar(row: &[u8], acts: &HeadActs, q4: bool) -> f32 {
+    let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+    // Even and odd blocks accumulate separately (two independent FMA chains in the SIMD code).
+    let mut lanes = [[0f32; 8]; 2];
+    for (i, block) in row.chunks_exact(bytes).enumerate() {
+        let w = weights(block, q4);
+        let x = &acts.q[i * 32..i * 32 + 32];
+        let d = scale(block) * acts.d[i];
+        for (k, lane) in lanes[i % 2].iter_mut().enumerate() {
+            let s: i32 = (4 * k..4 * k + 4).map(|j| w[j] as i32 * x[j] as i32).sum();
+            *lane = (s as f32).mul_add(d, *lane);
+        }
+    }
+    sum_lanes(std::array::from_fn(|k| lanes[0][k] + lanes[1][k]))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// f16 → f32 of a block's scale with F16C (exact, like `half`'s conversion).
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    unsafe fn scale(b: *const u8) -> f32 {
+        // SAFETY: the caller points at a block's two scale bytes.
+        let h = unsafe { (b as *const u16).read_unaligned() };
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sum_lanes(acc: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Lane k of `acc` += quad sum k · d, one FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn accumulate(quads: __m256i, d: f32, acc: __m256) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), _mm256_set1_ps(d), acc)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q8_weights(b: *const u8) -> __m256i {
+        // SAFETY: the caller points at a whole Q8_0 block.
+        unsafe { _mm256_loadu_si256(b.add(2) as *const __m256i) }
+    }
+
+    /// Q4_0's stored codes q + 8 (0..15) in element order.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4_codes(b: *const u8) -> __m256i {
+        // SAFETY: the caller points at a whole Q4_0 block.
+        let packed = unsafe { _mm_loadu_si128(b.add(2) as *const __m128i) };
+        let mask = _mm_set1_epi8(0x0F);
+        let low = _mm_and_si128(packed, mask);
+        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
+        _mm256_set_m128i(high, low)
+    }
+
+    /// Block i's eight quad sums Σ w·x, exact. Q8_0: signed × signed as |w| · sign(x, w) (|w| ≤
+    /// 128, |x| ≤ 127: maddubs' pair sums stay below 2^15). Q4_0: the unsigned codes times x,
+    /// minus 8 · Σ x per quad.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quads<const Q4: bool>(b: *const u8, x: *const i8, offsets: *const i32) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        // SAFETY: the caller passes a whole block, its 32 activations and their 8 offsets.
+        unsafe {
+            let x = _mm256_loadu_si256(x as *const __m256i);
+            if Q4 {
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q4_codes(b), x), ones);
+                _mm256_sub_epi32(sums, _mm256_loadu_si256(offsets as *const __m256i))
+            } else {
+                let w = q8_weights(b);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones)
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_blocks<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
+        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let n = acts.d.len();
+        let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
+        let mut i = 0;
+        while i < n {
+            // SAFETY: blocks i and i + 1 (when < n) lie inside `row`, their activations and
+            // offsets inside `acts`.
+            unsafe {
+                let b = w.add(i * bytes);
+                even = accumulate(quads::<Q4>(b, x.add(i * 32), o.add(i * 8)), scale(b) * acts.d[i], even);
+                if i + 1 < n {
+                    let b = w.add((i + 1) * bytes);
+                    let q = quads::<Q4>(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
+                    odd = accumulate(q, scale(b) * acts.d[i + 1], odd);
+                }
+            }
+            i += 2;
+        }
+        sum_lanes(_mm256_add_ps(even, odd))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
+        // SAFETY: the features are enabled; the caller checked the lengths.
+        unsafe { dot_blocks::<false>(row, acts) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(row: &[u8], acts: &HeadActs) -> f32 {
+        // SAFETY: the features are enabled; the caller checked the lengths.
+        unsafe { dot_blocks::<true>(row, acts) }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::*;
+    use std::arch::aarch64::*;
+
+    /// Sums of four consecutive products: lanes for elements 0..15 of `w` and `x`.
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn quads(w: int8x16_t, x: int8x16_t) -> int32x4_t {
+        let lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(x)));
+        let hi = vpaddlq_s16(vmull_s8(vget_high_s8(w), vget_high_s8(x)));
+        vpaddq_s32(lo, hi)
+    }
+
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot(row: &[u8], acts: &HeadActs, q4: bool) -> f32 {
+        let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        // [even lanes 0-3, even 4-7, odd 0-3, odd 4-7], as the scalar twin.
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for (i, block) in row.chunks_exact(bytes).enumerate() {
+            // SAFETY: a block holds 16 (Q4_0) or 32 (Q8_0) weight bytes after its 2-byte scale;
+            // acts hold 32 values per block.
+            let (w0, w1, x0, x1) = unsafe {
+                let p = block.as_ptr().add(2);
+                let (w0, w1) = if q4 {
+                    let packed = vld1q_u8(p);
+                    let eight = vdupq_n_s8(8);
+                    (
+                        vsubq_s8(vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0F))), eight),
+                        vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8::<4>(packed)), eight),
+                    )
+                } else {
+                    (vld1q_s8(p as *const i8), vld1q_s8(p.add(16) as *const i8))
+                };
+                let x = acts.q.as_ptr().add(i * 32);
+                (w0, w1, vld1q_s8(x), vld1q_s8(x.add(16)))
+            };
+            let d = vdupq_n_f32(scale(block) * acts.d[i]);
+            let set = 2 * (i % 2);
+            acc[set] = vfmaq_f32(acc[set], vcvtq_f32_s32(quads(w0, x0)), d);
+            acc[set + 1] = vfmaq_f32(acc[set + 1], vcvtq_f32_s32(quads(w1, x1)), d);
+        }
+        let (lo, hi) = (vaddq_f32(acc[0], acc[2]), vaddq_f32(acc[1], acc[3]));
+        let s = vaddq_f32(lo, hi);
+        (vgetq_lane_f32::<0>(s) + vgetq_lane_f32::<2>(s)) + (vgetq_lane_f32::<1>(s) + vgetq_lane_f32::<3>(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_formats::float_blocks::quantize_row;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Every ISA gives the scalar result bit for bit, on rows of 1 to 13 blocks, extreme codes
+    /// included (-127 activations, -127 and -128 weights), and the scalar result is the exact dot
+    /// of the decoded values up to float rounding.
+    #[test]
+    fn every_isa_matches_scalar_bit_for_bit() {
+        let mut seed = 7;
+        for blocks in 1..=13 {
+            let n = blocks * 32;
+            let w: Vec<f32> = (0..n).map(|_| lcg(&mut seed) * 3.0).collect();
+            let mut x: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            x[0] = -1.5; // a block whose amax is negative: code -127
+            let acts = HeadActs::quantise(&x);
+            assert!(acts.q.iter().all(|&q| q >= -127));
+            assert!(acts.q.contains(&-127));
+            for ty in [TensorType::Q8_0, TensorType::Q4_0] {
+                let mut row = Vec::new();
+                quantize_row(ty, &w, &mut row).unwrap();
+                if ty == TensorType::Q8_0 {
+                    row[2] = 0x81; // -127, the most negative code the quantiser writes
+                }
+                if ty == TensorType::Q8_0 && blocks > 1 {
+                    row[2 + Q8_0_BYTES] = 0x80; // -128: a foreign file may hold it
+                }
+                let scalar = dot_scalar(&row, &acts, ty == TensorType::Q4_0);
+                // Independent: decode both sides and sum per block in f64.
+                let mut decoded = vec![0f32; n];
+                tern_formats::float_blocks::dequantize_row(ty, &row, &mut decoded).unwrap();
+                let exact: f64 = decoded
+                    .iter()
+                    .zip(acts.q.iter().enumerate())
+                    .map(|(&w, (i, &q))| w as f64 * q as f64 * acts.d[i / 32] as f64)
+                    .sum();
+                assert!(
+                    (scalar as f64 - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                    "{ty}: {scalar} vs {exact}"
+                );
+                for isa in crate::cpu::available() {
+                    let got = dot(isa, ty, &row, &acts);
+                    assert_eq!(got.to_bits(), scalar.to_bits(), "{ty} {} blocks on {}", blocks, isa.name());
+                }
+            }
+        }
+    }
+}
