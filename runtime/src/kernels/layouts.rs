@@ -119,12 +119,7 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
         }
         Layout::TQ1_0 => {
             let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
-            for (r, o) in (r0..r1).zip(out.chunks_exact_mut(tokens)) {
-                let row = &w.bytes[r * rb..][..rb];
-                for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
-                    *slot = tq1_kernels::dot(isa, row, act, sum);
-                }
-            }
+            tq1_kernels::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
         }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");

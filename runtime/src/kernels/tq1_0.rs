@@ -32,6 +32,40 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
+/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`. With AVX2 and
+/// several tokens, each pair of rows is decoded once (base 3 is the costly part) into codes in
+/// activation order and every token runs I2_S's decode-free two-row dot against them; otherwise
+/// row by row.
+pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
+    let tokens = sums.len();
+    let k = row_bytes / BLOCK_BYTES * BLOCK;
+    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
+    assert_eq!(out.len(), rows.len() / row_bytes * tokens);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1 {
+        // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
+        done = unsafe {
+            crate::kernels::i2s::x86::gemm_row_pairs(
+                rows,
+                row_bytes,
+                k,
+                acts,
+                sums,
+                out,
+                x86::unpack_codes_avx2,
+            )
+        };
+    }
+    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
+    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
+        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
+            *slot = dot(isa, row, act, sum);
+        }
+    }
+}
+
 pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {
     let mut codes = [0i8; BLOCK];
     row.chunks_exact(BLOCK_BYTES)
@@ -75,6 +109,37 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     fn times3_128(x: __m128i) -> __m128i {
         _mm_add_epi8(x, _mm_add_epi8(x, x))
+    }
+
+    /// A row's unsigned codes c = t + 1 in activation order (`codes.len()` = the row's weights):
+    /// the same digit walk as [`dot_avx2`], stored instead of multiplied.
+    ///
+    /// # Safety
+    /// AVX2; `codes` holds 256 bytes per 54-byte block of `row`.
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn unpack_codes_avx2(row: &[u8], codes: &mut [u8]) {
+        for (block, out) in row.chunks_exact(BLOCK_BYTES).zip(codes.chunks_exact_mut(BLOCK)) {
+            // SAFETY: the loads read block[0..48]; the stores write out[0..256] (a whole block).
+            unsafe {
+                let o = out.as_mut_ptr();
+                let mut x = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
+                for n in 0..5 {
+                    _mm256_storeu_si256(o.add(32 * n) as *mut __m256i, codes256(x));
+                    x = times3_256(x);
+                }
+                let mut x = _mm_loadu_si128(block.as_ptr().add(32) as *const __m128i);
+                for n in 0..5 {
+                    _mm_storeu_si128(o.add(160 + 16 * n) as *mut __m128i, codes128(x));
+                    x = times3_128(x);
+                }
+                let x0 = _mm_set1_epi32(i32::from_le_bytes([block[48], block[49], block[50], block[51]]));
+                let x1 = times3_128(x0);
+                let x2 = times3_128(x1);
+                let x3 = times3_128(x2);
+                let x = _mm_unpacklo_epi64(_mm_unpacklo_epi32(x0, x1), _mm_unpacklo_epi32(x2, x3));
+                _mm_storeu_si128(o.add(240) as *mut __m128i, codes128(x));
+            }
+        }
     }
 
     /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).
