@@ -374,7 +374,7 @@ impl<'m> Session<'m> {
             let mut scores: Vec<f32> = (0..len)
                 .map(|j| {
                     let k = &self.k_cache[layer_base + j * kv_dim + g * d..][..d];
-                    qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale
+                    dot_f32(qh, k) * scale
                 })
                 .collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
@@ -446,6 +446,20 @@ impl<'m> Session<'m> {
         }
         out
     }
+}
+
+/// `Σ a·b` in eight interleaved partial sums (so the compiler vectorises it), added in a fixed
+/// order: the same bits on every machine.
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7])) + tail
 }
 
 /// RMSNorm of each `weight.len()`-wide row: `w · x / sqrt(mean(x²) + eps)`, in f32.
