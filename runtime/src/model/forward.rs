@@ -39,13 +39,14 @@ impl QuantBatch {
     fn new(x: &[f32], width: usize, padded: usize) -> QuantBatch {
         let tokens = x.len() / width;
         let mut codes = vec![0i8; tokens * padded];
-        let mut scales = Vec::with_capacity(tokens);
-        let mut sums = Vec::with_capacity(tokens);
-        for (row, out) in x.chunks_exact(width).zip(codes.chunks_exact_mut(padded)) {
-            let (s, sum) = act::quantise(row, out);
-            scales.push(s);
-            sums.push(sum);
-        }
+        let quantise = |(row, out): (&[f32], &mut [i8])| act::quantise(row, out);
+        // A prompt's tokens across threads; one token (generation) is not worth a fork-join.
+        let per_token: Vec<(f32, i32)> = if tokens > 1 {
+            x.par_chunks_exact(width).zip(codes.par_chunks_exact_mut(padded)).map(quantise).collect()
+        } else {
+            x.chunks_exact(width).zip(codes.chunks_exact_mut(padded)).map(quantise).collect()
+        };
+        let (scales, sums) = per_token.into_iter().unzip();
         QuantBatch { codes, scales, sums, padded, tables: Vec::new() }
     }
 
@@ -332,10 +333,17 @@ impl<'m> Session<'m> {
         });
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];
-        for r in 0..m.rows {
-            for (t, f) in factors.iter().enumerate() {
-                y[t * m.rows + r] = acc[r * tokens + t] as f32 * f;
+        if tokens == 1 {
+            for (o, &v) in y.iter_mut().zip(&acc) {
+                *o = v as f32 * factors[0];
             }
+        } else {
+            // A prompt's outputs, token by token across threads (5 % of a prompt when serial).
+            y.par_chunks_mut(m.rows).zip(&factors).enumerate().for_each(|(t, (out, f))| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = acc[r * tokens + t] as f32 * f;
+                }
+            });
         }
         if let Some(p) = &self.profile {
             p.add(Op::Ternary, started.elapsed());
