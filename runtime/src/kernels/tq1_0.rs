@@ -32,38 +32,16 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
-/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`. With AVX2 and
-/// several tokens, each pair of rows is decoded once (base 3 is the costly part) into codes in
-/// activation order and every token runs I2_S's decode-free two-row dot against them; otherwise
-/// row by row.
+/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`: with AVX2 and
+/// several tokens each block of rows is decoded once (base 3 is the costly part), then I2_S's
+/// decode-free dots run per token (`i2s::gemm_decoded`).
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
-    let tokens = sums.len();
-    let k = row_bytes / BLOCK_BYTES * BLOCK;
-    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
-    assert_eq!(out.len(), rows.len() / row_bytes * tokens);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1 {
-        // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
-        done = unsafe {
-            crate::kernels::i2s::x86::gemm_row_pairs(
-                rows,
-                row_bytes,
-                k,
-                acts,
-                sums,
-                out,
-                x86::unpack_codes_avx2,
-            )
-        };
-    }
-    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
-    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
-        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
-            *slot = dot(isa, row, act, sum);
-        }
-    }
+    let unpack: Option<crate::kernels::i2s::Unpack> = Some(x86::unpack_codes_avx2);
+    #[cfg(not(target_arch = "x86_64"))]
+    let unpack = None;
+    let k = row_bytes / BLOCK_BYTES * BLOCK;
+    crate::kernels::i2s::gemm_decoded(isa, rows, row_bytes, k, acts, sums, out, dot, unpack);
 }
 
 pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {
@@ -111,6 +89,16 @@ mod x86 {
         _mm_add_epi8(x, _mm_add_epi8(x, x))
     }
 
+    /// The `qh` bytes of a block at powers 1, 3, 9, 27: digits for elements 240..256 in order.
+    #[target_feature(enable = "avx2")]
+    fn qh_digits(block: &[u8]) -> __m128i {
+        let x0 = _mm_set1_epi32(i32::from_le_bytes([block[48], block[49], block[50], block[51]]));
+        let x1 = times3_128(x0);
+        let x2 = times3_128(x1);
+        let x3 = times3_128(x2);
+        _mm_unpacklo_epi64(_mm_unpacklo_epi32(x0, x1), _mm_unpacklo_epi32(x2, x3))
+    }
+
     /// A row's unsigned codes c = t + 1 in activation order (`codes.len()` = the row's weights):
     /// the same digit walk as [`dot_avx2`], stored instead of multiplied.
     ///
@@ -132,12 +120,7 @@ mod x86 {
                     _mm_storeu_si128(o.add(160 + 16 * n) as *mut __m128i, codes128(x));
                     x = times3_128(x);
                 }
-                let x0 = _mm_set1_epi32(i32::from_le_bytes([block[48], block[49], block[50], block[51]]));
-                let x1 = times3_128(x0);
-                let x2 = times3_128(x1);
-                let x3 = times3_128(x2);
-                let x = _mm_unpacklo_epi64(_mm_unpacklo_epi32(x0, x1), _mm_unpacklo_epi32(x2, x3));
-                _mm_storeu_si128(o.add(240) as *mut __m128i, codes128(x));
+                _mm_storeu_si128(o.add(240) as *mut __m128i, codes128(qh_digits(block)));
             }
         }
     }
@@ -171,14 +154,8 @@ mod x86 {
                     s = _mm_add_epi16(s, _mm_maddubs_epi16(codes128(x), a));
                     x = times3_128(x);
                 }
-                // qh: the four bytes at powers 1, 3, 9, 27 → elements 240..256 in order.
-                let x0 = _mm_set1_epi32(i32::from_le_bytes([block[48], block[49], block[50], block[51]]));
-                let x1 = times3_128(x0);
-                let x2 = times3_128(x1);
-                let x3 = times3_128(x2);
-                let x = _mm_unpacklo_epi64(_mm_unpacklo_epi32(x0, x1), _mm_unpacklo_epi32(x2, x3));
                 let a = _mm_loadu_si128(q.add(240) as *const __m128i);
-                s = _mm_add_epi16(s, _mm_maddubs_epi16(codes128(x), a));
+                s = _mm_add_epi16(s, _mm_maddubs_epi16(codes128(qh_digits(block)), a));
                 acc128 = _mm_add_epi32(acc128, _mm_madd_epi16(s, ones128));
             }
         }

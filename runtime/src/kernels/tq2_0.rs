@@ -29,37 +29,16 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
-/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`. With AVX2 and
-/// several tokens, each pair of rows is unpacked once into codes in activation order and every
-/// token runs I2_S's decode-free two-row dot against them; otherwise row by row.
+/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`: with AVX2 and
+/// several tokens each block of rows is unpacked once into codes in activation order, then
+/// I2_S's decode-free dots run per token (`i2s::gemm_decoded`).
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
-    let tokens = sums.len();
-    let k = row_bytes / BLOCK_BYTES * BLOCK;
-    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
-    assert_eq!(out.len(), rows.len() / row_bytes * tokens);
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1 {
-        // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
-        done = unsafe {
-            crate::kernels::i2s::x86::gemm_row_pairs(
-                rows,
-                row_bytes,
-                k,
-                acts,
-                sums,
-                out,
-                x86::unpack_codes_avx2,
-            )
-        };
-    }
-    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
-    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
-        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
-            *slot = dot(isa, row, act, sum);
-        }
-    }
+    let unpack: Option<crate::kernels::i2s::Unpack> = Some(x86::unpack_codes_avx2);
+    #[cfg(not(target_arch = "x86_64"))]
+    let unpack = None;
+    let k = row_bytes / BLOCK_BYTES * BLOCK;
+    crate::kernels::i2s::gemm_decoded(isa, rows, row_bytes, k, acts, sums, out, dot, unpack);
 }
 
 pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {

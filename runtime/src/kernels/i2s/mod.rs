@@ -55,9 +55,9 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
 
 /// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`.
 ///
-/// With AVX2 and several tokens, each pair of rows is unpacked once into an L1-resident buffer
-/// of codes, and every token then runs only loads and `maddubs` against it, each activation
-/// load serving both rows (pp128 on the 2B-4T shape: 25.9 → 29.9 t/s with 1 thread). One token
+/// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
+/// buffer of codes, and tokens then run two at a time with only loads and `maddubs`, each
+/// activation load serving four rows (docs/benchmarks.md: pp128 25.9 → 38 t/s). One token
 /// (generation) keeps the row-at-a-time kernel: a two-row variant measured faster on cached
 /// matrices but halved generation speed when the weights stream from memory.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
@@ -72,14 +72,54 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && tokens > 1 {
         // SAFETY: AVX2 was checked (isa == Avx2 and supported); sizes asserted above.
-        done =
-            unsafe { x86::gemm_row_pairs(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2) };
+        done = unsafe {
+            x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2)
+        };
     }
     let f = dot_fn(isa);
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
     for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
         for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(act_sums) {
             *slot = f(row, act, sum);
+        }
+    }
+}
+
+/// Unpacks one row into its unsigned codes (t + 1) in activation order (`unsafe`: AVX2).
+pub(crate) type Unpack = unsafe fn(&[u8], &mut [u8]);
+
+/// The prompt GEMM of the layouts whose rows unpack to 2-bit-style codes (TQ2_0, TQ1_0):
+/// `out[r·tokens + t]`, through `unpack` and the decode-free AVX2 dots when there are several
+/// tokens, else `dot` row by row. `k` weights per row of `row_bytes`.
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub(crate) fn gemm_decoded(
+    isa: Isa,
+    rows: &[u8],
+    row_bytes: usize,
+    k: usize,
+    acts: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+    dot: fn(Isa, &[u8], &[i8], i32) -> i32,
+    unpack: Option<Unpack>,
+) {
+    let tokens = sums.len();
+    assert!(row_bytes > 0 && rows.len().is_multiple_of(row_bytes) && acts.len() == tokens * k);
+    assert_eq!(out.len(), rows.len() / row_bytes * tokens);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let Some(unpack) =
+        unpack.filter(|_| matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1)
+    {
+        // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
+        done = unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack) };
+    }
+    let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
+    for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
+        for ((slot, act), &sum) in o.iter_mut().zip(acts.chunks_exact(k)).zip(sums) {
+            *slot = dot(isa, row, act, sum);
         }
     }
 }

@@ -220,14 +220,14 @@ unsafe fn dot4x2_codes_avx2(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[
 /// The CPU must support AVX2; `unpack(row, codes)` must fill `k` codes from a `row_bytes` row;
 /// `acts` holds `sums.len()` tokens of `k` activations and `out` one slot per row and token.
 #[target_feature(enable = "avx2")]
-pub(crate) unsafe fn gemm_row_pairs(
+pub(crate) unsafe fn gemm_unpacked_rows(
     rows: &[u8],
     row_bytes: usize,
     k: usize,
     acts: &[i8],
     sums: &[i32],
     out: &mut [i32],
-    unpack: unsafe fn(&[u8], &mut [u8]),
+    unpack: super::Unpack,
 ) -> usize {
     let tokens = sums.len();
     let mut done = 0;
