@@ -54,24 +54,52 @@ pub fn block_bytes(ty: TensorType) -> Option<usize> {
     }
 }
 
-/// `Σ w·x` of one row of the head (`row`: that row's bytes) against `acts`.
-pub fn dot(isa: Isa, ty: TensorType, row: &[u8], acts: &HeadActs) -> f32 {
-    let bytes = block_bytes(ty).unwrap_or_else(|| panic!("no integer head kernel for {ty}"));
-    assert_eq!(row.len(), bytes * acts.d.len(), "row and activations differ in length");
-    let q4 = ty == TensorType::Q4_0;
+/// A row dot of one head type on one instruction set: `Σ w·x` of a row's bytes against `acts`.
+pub type HeadDot = fn(&[u8], &HeadActs) -> f32;
+
+/// The row dot for `ty` on `isa`, resolved once per head rather than per row (the head has
+/// 128k rows per token on 2B-4T).
+pub fn dot_fn(isa: Isa, ty: TensorType) -> HeadDot {
+    let q4 = match ty {
+        TensorType::Q8_0 => false,
+        TensorType::Q4_0 => true,
+        other => panic!("no integer head kernel for {other}"),
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
-            // SAFETY: AVX2 and FMA (Isa::supported) and F16C were detected; lengths checked above.
-            unsafe { if q4 { x86::dot_q4_0(row, acts) } else { x86::dot_q8_0(row, acts) } }
+            if q4 {
+                x86::dot_q4_0
+            } else {
+                x86::dot_q8_0
+            }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon if isa.supported() => {
-            // SAFETY: NEON is part of aarch64; lengths checked above.
-            unsafe { arm::dot(row, acts, q4) }
+            if q4 {
+                arm::dot_q4_0
+            } else {
+                arm::dot_q8_0
+            }
         }
-        _ => dot_scalar(row, acts, q4),
+        _ => {
+            if q4 {
+                |row, acts| dot_scalar(row, acts, true)
+            } else {
+                |row, acts| dot_scalar(row, acts, false)
+            }
+        }
     }
+}
+
+/// `Σ w·x` of one row of the head (`row`: that row's bytes) against `acts`.
+pub fn dot(isa: Isa, ty: TensorType, row: &[u8], acts: &HeadActs) -> f32 {
+    dot_fn(isa, ty)(row, acts)
+}
+
+/// Rows and activations must describe the same number of blocks (every variant checks).
+fn check_len(row: &[u8], acts: &HeadActs, block_bytes: usize) {
+    assert_eq!(row.len(), block_bytes * acts.d.len(), "row and activations differ in length");
 }
 
 fn scale(b: &[u8]) -> f32 {
@@ -101,6 +129,7 @@ fn sum_lanes(l: [f32; 8]) -> f32 {
 
 pub fn dot_scalar(row: &[u8], acts: &HeadActs, q4: bool) -> f32 {
     let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+    check_len(row, acts, bytes);
     // Even and odd blocks accumulate separately (two independent FMA chains in the SIMD code).
     let mut lanes = [[0f32; 8]; 2];
     for (i, block) in row.chunks_exact(bytes).enumerate() {
@@ -208,15 +237,17 @@ mod x86 {
         sum_lanes(_mm256_add_ps(even, odd))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
-        // SAFETY: the features are enabled; the caller checked the lengths.
+    /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
+    pub(super) fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
+        check_len(row, acts, Q8_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
         unsafe { dot_blocks::<false>(row, acts) }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(row: &[u8], acts: &HeadActs) -> f32 {
-        // SAFETY: the features are enabled; the caller checked the lengths.
+    /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
+    pub(super) fn dot_q4_0(row: &[u8], acts: &HeadActs) -> f32 {
+        check_len(row, acts, Q4_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
         unsafe { dot_blocks::<true>(row, acts) }
     }
 }
@@ -235,9 +266,20 @@ mod arm {
         vpaddq_s32(lo, hi)
     }
 
+    pub(super) fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
+        // SAFETY: NEON is part of aarch64.
+        unsafe { dot(row, acts, false) }
+    }
+
+    pub(super) fn dot_q4_0(row: &[u8], acts: &HeadActs) -> f32 {
+        // SAFETY: NEON is part of aarch64.
+        unsafe { dot(row, acts, true) }
+    }
+
     #[target_feature(enable = "neon")]
-    pub unsafe fn dot(row: &[u8], acts: &HeadActs, q4: bool) -> f32 {
+    unsafe fn dot(row: &[u8], acts: &HeadActs, q4: bool) -> f32 {
         let bytes = if q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        check_len(row, acts, bytes);
         // [even lanes 0-3, even 4-7, odd 0-3, odd 4-7], as the scalar twin.
         let mut acc = [vdupq_n_f32(0.0); 4];
         for (i, block) in row.chunks_exact(bytes).enumerate() {

@@ -115,11 +115,13 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
         }
         Layout::TQ2_0 => {
             let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
-            tq2_kernels::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
+            let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq2_kernels::dot, tq2_kernels::UNPACK);
+            i2s::gemm_decoded(isa, rows, rb, k, acts, sums, out, dot, unpack);
         }
         Layout::TQ1_0 => {
             let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
-            tq1_kernels::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
+            let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq1_kernels::dot, tq1_kernels::UNPACK);
+            i2s::gemm_decoded(isa, rows, rb, k, acts, sums, out, dot, unpack);
         }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");

@@ -32,17 +32,12 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
-/// `out[r·tokens + t] = Σ t[r]·q[t]` over consecutive packed rows of `row_bytes`: with AVX2 and
-/// several tokens each block of rows is decoded once (base 3 is the costly part), then I2_S's
-/// decode-free dots run per token (`i2s::gemm_decoded`).
-pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], sums: &[i32], out: &mut [i32]) {
-    #[cfg(target_arch = "x86_64")]
-    let unpack: Option<crate::kernels::i2s::Unpack> = Some(x86::unpack_codes_avx2);
-    #[cfg(not(target_arch = "x86_64"))]
-    let unpack = None;
-    let k = row_bytes / BLOCK_BYTES * BLOCK;
-    crate::kernels::i2s::gemm_decoded(isa, rows, row_bytes, k, acts, sums, out, dot, unpack);
-}
+/// The row unpacker of the prompt GEMM (`i2s::gemm_decoded`): codes in activation order, once
+/// per block of rows.
+#[cfg(target_arch = "x86_64")]
+pub(crate) const UNPACK: Option<crate::kernels::i2s::Unpack> = Some(x86::unpack_codes_avx2);
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) const UNPACK: Option<crate::kernels::i2s::Unpack> = None;
 
 pub fn dot_scalar(row: &[u8], act: &[i8]) -> i32 {
     let mut codes = [0i8; BLOCK];

@@ -413,27 +413,26 @@ impl<'m> Session<'m> {
         let mut out = vec![0f32; n * m.rows];
         // Vocab-major so each output row of the matrix is read once for all positions.
         let mut by_vocab = vec![0f32; m.rows * n];
-        // A Q8_0/Q4_0 head runs integer dots against the normed state quantised once per position.
+        // A Q8_0/Q4_0 head runs integer dots against the normed state quantised once per position;
+        // other block-quantised rows (other tools' files) are decoded per row, then dotted in f32.
         let integer_head = matches!(m.ty, TensorType::Q8_0 | TensorType::Q4_0);
-        let head_acts: Vec<head::HeadActs> = if integer_head {
-            h.chunks_exact(c.hidden).map(head::HeadActs::quantise).collect()
+        let (head_dot, head_acts): (Option<head::HeadDot>, Vec<head::HeadActs>) = if integer_head {
+            (Some(head::dot_fn(isa, m.ty)), h.chunks_exact(c.hidden).map(head::HeadActs::quantise).collect())
         } else {
-            Vec::new()
+            (None, Vec::new())
         };
+        let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
-            // Other block-quantised rows (other tools' files) are decoded once per row, then dotted.
-            let mut decoded = Vec::new();
+            let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
             for (i, slot) in o.chunks_exact_mut(n).enumerate() {
                 let row = self.model.float_row(m, chunk * 64 + i);
-                if integer_head {
+                if let Some(dot) = head_dot {
                     for (s, acts) in slot.iter_mut().zip(&head_acts) {
-                        *s = head::dot(isa, m.ty, row, acts);
+                        *s = dot(row, acts);
                     }
                     continue;
                 }
-                let row_f32 = !matches!(m.ty, TensorType::F16 | TensorType::F32);
-                if row_f32 {
-                    decoded.resize(m.cols, 0.0);
+                if decode_rows {
                     float_blocks::dequantize_row(m.ty, row, &mut decoded)
                         .expect("the loader checked the output matrix's type and row size");
                 }
