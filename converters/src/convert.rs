@@ -491,16 +491,15 @@ fn encode_float(values: &[f32], ty: TensorType, first: usize) -> Result<Vec<u8>,
         .enumerate()
         .map(|(i, piece)| {
             let mut out = Vec::new();
-            tern_formats::float_blocks::quantize_row(ty, piece, &mut out).map_err(|m| {
-                match m.strip_prefix("value #") {
-                    Some(rest) => {
-                        let (index, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                        let at = index.parse::<usize>().map_or(0, |k| first + i * PIECE + k);
-                        let hint = if ty == TensorType::F16 { "; convert with --embed-type f32" } else { "" };
-                        format!("value #{at} {tail}{hint}")
-                    }
-                    None => m,
-                }
+            tern_formats::float_blocks::quantize_row(ty, piece, &mut out).map_err(|mut e| {
+                // The index within the tensor, and what to do about an f16 overflow.
+                e.index = e.index.map(|k| first + i * PIECE + k);
+                let hint = if ty == TensorType::F16 && e.index.is_some() {
+                    "; convert with --embed-type f32"
+                } else {
+                    ""
+                };
+                format!("{e}{hint}")
             })?;
             Ok(out)
         })

@@ -89,22 +89,41 @@ pub fn is_writable(ty: TensorType) -> bool {
     matches!(ty, TensorType::F32 | TensorType::F16 | TensorType::Q8_0 | TensorType::Q4_0)
 }
 
+/// Why [`quantize_row`] refused its input: one value (its index in the row) or the row's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeError {
+    pub index: Option<usize>,
+    /// What is wrong, worded to follow "value #index" when there is an index.
+    pub message: String,
+}
+
+impl std::fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "value #{i} {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Encodes one row (a multiple of 32 elements for Q8_0/Q4_0); appends to `out`. F16 refuses
 /// values it cannot hold; non-finite values are refused for every type.
-pub fn quantize_row(ty: TensorType, values: &[f32], out: &mut Vec<u8>) -> Result<(), String> {
+pub fn quantize_row(ty: TensorType, values: &[f32], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let bad = |i: usize, message: String| EncodeError { index: Some(i), message };
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(format!("value #{i} is {}", values[i]));
+        return Err(bad(i, format!("is {}", values[i])));
     }
     match ty {
         TensorType::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
         TensorType::F16 => {
             if let Some(i) = values.iter().position(|v| v.abs() > f16::MAX.to_f32()) {
-                return Err(format!("value #{i} = {} does not fit in f16", values[i]));
+                return Err(bad(i, format!("= {} does not fit in f16", values[i])));
             }
             out.extend(values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()));
         }
         TensorType::Q8_0 | TensorType::Q4_0 if !values.len().is_multiple_of(32) => {
-            return Err(format!("{ty} needs rows of whole 32-element blocks, got {}", values.len()));
+            let message = format!("{ty} needs rows of whole 32-element blocks, got {}", values.len());
+            return Err(EncodeError { index: None, message });
         }
         TensorType::Q8_0 => {
             for x in values.chunks_exact(32) {
@@ -127,7 +146,9 @@ pub fn quantize_row(ty: TensorType, values: &[f32], out: &mut Vec<u8>) -> Result
                 out.extend((0..16).map(|j| q(x[j]) | (q(x[j + 16]) << 4)));
             }
         }
-        other => return Err(format!("tern cannot write {other} tensors")),
+        other => {
+            return Err(EncodeError { index: None, message: format!("tern cannot write {other} tensors") });
+        }
     }
     Ok(())
 }
