@@ -57,6 +57,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_tq_vectors  # noqa: E402  (its mixer; importing runs nothing)
+
 import gguf
 from gguf import GGUFValueType as VT
 
@@ -327,13 +330,8 @@ def quantize_q6_k(x):
 # ----------------------------------------------------------------------------------------------
 
 def mixer_trits(n, seed):
-    i = np.arange(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        x = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)
-        x ^= x >> np.uint64(31)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(29)
-    return (x % np.uint64(3)).astype(np.int8) - 1
+    """The shared vectors' trit mixer (scripts/make_tq_vectors.py defines it once)."""
+    return make_tq_vectors.ternary_codes(n, seed)
 
 
 def check_packers():
