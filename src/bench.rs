@@ -4,7 +4,8 @@ use crate::common::{load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
-    Roofline, generation_profile, generation_rate, peak_rss_bytes, prompt_rate, read_bandwidth, summary,
+    Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes, prompt_rate,
+    read_bandwidth, read_bandwidth_of, summary,
 };
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
@@ -16,7 +17,10 @@ use tern_runtime::bench::{
 /// --roofline also measures this machine's streaming read bandwidth with each thread count and
 /// compares generation with the ceiling it sets: every generated token reads every ternary
 /// weight and the whole output head once (the file's bytes per token), so tg ≤ bandwidth /
-/// bytes per token. --profile runs one generation per thread count with timers on every
+/// bytes per token. The test streams through the model file's own mapped bytes right after that
+/// thread count's runs, so it reads what generation reads, through the same pages, under the
+/// same load from other processes; a file under 256 MiB could sit in the caches, so then it
+/// streams through a fresh --roofline-mib buffer instead. --profile runs one generation per thread count with timers on every
 /// operation and prints where a token's time goes.
 ///
 /// Examples:
@@ -41,7 +45,8 @@ pub struct Args {
     /// Measure the read bandwidth and show tg as a share of the bandwidth ceiling.
     #[arg(long)]
     pub roofline: bool,
-    /// Size of the buffer the bandwidth test streams through, in MiB (well above the caches).
+    /// Size of the buffer the bandwidth test streams through when the model file is under 256
+    /// MiB, in MiB (well above the caches).
     #[arg(long, default_value_t = 1024)]
     pub roofline_mib: usize,
     /// Time every operation of generation and print the breakdown per token.
@@ -52,11 +57,17 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Files at least this large are streamed for the bandwidth test: far beyond any CPU cache.
+const MODEL_STREAM_MIN_BYTES: u64 = 256 << 20;
+
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load_model(&args.model)?;
     let isa = tern_runtime::cpu::selected();
     let size = model.file.file_size();
     let mut rows = Vec::new();
+    // Large files are their own bandwidth test, measured next to each thread count's runs.
+    let stream_model = size >= MODEL_STREAM_MIN_BYTES;
+    let mut bandwidths = Vec::new();
     for &t in &args.threads {
         for (test, n) in [("pp", args.prompt), ("tg", args.generate)] {
             if n == 0 {
@@ -79,14 +90,21 @@ pub fn run(args: Args) -> Result<()> {
             }
             rows.push(serde_json::json!({"threads": t, "test": format!("{test}{n}"), "samples": samples, "median": median, "min": min, "max": max}));
         }
+        if args.roofline && stream_model {
+            bandwidths.push(with_threads(Some(t), || read_bandwidth_of(model.file.as_bytes(), 5))?);
+        }
     }
-    // Before the bandwidth buffer, so the RSS is the model's.
+    // Before any bandwidth buffer, so the RSS is the model's.
     let rss = peak_rss_bytes();
+    let pages = mapped_file_pages(&args.model);
     let bytes_per_token = model.bytes_per_token();
     let mut roofs = Vec::new();
     if args.roofline {
-        for &t in &args.threads {
-            let bandwidth = with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?;
+        for (i, &t) in args.threads.iter().enumerate() {
+            let bandwidth = match bandwidths.get(i) {
+                Some(&b) => b,
+                None => with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?,
+            };
             let tg = rows
                 .iter()
                 .find(|r| r["threads"] == t && r["test"].as_str().is_some_and(|s| s.starts_with("tg")))
@@ -126,7 +144,10 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         let v = serde_json::json!({
             "model": args.model, "file_bytes": size, "isa": isa.name(),
-            "bytes_per_token": bytes_per_token, "peak_rss_bytes": rss, "results": rows,
+            "bytes_per_token": bytes_per_token, "peak_rss_bytes": rss,
+            "bandwidth_source": if !args.roofline { "none" } else if stream_model { "model file" } else { "buffer" },
+            "mapped_bytes": pages.map(|p| p.0), "mapped_in_2mib_pages_bytes": pages.map(|p| p.1),
+            "results": rows,
             "roofline": roofline, "profile": profile,
         });
         return crate::print_stdout(&(serde_json::to_string_pretty(&v)? + "\n"));
@@ -154,10 +175,26 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(b) = rss {
         text += &format!("\npeak RSS {}\n", crate::inspect::human_bytes(b));
     }
+    if let Some((mapped, huge)) = pages.filter(|p| p.0 > 0) {
+        text += &format!(
+            "model file mapped: {}, {:.0} % of it in 2 MiB pages{}\n",
+            crate::inspect::human_bytes(mapped),
+            100.0 * huge as f64 / mapped as f64,
+            if huge * 2 < mapped {
+                format!(
+                    " (the page cache holds it in 4 KiB pages; drop it with `dd if={} iflag=nocache count=0` and the next run reads it back in 2 MiB pages, which stream faster)",
+                    args.model.display()
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if !roofs.is_empty() {
         text += &format!(
-            "\nroofline: {} read per generated token\n| threads | read bandwidth | ceiling | tg | of ceiling |\n|---|---|---|---|---|\n",
-            crate::inspect::human_bytes(bytes_per_token)
+            "\nroofline: {} read per generated token; bandwidth streamed through {}\n| threads | read bandwidth | ceiling | tg | of ceiling |\n|---|---|---|---|---|\n",
+            crate::inspect::human_bytes(bytes_per_token),
+            if stream_model { "the model file" } else { "a buffer" }
         );
         for (t, r) in &roofs {
             text += &format!(

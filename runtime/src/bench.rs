@@ -61,23 +61,67 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Streaming read bandwidth in bytes/s with the current rayon pool: the best of `reps` passes
-/// over a `bytes`-sized buffer (make it much larger than the caches), each thread summing its
-/// own contiguous part, the way a GEMV reads its weight rows.
+/// Streaming read bandwidth in bytes/s with the current rayon pool over a fresh `bytes`-sized
+/// anonymous buffer (make it much larger than the caches), asking for 2 MiB pages as the model's
+/// map does (`GgufFile::open`): the ceiling is what the machine can stream, not what 4 KiB pages
+/// allow. See [`read_bandwidth_of`].
 pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     use rayon::prelude::*;
-    let words = (bytes / 8).max(1);
+    let mut map = memmap2::MmapMut::map_anon(bytes.max(8)).expect("an anonymous map for the bandwidth test");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
     // Written once so every page is resident before timing.
-    let buf: Vec<u64> = (0..words as u64).collect();
-    let chunk = words.div_ceil(rayon::current_num_threads());
+    map.par_chunks_mut(1 << 16).enumerate().for_each(|(i, c)| c.fill(i as u8));
+    read_bandwidth_of(&map, reps)
+}
+
+/// Streaming read bandwidth in bytes/s with the current rayon pool over `bytes` (e.g. a model
+/// file's own mapping, so the test reads what generation reads, through the same pages): the
+/// best of `reps` passes, each thread summing its own contiguous part, the way a GEMV reads its
+/// weight rows.
+pub fn read_bandwidth_of(bytes: &[u8], reps: usize) -> f64 {
+    use rayon::prelude::*;
+    // SAFETY: every bit pattern is a valid u64; `align_to` only hands out aligned words.
+    let (_, words, _) = unsafe { bytes.align_to::<u64>() };
+    let words = if words.is_empty() { &[0u64][..] } else { words };
+    let chunk = words.len().div_ceil(rayon::current_num_threads());
     let mut best = 0f64;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        let sum: u64 = buf.par_chunks(chunk).map(sum_words).reduce(|| 0, u64::wrapping_add);
+        let sum: u64 = words.par_chunks(chunk).map(sum_words).reduce(|| 0, u64::wrapping_add);
         std::hint::black_box(sum);
-        best = best.max((words * 8) as f64 / t.elapsed().as_secs_f64());
+        best = best.max((words.len() * 8) as f64 / t.elapsed().as_secs_f64());
     }
     best
+}
+
+/// How much of the file at `path` this process has mapped in memory, and how much of that is
+/// mapped with 2 MiB pages (Linux `/proc/self/smaps`; `None` elsewhere). Weights read through
+/// 4 KiB pages stream up to a third slower, so `tern bench` reports it.
+pub fn mapped_file_pages(path: &std::path::Path) -> Option<(u64, u64)> {
+    let path = std::fs::canonicalize(path).ok()?;
+    let path = path.to_str()?;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let (mut rss, mut huge, mut inside) = (0u64, 0u64, false);
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: "start-end perms offset dev inode path".
+            inside = line.ends_with(&format!(" {path}"));
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let kib = || fields.clone().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+        match first {
+            "Rss:" => rss += kib(),
+            "FilePmdMapped:" => huge += kib(),
+            _ => {}
+        }
+    }
+    Some((rss, huge))
 }
 
 /// Sum with four independent accumulators, so loads, not the add chain, set the pace.
@@ -157,5 +201,25 @@ mod tests {
         assert_eq!(r.ceiling_tokens_per_s, 20.0);
         assert_eq!(r.fraction, 0.85);
         assert!(read_bandwidth(1 << 20, 1) > 0.0);
+        assert!(read_bandwidth_of(&[1, 2, 3], 1) > 0.0);
+    }
+
+    /// The smaps reading finds a file this process maps, counts what is resident, and nothing
+    /// for a file it does not map.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn mapped_file_pages_sees_this_process_maps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: a private read-only map of a file this test owns.
+        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+        assert_eq!(map.iter().map(|&b| b as u64).sum::<u64>(), 7 << 20);
+        let (rss, huge) = mapped_file_pages(&path).unwrap();
+        assert!(rss >= 1 << 20 && huge <= rss, "rss {rss}, huge {huge}");
+        let other = dir.path().join("other.bin");
+        std::fs::write(&other, b"x").unwrap();
+        assert_eq!(mapped_file_pages(&other).unwrap(), (0, 0));
     }
 }

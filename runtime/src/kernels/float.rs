@@ -34,20 +34,29 @@ unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     let n = x.len();
     let (w, xp) = (row.as_ptr(), x.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+    // Four independent FMA chains: with one or two, the 4-cycle FMA latency, not memory, bounded
+    // the lm_head (22 GiB/s with the row in cache).
+    let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: elements i..i+16 are in bounds of both slices.
-        unsafe {
-            let h0 = _mm_loadu_si128(w.add(2 * i) as *const __m128i);
-            let h1 = _mm_loadu_si128(w.add(2 * i + 16) as *const __m128i);
-            acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), _mm256_loadu_ps(xp.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), _mm256_loadu_ps(xp.add(i + 8)), acc1);
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: elements i..i+32 are in bounds of both slices.
+            unsafe {
+                let h = _mm_loadu_si128(w.add(2 * (i + 8 * j)) as *const __m128i);
+                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i + 8 * j)), *a);
+            }
         }
-        i += 16;
+        i += 32;
     }
-    let acc = _mm256_add_ps(acc0, acc1);
+    while i + 8 <= n {
+        // SAFETY: elements i..i+8 are in bounds of both slices.
+        unsafe {
+            let h = _mm_loadu_si128(w.add(2 * i) as *const __m128i);
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xp.add(i)), acc[0]);
+        }
+        i += 8;
+    }
+    let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
     let lo = _mm256_castps256_ps128(acc);
     let hi = _mm256_extractf128_ps(acc, 1);
     let s = _mm_add_ps(lo, hi);
