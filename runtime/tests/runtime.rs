@@ -104,6 +104,28 @@ fn kv_cache_decode_matches_prompt_at_once() {
     }
 }
 
+/// A prompt longer than a micro-batch runs as several forward passes; a tap turns that off (it
+/// must see whole layers), so the two paths can be compared: the same logits, bit for bit, for
+/// every position and for the last.
+#[test]
+fn micro_batched_prompt_gives_the_one_pass_logits() {
+    use tern_runtime::model::MICRO_BATCH;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Model::load(convert("tiny/packed", tmp.path())).unwrap();
+    let n = (2 * MICRO_BATCH + 5).min(model.config.context);
+    assert!(n > MICRO_BATCH, "the fixture's context must hold more than one micro-batch");
+    let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % model.config.vocab as u32).collect();
+    let batched = Session::new(&model, n).forward(&tokens, Want::All, None).unwrap();
+    let mut taps = 0;
+    let mut tap = |_: &str, _: &[f32]| taps += 1;
+    let whole = Session::new(&model, n).forward(&tokens, Want::All, Some(&mut tap)).unwrap();
+    assert_eq!(taps, model.config.layers + 1, "one pass, every layer tapped once");
+    assert_eq!(batched.len(), n * model.config.vocab);
+    assert!(batched == whole, "micro-batched logits differ from the one-pass logits");
+    let last = Session::new(&model, n).forward(&tokens, Want::Last, None).unwrap();
+    assert!(last[..] == whole[(n - 1) * model.config.vocab..]);
+}
+
 #[test]
 fn every_instruction_set_gives_identical_hidden_states() {
     let tmp = tempfile::tempdir().unwrap();

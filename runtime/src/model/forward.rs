@@ -13,6 +13,12 @@ use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
 use tern_formats::{TensorType, float_blocks};
 
+/// Prompt tokens per forward pass: longer prompts run in batches of this many, which bounds the
+/// activations held at once (0.16 MiB per token on 2B-4T). Each batch reads the weights once
+/// more, small beside its arithmetic: on 2B-4T pp128 is 1-3 % slower than in one pass and peaks
+/// 11 MiB lower, and pp512 is faster (65 vs 53 t/s, 2 threads) at 70 MiB less.
+pub const MICRO_BATCH: usize = 64;
+
 /// Which positions' logits a forward call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -156,6 +162,9 @@ impl<'m> Session<'m> {
                 c.context
             )));
         }
+        if tap.is_none() && tokens.len() > MICRO_BATCH {
+            return self.forward_in_micro_batches(tokens, want);
+        }
         let mut x = self.time(Op::Embed, || self.embed(tokens))?;
         let mut tap = tap;
         for l in 0..c.layers {
@@ -175,6 +184,24 @@ impl<'m> Session<'m> {
             Want::All => &x,
         };
         Ok(self.time(Op::LmHead, || self.logits(rows)))
+    }
+
+    /// A long prompt as consecutive forward calls of at most [`MICRO_BATCH`] tokens. Every
+    /// operation but attention is per token, and attention reads the keys and values earlier
+    /// batches cached, so the logits are the same bits as in one call (tested).
+    fn forward_in_micro_batches(&mut self, tokens: &[u32], want: Want) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        let batches = tokens.len().div_ceil(MICRO_BATCH);
+        for (i, batch) in tokens.chunks(MICRO_BATCH).enumerate() {
+            let last = i + 1 == batches;
+            let want = match want {
+                Want::All => Want::All,
+                Want::Last if last => Want::Last,
+                _ => Want::None,
+            };
+            logits.extend(self.forward(batch, want, None)?);
+        }
+        Ok(logits)
     }
 
     /// Embedding rows of `tokens`, `[T, hidden]`.

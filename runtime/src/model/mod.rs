@@ -8,6 +8,6 @@ pub mod profile;
 mod weights;
 
 pub use config::ModelConfig;
-pub use forward::{Session, Want, rms_norm};
+pub use forward::{MICRO_BATCH, Session, Want, rms_norm};
 pub use profile::{Op, Profile};
 pub use weights::{Model, TernaryMatrix};
