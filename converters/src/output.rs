@@ -7,10 +7,11 @@
 //! listed in a process-wide registry: a signal handler (the binary installs one for Ctrl-C)
 //! calls [`remove_temp_files`] before exiting.
 //!
-//! Data reaches the file in whole 2 MiB chunks at 2 MiB-aligned offsets ([`ChunkWriter`]): Linux
-//! page caches that support large folios (ext4 since 6.16, xfs) then keep the new file in 2 MiB
-//! folios, which a later mmap maps with 2 MiB pages. Streaming the weights through 4 KiB pages
-//! instead cost a third of the read bandwidth here (21-24 vs 31-33 GB/s, docs/benchmarks.md).
+//! Data reaches the file in whole 2 MiB chunks at 2 MiB-aligned offsets ([`ChunkWriter`]): page
+//! caches that support large folios (ext4 on Linux 6.18, for one) then keep the new file in
+//! 2 MiB folios, which a later mmap maps with 2 MiB pages. Streaming the weights through 4 KiB
+//! pages instead cost a third of the read bandwidth here (21-24 vs 31-33 GB/s,
+//! docs/benchmarks.md).
 
 use std::fs::File;
 use std::io::{self, Write};

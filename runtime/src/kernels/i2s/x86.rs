@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 /// 640-1728 bytes and each is a separate call, so the hardware prefetcher alone kept the kernel
 /// waiting on memory: 2 KiB ahead cut the ternary matmuls' time per generated token on 2B-4T by
 /// about 5 % with 1 thread and 14 % with 2 (1 and 4 KiB did less; docs/benchmarks.md).
-const PREFETCH_AHEAD: usize = 2048;
+pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
 pub(super) fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
