@@ -53,14 +53,14 @@ fn value_json(v: &Value, full: bool) -> Json {
         Value::Bool(b) => json!(b),
         Value::F32(x) => json!(x),
         Value::F64(x) => json!(x),
-        Value::Array(t, items) => {
-            if full || items.len() <= SUMMARY_ITEMS {
-                Json::Array(items.iter().map(|i| value_json(i, full)).collect())
+        Value::Array(a) => {
+            if full || a.len() <= SUMMARY_ITEMS {
+                Json::Array(a.iter().map(|i| value_json(&i, full)).collect())
             } else {
                 json!({
-                    "element_type": t.name(),
-                    "len": items.len(),
-                    "first": items.iter().take(SUMMARY_ITEMS).map(|i| value_json(i, full)).collect::<Vec<_>>(),
+                    "element_type": a.elem_type().name(),
+                    "len": a.len(),
+                    "first": a.iter().take(SUMMARY_ITEMS).map(|i| value_json(&i, full)).collect::<Vec<_>>(),
                 })
             }
         }
@@ -81,10 +81,10 @@ fn describe_gguf(path: &Path, full: bool) -> Result<Json> {
         .iter()
         .map(|(k, v)| {
             let mut e = json!({"key": k, "type": v.value_type().name(), "value": value_json(v, full)});
-            if let Value::Array(t, items) = v {
-                e["type"] = json!(format!("array[{}]", t.name()));
+            if let Value::Array(a) = v {
+                e["type"] = json!(format!("array[{}]", a.elem_type().name()));
                 e["text"] = json!(format!("{v}"));
-                e["len"] = json!(items.len());
+                e["len"] = json!(a.len());
             } else {
                 e["text"] = json!(format!("{v}"));
             }

@@ -450,3 +450,18 @@ fn gguf_truncated_at_every_boundary() {
         }
     }
 }
+
+/// A missing model file: named once with the OS's reason once (the library's message already
+/// quotes its source, so the printed cause chain must not repeat it).
+#[test]
+fn missing_model_file_is_named_with_its_reason_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-model.gguf");
+    for cmd in ["bench", "run"] {
+        let res = tern(&[cmd, missing.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&res.stderr).into_owned();
+        assert_eq!(res.status.code(), Some(2), "{cmd}: {err}");
+        assert_eq!(err.matches("no-such-model.gguf").count(), 1, "{cmd}: {err}");
+        assert_eq!(err.matches("os error 2").count(), 1, "{cmd}: {err}");
+    }
+}

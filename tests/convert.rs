@@ -181,9 +181,8 @@ fn inspect_describes_gguf_safetensors_and_folders() {
 /// `tern.tiles`, TQ's exact β from `tern.scale.*`, TL's β from its `_scale` tensor).
 fn projections(f: &GgufFile, layers: usize) -> Vec<(String, TensorType, Vec<i8>, f32)> {
     let tiles = f.metadata().get("tern.tiles").and_then(|v| v.as_array()).map(|a| {
-        a.chunks_exact(5)
-            .map(|c| c.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>())
-            .collect::<Vec<_>>()
+        let flat: Vec<usize> = a.iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        flat.chunks_exact(5).map(|c| c.to_vec()).collect::<Vec<_>>()
     });
     projection_names(layers)
         .into_iter()

@@ -8,7 +8,7 @@ use crate::weights::load_ternary_with;
 use crate::{ConvertError, Result, tokenizer};
 use rayon::prelude::*;
 use std::io::Write;
-use tern_formats::gguf::{GgufWriter, Metadata, TensorSpec, Value, ValueType};
+use tern_formats::gguf::{Array, GgufWriter, Metadata, TensorSpec, Value, ValueType};
 use tern_formats::hf::HfCheckpoint;
 use tern_formats::tiles::Tiles;
 use tern_formats::{Layout, TensorType, i2s};
@@ -321,7 +321,10 @@ impl Plan {
             let flat = tile_table.iter().flat_map(|&(m, k, t)| [m, k, t.rows, t.cols, t.sub_rows]);
             metadata.set(
                 "tern.tiles",
-                Value::Array(ValueType::U32, flat.map(|v| Value::U32(v as u32)).collect()),
+                Value::Array(Array::from_values(
+                    ValueType::U32,
+                    flat.map(|v| Value::U32(v as u32)).collect(),
+                )),
             );
         }
         // TQ blocks carry an f16 scale; tern's runtime uses the exact f32 β, written here, so every

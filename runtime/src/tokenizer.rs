@@ -103,15 +103,10 @@ impl Tokenizer {
 /// A byte-level BPE tokenizer rebuilt from llama.cpp's metadata arrays.
 fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let md = f.metadata();
-    let strings = |key: &str| -> Result<Vec<String>> {
+    let strings = |key: &str| -> Result<Vec<&str>> {
         let items =
             md.get(key).and_then(Value::as_array).ok_or_else(|| tok_err(f, format!("no {key} array")))?;
-        items
-            .iter()
-            .map(|v| {
-                v.as_str().map(String::from).ok_or_else(|| tok_err(f, format!("{key} holds a non-string")))
-            })
-            .collect()
+        items.strings().ok_or_else(|| tok_err(f, format!("{key} holds a non-string")))
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let types: Vec<i64> = match md.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
@@ -127,7 +122,7 @@ fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
         })
         .collect::<Result<_>>()?;
     let vocab: tokenizers::models::bpe::Vocab =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        tokens.iter().enumerate().map(|(i, t)| (t.to_string(), i as u32)).collect();
     let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tok_err(f, e))?;
     let mut tk = tokenizers::Tokenizer::new(bpe);
     let pre = md.get_str("tokenizer.ggml.pre").unwrap_or("gpt-2");
@@ -154,7 +149,7 @@ fn from_ggml_bpe(f: &GgufFile) -> Result<tokenizers::Tokenizer> {
         .iter()
         .zip(&types)
         .filter(|&(_, &t)| t == CONTROL)
-        .map(|(tok, _)| AddedToken::from(tok.clone(), true))
+        .map(|(tok, _)| AddedToken::from(tok.to_string(), true))
         .collect();
     tk.add_special_tokens(special).map_err(|e| tok_err(f, e))?;
     Ok(tk)

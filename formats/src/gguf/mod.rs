@@ -9,7 +9,7 @@ mod value;
 mod write;
 
 pub use read::{GgufFile, GgufHeader, TensorInfo, parse_header};
-pub use value::{Metadata, Value, ValueType};
+pub use value::{Array, Metadata, Value, ValueType};
 pub use write::{GgufWriter, TensorSpec};
 
 pub const MAGIC: &[u8; 4] = b"GGUF";

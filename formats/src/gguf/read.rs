@@ -4,7 +4,7 @@
 //! out-of-bounds read. Parsing works on a byte slice (an mmap in practice, arbitrary bytes in the
 //! fuzzer); [`GgufFile`] adds the file and its path.
 
-use super::value::{Metadata, Value, ValueType};
+use super::value::{Array, Metadata, Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{FormatError, Result};
 use crate::tensor_type::{TensorType, known_type_names};
@@ -154,11 +154,17 @@ impl<'a> Cursor<'a> {
                         "{what}: more than {MAX_ARRAY_ELEMENTS} metadata array elements in one file"
                     ));
                 }
-                let mut items = Vec::with_capacity((count as usize).min(MAX_RESERVE));
+                let mut items = Array::empty(elem);
                 for _ in 0..count {
-                    items.push(self.value(elem, what, depth + 1)?);
+                    if elem == ValueType::String {
+                        let len = self.u64(what)?;
+                        let s = self.take(len, what)?;
+                        items.push_str(&String::from_utf8_lossy(s));
+                    } else {
+                        items.push(self.value(elem, what, depth + 1)?);
+                    }
                 }
-                Value::Array(elem, items)
+                Value::Array(items)
             }
         })
     }

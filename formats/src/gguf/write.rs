@@ -45,18 +45,19 @@ fn write_value(w: &mut impl Write, v: &Value) -> io::Result<()> {
         Value::U64(x) => w.write_all(&x.to_le_bytes()),
         Value::I64(x) => w.write_all(&x.to_le_bytes()),
         Value::F64(x) => w.write_all(&x.to_le_bytes()),
-        Value::Array(ty, items) => {
-            w.write_all(&(*ty as u32).to_le_bytes())?;
-            w.write_all(&(items.len() as u64).to_le_bytes())?;
-            for item in items {
-                if item.value_type() != *ty {
+        Value::Array(a) => {
+            let ty = a.elem_type();
+            w.write_all(&(ty as u32).to_le_bytes())?;
+            w.write_all(&(a.len() as u64).to_le_bytes())?;
+            for item in a.iter() {
+                if item.value_type() != ty {
                     return Err(invalid(format!(
                         "array of {} holds a {}",
                         ty.name(),
                         item.value_type().name()
                     )));
                 }
-                write_value(w, item)?;
+                write_value(w, &item)?;
             }
             Ok(())
         }
@@ -183,7 +184,7 @@ impl<W: Write> GgufWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ValueType, parse_header};
+    use super::super::{Array, ValueType, parse_header};
     use super::*;
 
     #[test]
@@ -202,10 +203,13 @@ mod tests {
         md.set("i64", Value::I64(i64::MIN));
         md.set("f64", Value::F64(-2.5e300));
         md.set("tokens", Value::string_array(["a".to_string(), "é".to_string(), String::new()]));
-        md.set("empty", Value::Array(ValueType::I32, vec![]));
+        md.set("empty", Value::Array(Array::empty(ValueType::I32)));
         md.set(
             "nested",
-            Value::Array(ValueType::Array, vec![Value::i32_array([1, 2]), Value::i32_array([])]),
+            Value::Array(Array::from_values(
+                ValueType::Array,
+                vec![Value::i32_array([1, 2]), Value::i32_array([])],
+            )),
         );
         let specs = vec![
             TensorSpec { name: "a".into(), ty: TensorType::F32, dims: vec![3] },

@@ -16,10 +16,16 @@ use tern_formats::{Layout, TensorType, i2s, tl1, tl2, tq1_0, tq2_0};
 
 /// The tiles `tern.tiles` records for an `m × k` matrix.
 fn tern_tiles(md: &Metadata, m: usize, k: usize) -> Option<Tiles> {
-    let table = md.get("tern.tiles")?.as_array()?;
-    table.chunks_exact(5).find_map(|r| {
-        let v: Vec<usize> = r.iter().map(|x| x.as_u64().map(|n| n as usize)).collect::<Option<_>>()?;
-        (v[0] == m && v[1] == k).then_some(Tiles { rows: v[2], cols: v[3], sub_rows: v[4] })
+    let table: Vec<usize> = md
+        .get("tern.tiles")?
+        .as_array()?
+        .iter()
+        .map(|x| x.as_u64().map(|n| n as usize))
+        .collect::<Option<_>>()?;
+    table.chunks_exact(5).find(|v| v[0] == m && v[1] == k).map(|v| Tiles {
+        rows: v[2],
+        cols: v[3],
+        sub_rows: v[4],
     })
 }
 
