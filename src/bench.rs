@@ -1,6 +1,6 @@
 //! `tern bench`: prompt-processing and generation speed, like llama-bench.
 
-use crate::common::{load_model, with_threads};
+use crate::common::{KvArgs, load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
@@ -49,6 +49,8 @@ pub struct Args {
     /// MiB, in MiB (well above the caches).
     #[arg(long, default_value_t = 1024)]
     pub roofline_mib: usize,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Time every operation of generation and print the breakdown per token.
     #[arg(long)]
     pub profile: bool,
@@ -62,6 +64,7 @@ const MODEL_STREAM_MIN_BYTES: u64 = 256 << 20;
 
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load_model(&args.model)?;
+    let kv: tern_runtime::model::KvType = args.kv.kv_type.into();
     let isa = tern_runtime::cpu::selected();
     let size = model.file.file_size();
     let mut rows = Vec::new();
@@ -77,9 +80,9 @@ pub fn run(args: Args) -> Result<()> {
                 (0..args.reps.max(1))
                     .map(|r| {
                         if test == "pp" {
-                            prompt_rate(&model, n, r as u64 + 1)
+                            prompt_rate(&model, n, r as u64 + 1, kv)
                         } else {
-                            generation_rate(&model, n, r as u64 + 1)
+                            generation_rate(&model, n, r as u64 + 1, kv)
                         }
                     })
                     .collect::<tern_runtime::Result<Vec<f64>>>()
@@ -116,7 +119,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.profile {
         let n = if args.generate == 0 { 32 } else { args.generate };
         for &t in &args.threads {
-            let p = with_threads(Some(t), || generation_profile(&model, n, 1))??;
+            let p = with_threads(Some(t), || generation_profile(&model, n, 1, kv))??;
             profiles.push((t, n, p));
         }
     }
@@ -143,7 +146,7 @@ pub fn run(args: Args) -> Result<()> {
             })
             .collect();
         let v = serde_json::json!({
-            "model": args.model, "file_bytes": size, "isa": isa.name(),
+            "model": args.model, "file_bytes": size, "isa": isa.name(), "kv_type": kv.name(),
             "bytes_per_token": bytes_per_token, "peak_rss_bytes": rss,
             "bandwidth_source": if !args.roofline { "none" } else if stream_model { "model file" } else { "buffer" },
             "mapped_bytes": pages.map(|p| p.0), "mapped_in_2mib_pages_bytes": pages.map(|p| p.1),

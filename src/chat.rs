@@ -1,6 +1,6 @@
 //! `tern chat`: an interactive conversation using the model's chat template.
 
-use crate::common::{SamplingArgs, load_model, with_threads};
+use crate::common::{KvArgs, SamplingArgs, load_model, with_threads};
 use anyhow::{Result, bail};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -31,6 +31,8 @@ pub struct Args {
     #[arg(short, long)]
     pub threads: Option<usize>,
     #[command(flatten)]
+    pub kv: KvArgs,
+    #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
@@ -42,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     let (bos, eos) = (token_text(tk.bos), token_text(tk.stop.first().copied()));
     let config = args.sampling.config();
     with_threads(args.threads, || -> Result<()> {
-        let mut session = Session::new(&model, ctx);
+        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type.into());
         let mut sampler = Sampler::new(config);
         let mut messages: Vec<(String, String)> =
             args.system.iter().map(|s| ("system".to_string(), s.clone())).collect();

@@ -42,6 +42,30 @@ pub fn load_model(path: &Path) -> Result<(Model, Option<Tokenizer>)> {
     Ok((model, tokenizer))
 }
 
+/// How the KV cache stores keys and values (run, chat, bench).
+#[derive(clap::Args, Debug, Clone)]
+pub struct KvArgs {
+    /// KV cache element type: f32 (the f32 reference's numbers) or f16 (half the memory, keys
+    /// and values rounded to 11 significant bits; llama.cpp's default).
+    #[arg(long = "kv-type", value_enum, default_value_t = KvTypeArg::F32)]
+    pub kv_type: KvTypeArg,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvTypeArg {
+    F32,
+    F16,
+}
+
+impl From<KvTypeArg> for tern_runtime::model::KvType {
+    fn from(t: KvTypeArg) -> Self {
+        match t {
+            KvTypeArg::F32 => tern_runtime::model::KvType::F32,
+            KvTypeArg::F16 => tern_runtime::model::KvType::F16,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 = greedy (always the most likely token).

@@ -1,6 +1,6 @@
 //! `tern run`: generate text from a prompt, streamed, with speed figures at the end.
 
-use crate::common::{SamplingArgs, load_model, parse_ids, with_threads};
+use crate::common::{KvArgs, SamplingArgs, load_model, parse_ids, with_threads};
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::path::PathBuf;
@@ -36,6 +36,8 @@ pub struct Args {
     /// Threads (default: all cores).
     #[arg(short, long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Do not stop at end-of-sequence tokens.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -61,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         if args.ignore_eos { vec![] } else { tokenizer.as_ref().map(|t| t.stop.clone()).unwrap_or_default() };
     let config = args.sampling.config();
     let stats = with_threads(args.threads, || -> Result<_> {
-        let mut session = Session::new(&model, ctx);
+        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type.into());
         let mut sampler = Sampler::new(config);
         let mut stream = tokenizer.as_ref().map(StreamDecoder::new);
         let mut out = std::io::stdout().lock();

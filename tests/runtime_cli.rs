@@ -238,9 +238,16 @@ fn bench_reports_json() {
         "1,2",
         "-r",
         "2",
+        "--kv-type",
+        "f16",
         "--json",
     ]))
     .unwrap();
+    assert_eq!(j["kv_type"], "f16");
+    // This process mapped the file and reports how (Linux smaps).
+    if cfg!(target_os = "linux") {
+        assert!(j["mapped_bytes"].as_u64().unwrap() > 0, "{}", j["mapped_bytes"]);
+    }
     let results = j["results"].as_array().unwrap();
     assert_eq!(results.len(), 4);
     assert_eq!(results[0]["test"], "pp16");

@@ -2,7 +2,7 @@
 //! cache) and token generation (tg: N single-token forwards), repeated, in tokens per second.
 
 use crate::Result;
-use crate::model::{Model, Session, Want};
+use crate::model::{KvType, Model, Session, Want};
 use std::time::Instant;
 
 /// Deterministic pseudo-random token ids below `vocab`.
@@ -19,17 +19,17 @@ pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 }
 
 /// Tokens per second of processing an `n`-token prompt.
-pub fn prompt_rate(model: &Model, n: usize, seed: u64) -> Result<f64> {
+pub fn prompt_rate(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<f64> {
     let tokens = random_tokens(n, model.config.vocab, seed);
-    let mut s = Session::new(model, n);
+    let mut s = Session::with_kv_type(model, n, kv);
     let t = Instant::now();
     s.forward(&tokens, Want::Last, None)?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Tokens per second of generating `n` tokens one at a time (greedy, after one start token).
-pub fn generation_rate(model: &Model, n: usize, seed: u64) -> Result<f64> {
-    let mut s = Session::new(model, n + 1);
+pub fn generation_rate(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<f64> {
+    let mut s = Session::with_kv_type(model, n + 1, kv);
     let mut logits = s.forward(&random_tokens(1, model.config.vocab, seed), Want::Last, None)?;
     let t = Instant::now();
     for _ in 0..n {
@@ -171,9 +171,9 @@ pub struct GenerationProfile {
 }
 
 /// One generation run of `n` tokens with a profile attached.
-pub fn generation_profile(model: &Model, n: usize, seed: u64) -> Result<GenerationProfile> {
+pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<GenerationProfile> {
     let profile = std::sync::Arc::new(crate::model::Profile::default());
-    let mut s = Session::new(model, n + 1);
+    let mut s = Session::with_kv_type(model, n + 1, kv);
     let mut logits = s.forward(&random_tokens(1, model.config.vocab, seed), Want::Last, None)?;
     s.profile = Some(profile.clone());
     let t = Instant::now();

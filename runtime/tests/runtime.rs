@@ -126,6 +126,80 @@ fn micro_batched_prompt_gives_the_one_pass_logits() {
     assert!(last[..] == whole[(n - 1) * model.config.vocab..]);
 }
 
+/// The attention core with an f16 KV cache against a naive one written here: RoPE on q and k,
+/// keys and values rounded to f16 (the `half` crate's scalar conversion) after RoPE, causal
+/// softmax, weighted sum of values. With the f32 cache the same naive core without rounding must
+/// agree too, so the check sees the rounding, not a difference of the two cores. (End to end, the
+/// rounding flips int8 codes that these random-weight fixtures amplify: logits move by up to
+/// KL 1 from the f32 cache's, docs/reference.md.)
+#[test]
+fn f16_kv_cache_attention_equals_a_naive_core_on_rounded_keys_and_values() {
+    use half::f16;
+    use tern_runtime::model::KvType;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = Model::load(convert("tiny/packed", tmp.path())).unwrap();
+    let c = &model.config;
+    let (d, heads, kv_heads, t) = (c.head_dim, c.heads, c.kv_heads, 5);
+    let mut x = 0x2545_f491_u32;
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x % 2001) as f32 / 500.0 - 2.0
+            })
+            .collect()
+    };
+    let (q, k, v) = (random(t * heads * d), random(t * kv_heads * d), random(t * kv_heads * d));
+    let (cos, sin) = tern_runtime::rope::tables(d, c.rope_theta, t);
+    let rotate = |x: &[f32], n: usize| -> Vec<f32> {
+        let mut x = x.to_vec();
+        for (i, head) in x.chunks_exact_mut(d).enumerate() {
+            let p = i / n * d;
+            tern_runtime::rope::apply(head, &cos[p..p + d], &sin[p..p + d]);
+        }
+        x
+    };
+    let (rq, rk) = (rotate(&q, heads), rotate(&k, kv_heads));
+    for (kv, round) in [(KvType::F32, false), (KvType::F16, true)] {
+        let r = |x: f32| if round { f16::from_f32(x).to_f32() } else { x };
+        let (ck, cv): (Vec<f32>, Vec<f32>) =
+            (rk.iter().map(|&x| r(x)).collect(), v.iter().map(|&x| r(x)).collect());
+        let mut want = vec![0f32; t * heads * d];
+        for i in 0..t {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let qh = &rq[(i * heads + h) * d..][..d];
+                let scores: Vec<f32> = (0..=i)
+                    .map(|j| {
+                        qh.iter().zip(&ck[(j * kv_heads + g) * d..][..d]).map(|(a, b)| a * b).sum::<f32>()
+                            / (d as f32).sqrt()
+                    })
+                    .collect();
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let e: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = e.iter().sum();
+                for (j, ej) in e.iter().enumerate() {
+                    for (o, vv) in
+                        want[(i * heads + h) * d..][..d].iter_mut().zip(&cv[(j * kv_heads + g) * d..][..d])
+                    {
+                        *o += ej / sum * vv;
+                    }
+                }
+            }
+        }
+        let got = Session::with_kv_type(&model, t, kv).attend(0, q.clone(), k.clone(), &v).unwrap();
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-5, "{kv:?}: max abs difference {err}");
+        if round {
+            let f32_out = Session::new(&model, t).attend(0, q.clone(), k.clone(), &v).unwrap();
+            let moved = got.iter().zip(&f32_out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(moved > 1e-4, "the f16 cache changed nothing ({moved})");
+        }
+    }
+}
+
 #[test]
 fn every_instruction_set_gives_identical_hidden_states() {
     let tmp = tempfile::tempdir().unwrap();

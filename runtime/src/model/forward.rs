@@ -4,6 +4,7 @@
 //! BitLinear: each token's input is quantised to int8 exactly as the reference does, the kernel
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
+use super::kv::{KvStore, KvType};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
@@ -89,8 +90,8 @@ pub struct Session<'m> {
     pos: usize,
     ctx: usize,
     /// `[layers][ctx][kv_dim]`.
-    k_cache: Vec<f32>,
-    v_cache: Vec<f32>,
+    k_cache: KvStore,
+    v_cache: KvStore,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     /// When set, every operation's wall time is added to it (`tern bench --profile`).
@@ -104,6 +105,12 @@ impl<'m> Session<'m> {
     /// A session with a KV cache for `ctx` positions (capped at the model's context length).
     /// The cache is allocated zeroed, so untouched positions cost no resident memory.
     pub fn new(model: &'m Model, ctx: usize) -> Session<'m> {
+        Session::with_kv_type(model, ctx, KvType::F32)
+    }
+
+    /// [`Session::new`] with the KV cache stored as `kv` (f16: half the memory, rounded keys and
+    /// values).
+    pub fn with_kv_type(model: &'m Model, ctx: usize, kv_type: KvType) -> Session<'m> {
         let c = &model.config;
         let ctx = ctx.clamp(1, c.context.max(1));
         let kv = c.layers * ctx * c.kv_heads * c.head_dim;
@@ -113,8 +120,8 @@ impl<'m> Session<'m> {
             isa: cpu::selected(),
             pos: 0,
             ctx,
-            k_cache: vec![0.0; kv],
-            v_cache: vec![0.0; kv],
+            k_cache: KvStore::new(kv_type, kv),
+            v_cache: KvStore::new(kv_type, kv),
             rope_cos,
             rope_sin,
             profile: None,
@@ -285,8 +292,8 @@ impl<'m> Session<'m> {
         self.rope(&mut q, c.heads);
         self.rope(&mut k, c.kv_heads);
         let base = l * self.ctx * kv_dim + self.pos * kv_dim;
-        self.k_cache[base..base + t * kv_dim].copy_from_slice(&k);
-        self.v_cache[base..base + t * kv_dim].copy_from_slice(v);
+        self.k_cache.write(base, &k);
+        self.v_cache.write(base, v);
         let out = self.attention(l, &q, t);
         if let Some(p) = &self.profile {
             p.add(Op::Attention, started.elapsed());
@@ -296,21 +303,32 @@ impl<'m> Session<'m> {
 
     /// `act(gate) · up` elementwise (relu² or SiLU).
     pub fn activate(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = gate.to_vec();
+        self.activate_in_place(&mut out, up);
+        out
+    }
+
+    /// [`Session::activate`] written over `gate`.
+    fn activate_in_place(&self, gate: &mut [f32], up: &[f32]) {
         match self.model.config.activation {
-            Activation::Relu2 => gate.iter().zip(up).map(|(&g, &u)| g.max(0.0) * g.max(0.0) * u).collect(),
-            Activation::Silu => gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect(),
+            Activation::Relu2 => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = g.max(0.0) * g.max(0.0) * u),
+            Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
         }
     }
 
     /// The MLP block of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.
+    /// Each intermediate is dropped as soon as the next exists (the activation overwrites gate):
+    /// with a 64-token batch on 2B-4T they are 1.8 MB each.
     pub fn mlp_block(&self, l: usize, h: &[f32]) -> Vec<f32> {
         let c = &self.model.config;
         let layer: &Layer = &self.model.layers[l];
         // gate and up share one quantised input.
         let mut ga = self.time(Op::Quantise, || QuantBatch::new(h, c.hidden, layer.gate.padded_cols()));
-        let gate = self.bitlinear(&layer.gate, &mut ga);
+        let mut a = self.bitlinear(&layer.gate, &mut ga);
         let up = self.bitlinear(&layer.up, &mut ga);
-        let mut a = self.time(Op::Activation, || self.activate(&gate, &up));
+        drop(ga);
+        self.time(Op::Activation, || self.activate_in_place(&mut a, &up));
+        drop(up);
         if let Some(w) = &layer.ffn_sub_norm {
             a = self.time(Op::Norm, || rms_norm(&a, w, c.rms_eps));
         }
@@ -401,6 +419,9 @@ impl<'m> Session<'m> {
         let scale = (d as f32).powf(-0.5);
         let layer_base = l * self.ctx * kv_dim;
         let mut out = vec![0f32; t * c.heads * d];
+        // Every cached position this call reads, as f32 (converted once if the cache is f16).
+        let cached = (self.pos + t) * kv_dim;
+        let (keys, values) = (self.k_cache.rows(layer_base, cached), self.v_cache.rows(layer_base, cached));
         out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
             let (i, h) = (idx / c.heads, idx % c.heads);
             let g = h / n_rep;
@@ -408,7 +429,7 @@ impl<'m> Session<'m> {
             let len = self.pos + i + 1;
             let mut scores: Vec<f32> = (0..len)
                 .map(|j| {
-                    let k = &self.k_cache[layer_base + j * kv_dim + g * d..][..d];
+                    let k = &keys[j * kv_dim + g * d..][..d];
                     dot_f32(qh, k) * scale
                 })
                 .collect();
@@ -419,7 +440,7 @@ impl<'m> Session<'m> {
                 sum += *s;
             }
             for (j, s) in scores.iter().enumerate() {
-                let v = &self.v_cache[layer_base + j * kv_dim + g * d..][..d];
+                let v = &values[j * kv_dim + g * d..][..d];
                 let p = s / sum;
                 o.iter_mut().zip(v).for_each(|(a, b)| *a += p * b);
             }

@@ -4,10 +4,12 @@
 
 mod config;
 mod forward;
+mod kv;
 pub mod profile;
 mod weights;
 
 pub use config::ModelConfig;
 pub use forward::{MICRO_BATCH, Session, Want, rms_norm};
+pub use kv::KvType;
 pub use profile::{Op, Profile};
 pub use weights::{Model, TernaryMatrix};
