@@ -10,9 +10,9 @@ use tern_runtime::bench::{
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
 ///
-/// pp: one forward pass over N random tokens from an empty cache; tg: N tokens generated one at
-/// a time. Each test runs --reps times per thread count; the table shows the median and the
-/// range. Random token ids, so any model works, tokenizer or not.
+/// pp: N random tokens run as a prompt from an empty cache (in micro-batches of 64); tg: N
+/// tokens generated one at a time. Each test runs --reps times per thread count; the table
+/// shows the median and the range. Random token ids, so any model works, tokenizer or not.
 ///
 /// --roofline also measures this machine's streaming read bandwidth with each thread count and
 /// compares generation with the ceiling it sets: every generated token reads every ternary
@@ -20,8 +20,10 @@ use tern_runtime::bench::{
 /// bytes per token. The test streams through the model file's own mapped bytes right after that
 /// thread count's runs, so it reads what generation reads, through the same pages, under the
 /// same load from other processes; a file under 256 MiB could sit in the caches, so then it
-/// streams through a fresh --roofline-mib buffer instead. --profile runs one generation per thread count with timers on every
-/// operation and prints where a token's time goes.
+/// streams through a fresh --roofline-mib buffer instead.
+///
+/// --profile runs one generation per thread count with timers on every operation and prints
+/// where a token's time goes. --kv-type f16 halves the KV cache (and changes the logits).
 ///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
