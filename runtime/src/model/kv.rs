@@ -54,9 +54,21 @@ impl KvStore {
         }
     }
 
-    /// Elements `at..at + len` as f32: borrowed from an f32 store, converted (F16C when the
-    /// CPU has it) from an f16 one. Attention converts a layer's keys and values once per call
-    /// this way, rather than once per query head and token that reads them.
+    /// Elements `at..at + len` as f32: borrowed from an f32 store, converted into `buf` from an
+    /// f16 one (F16C when the CPU has it).
+    pub(super) fn row<'a>(&'a self, at: usize, len: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            KvStore::F32(v) => &v[at..at + len],
+            KvStore::F16(v) => {
+                v[at..at + len].convert_to_f32_slice(&mut buf[..len]);
+                &buf[..len]
+            }
+        }
+    }
+
+    /// Elements `at..at + len` as f32, like [`KvStore::row`] but allocating for an f16 store:
+    /// a prompt's attention converts a layer's keys and values once this way, rather than once
+    /// per query token and head that reads them.
     pub(super) fn rows(&self, at: usize, len: usize) -> Cow<'_, [f32]> {
         match self {
             KvStore::F32(v) => Cow::Borrowed(&v[at..at + len]),
@@ -82,6 +94,8 @@ mod tests {
                 let mut s = KvStore::new(ty, 3 * len);
                 s.write(len, &row);
                 assert_eq!(&s.rows(len, len)[..], &want[..], "{} {len}", ty.name());
+                let mut buf = vec![0f32; len];
+                assert_eq!(s.row(len, len, &mut buf), &want[..], "{} {len}", ty.name());
                 assert!(s.rows(0, len).iter().all(|&x| x == 0.0), "{}", ty.name());
             }
         }
