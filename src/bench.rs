@@ -66,7 +66,7 @@ const MODEL_STREAM_MIN_BYTES: u64 = 256 << 20;
 
 pub fn run(args: Args) -> Result<()> {
     let (model, _) = load_model(&args.model)?;
-    let kv: tern_runtime::model::KvType = args.kv.kv_type.into();
+    let kv = args.kv.kv_type;
     let isa = tern_runtime::cpu::selected();
     let size = model.file.file_size();
     let mut rows = Vec::new();

@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     let (bos, eos) = (token_text(tk.bos), token_text(tk.stop.first().copied()));
     let config = args.sampling.config();
     with_threads(args.threads, || -> Result<()> {
-        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type.into());
+        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type);
         let mut sampler = Sampler::new(config);
         let mut messages: Vec<(String, String)> =
             args.system.iter().map(|s| ("system".to_string(), s.clone())).collect();

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use std::path::Path;
-use tern_runtime::model::Model;
+use tern_runtime::model::{KvType, Model};
 use tern_runtime::sampler::SamplerConfig;
 use tern_runtime::tokenizer::Tokenizer;
 
@@ -47,23 +47,12 @@ pub fn load_model(path: &Path) -> Result<(Model, Option<Tokenizer>)> {
 pub struct KvArgs {
     /// KV cache element type: f32 (the f32 reference's numbers) or f16 (half the memory, keys
     /// and values rounded to 11 significant bits; llama.cpp's default).
-    #[arg(long = "kv-type", value_enum, default_value_t = KvTypeArg::F32)]
-    pub kv_type: KvTypeArg,
+    #[arg(long = "kv-type", default_value = "f32", value_parser = parse_kv_type)]
+    pub kv_type: KvType,
 }
 
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvTypeArg {
-    F32,
-    F16,
-}
-
-impl From<KvTypeArg> for tern_runtime::model::KvType {
-    fn from(t: KvTypeArg) -> Self {
-        match t {
-            KvTypeArg::F32 => tern_runtime::model::KvType::F32,
-            KvTypeArg::F16 => tern_runtime::model::KvType::F16,
-        }
-    }
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("unknown KV cache type {s:?} (supported: f32, f16)"))
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -46,7 +46,7 @@ pub fn run(_: Args) -> Result<()> {
         n_predict: 24,
         ctx: None,
         threads: None,
-        kv: crate::common::KvArgs { kv_type: crate::common::KvTypeArg::F32 },
+        kv: crate::common::KvArgs { kv_type: tern_runtime::model::KvType::F32 },
         ignore_eos: false,
         sampling: crate::common::SamplingArgs {
             temperature: 0.0,

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
         if args.ignore_eos { vec![] } else { tokenizer.as_ref().map(|t| t.stop.clone()).unwrap_or_default() };
     let config = args.sampling.config();
     let stats = with_threads(args.threads, || -> Result<_> {
-        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type.into());
+        let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type);
         let mut sampler = Sampler::new(config);
         let mut stream = tokenizer.as_ref().map(StreamDecoder::new);
         let mut out = std::io::stdout().lock();

@@ -98,6 +98,15 @@ impl Write for AtomicFile {
     }
 }
 
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = std::fs::remove_file(&self.temp);
+            forget(&self.temp);
+        }
+    }
+}
+
 /// Size and alignment of the writes [`ChunkWriter`] makes: one PMD-sized page.
 const CHUNK: usize = 2 << 20;
 
@@ -145,15 +154,6 @@ impl Write for ChunkWriter {
     fn flush(&mut self) -> io::Result<()> {
         self.drain()?;
         self.file.flush()
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            let _ = std::fs::remove_file(&self.temp);
-            forget(&self.temp);
-        }
     }
 }
 

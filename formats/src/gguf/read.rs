@@ -8,6 +8,7 @@ use super::value::{Array, Metadata, Value, ValueType};
 use super::{DEFAULT_ALIGNMENT, MAGIC};
 use crate::error::{FormatError, Result};
 use crate::tensor_type::{TensorType, known_type_names};
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -102,9 +103,14 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, String> {
+        self.str(what).map(Cow::into_owned)
+    }
+
+    /// A string borrowed from the file when it is valid UTF-8 (invalid bytes become U+FFFD).
+    fn str(&mut self, what: &str) -> Result<Cow<'a, str>, String> {
         let len = self.u64(what)?;
         let s = self.take(len, what)?;
-        Ok(String::from_utf8_lossy(s).into_owned())
+        Ok(String::from_utf8_lossy(s))
     }
 
     /// Keys and tensor names must be real UTF-8: they are looked up by name.
@@ -157,9 +163,7 @@ impl<'a> Cursor<'a> {
                 let mut items = Array::empty(elem);
                 for _ in 0..count {
                     if elem == ValueType::String {
-                        let len = self.u64(what)?;
-                        let s = self.take(len, what)?;
-                        items.push_str(&String::from_utf8_lossy(s));
+                        items.push_str(&self.str(what)?);
                     } else {
                         items.push(self.value(elem, what, depth + 1)?);
                     }

@@ -211,35 +211,23 @@ impl Array {
 
     /// Appends one element; one of another type turns the array into plain `Value`s.
     pub fn push(&mut self, value: Value) {
-        if let Items::Values(v) = &mut self.items {
-            v.push(value);
-            return;
-        }
-        if value.value_type() == self.elem {
-            match (&mut self.items, &value) {
-                (Items::Strings { text, ends }, Value::String(s)) => {
-                    text.push_str(s);
-                    ends.push(text.len());
-                    return;
-                }
-                (Items::Ints(v), other) => {
-                    if let Some(x) = int_of(other) {
-                        v.push(x);
-                        return;
-                    }
-                }
-                _ => {}
+        match (&mut self.items, value) {
+            (Items::Values(v), value) => v.push(value),
+            (Items::Strings { .. }, Value::String(s)) => self.push_str(&s),
+            // Ints exist only for integer element types, so `int_of` gives the value.
+            (Items::Ints(v), value) if value.value_type() == self.elem => v.extend(int_of(&value)),
+            (_, value) => {
+                let mut values: Vec<Value> = self.iter().collect();
+                values.push(value);
+                self.items = Items::Values(values);
             }
         }
-        let mut values: Vec<Value> = self.iter().collect();
-        values.push(value);
-        self.items = Items::Values(values);
     }
 
     /// Appends a string element without a `Value` in between (the reader's path).
     pub fn push_str(&mut self, s: &str) {
         match &mut self.items {
-            Items::Strings { text, ends } if self.elem == ValueType::String => {
+            Items::Strings { text, ends } => {
                 text.push_str(s);
                 ends.push(text.len());
             }

@@ -419,28 +419,17 @@ impl<'m> Session<'m> {
         let scale = (d as f32).powf(-0.5);
         let layer_base = l * self.ctx * kv_dim;
         let mut out = vec![0f32; t * c.heads * d];
-        // A prompt reads each cached row once per query token and head: an f16 cache is
-        // converted once for the call. One token reads each row once per head: rows are
-        // converted as read, without copying the layer (which at long contexts cost more than
-        // the f16 cache saved).
         let cached = (self.pos + t) * kv_dim;
-        let bulk =
-            (t > 1).then(|| (self.k_cache.rows(layer_base, cached), self.v_cache.rows(layer_base, cached)));
+        let (keys, values) =
+            (self.k_cache.layer(layer_base, cached, t > 1), self.v_cache.layer(layer_base, cached, t > 1));
         out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
             let (i, h) = (idx / c.heads, idx % c.heads);
             let g = h / n_rep;
             let qh = &q[idx * d..(idx + 1) * d];
             let len = self.pos + i + 1;
-            let mut buf = vec![0f32; if bulk.is_none() { d } else { 0 }];
-            let mut scores: Vec<f32> = Vec::with_capacity(len);
-            for j in 0..len {
-                let at = j * kv_dim + g * d;
-                let k = match &bulk {
-                    Some((keys, _)) => &keys[at..at + d],
-                    None => self.k_cache.row(layer_base + at, d, &mut buf),
-                };
-                scores.push(dot_f32(qh, k) * scale);
-            }
+            let mut buf = Vec::new();
+            let mut scores: Vec<f32> =
+                (0..len).map(|j| dot_f32(qh, keys.row(j * kv_dim + g * d, d, &mut buf)) * scale).collect();
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut sum = 0.0;
             for s in scores.iter_mut() {
@@ -448,11 +437,7 @@ impl<'m> Session<'m> {
                 sum += *s;
             }
             for (j, s) in scores.iter().enumerate() {
-                let at = j * kv_dim + g * d;
-                let v = match &bulk {
-                    Some((_, values)) => &values[at..at + d],
-                    None => self.v_cache.row(layer_base + at, d, &mut buf),
-                };
+                let v = values.row(j * kv_dim + g * d, d, &mut buf);
                 let p = s / sum;
                 o.iter_mut().zip(v).for_each(|(a, b)| *a += p * b);
             }

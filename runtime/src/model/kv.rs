@@ -16,6 +16,10 @@ pub enum KvType {
 }
 
 impl KvType {
+    pub fn parse(name: &str) -> Option<KvType> {
+        [KvType::F32, KvType::F16].into_iter().find(|t| t.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KvType::F32 => "f32",
@@ -54,25 +58,36 @@ impl KvStore {
         }
     }
 
-    /// Elements `at..at + len` as f32: borrowed from an f32 store, converted into `buf` from an
-    /// f16 one (F16C when the CPU has it).
-    pub(super) fn row<'a>(&'a self, at: usize, len: usize, buf: &'a mut [f32]) -> &'a [f32] {
+    /// The `len` elements from `at` (one layer's cached positions) for reading rows as f32.
+    /// `convert_now`: convert an f16 store's elements here, once (a prompt's attention reads each
+    /// row once per query token and head); otherwise rows are converted as they are read (one
+    /// token reads each row once per head, and copying a long context per token costs more than
+    /// the f16 cache saves). An f32 store is borrowed either way.
+    pub(super) fn layer(&self, at: usize, len: usize, convert_now: bool) -> LayerRows<'_> {
         match self {
-            KvStore::F32(v) => &v[at..at + len],
-            KvStore::F16(v) => {
-                v[at..at + len].convert_to_f32_slice(&mut buf[..len]);
-                &buf[..len]
-            }
+            KvStore::F32(v) => LayerRows::F32(Cow::Borrowed(&v[at..at + len])),
+            KvStore::F16(v) if convert_now => LayerRows::F32(Cow::Owned(v[at..at + len].to_f32_vec())),
+            KvStore::F16(v) => LayerRows::F16(&v[at..at + len]),
         }
     }
+}
 
-    /// Elements `at..at + len` as f32, like [`KvStore::row`] but allocating for an f16 store:
-    /// a prompt's attention converts a layer's keys and values once this way, rather than once
-    /// per query token and head that reads them.
-    pub(super) fn rows(&self, at: usize, len: usize) -> Cow<'_, [f32]> {
+/// One layer's cached keys or values, read a row at a time as f32 ([`KvStore::layer`]).
+pub(super) enum LayerRows<'a> {
+    F32(Cow<'a, [f32]>),
+    F16(&'a [f16]),
+}
+
+impl LayerRows<'_> {
+    /// Elements `at..at + len`; from f16, converted into `buf` (F16C when the CPU has it).
+    pub(super) fn row<'b>(&'b self, at: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match self {
-            KvStore::F32(v) => Cow::Borrowed(&v[at..at + len]),
-            KvStore::F16(v) => Cow::Owned(v[at..at + len].to_f32_vec()),
+            LayerRows::F32(v) => &v[at..at + len],
+            LayerRows::F16(v) => {
+                buf.resize(len, 0.0);
+                v[at..at + len].convert_to_f32_slice(buf);
+                buf
+            }
         }
     }
 }
@@ -93,10 +108,12 @@ mod tests {
             for (ty, want) in [(KvType::F32, &row), (KvType::F16, &rounded)] {
                 let mut s = KvStore::new(ty, 3 * len);
                 s.write(len, &row);
-                assert_eq!(&s.rows(len, len)[..], &want[..], "{} {len}", ty.name());
-                let mut buf = vec![0f32; len];
-                assert_eq!(s.row(len, len, &mut buf), &want[..], "{} {len}", ty.name());
-                assert!(s.rows(0, len).iter().all(|&x| x == 0.0), "{}", ty.name());
+                let mut buf = Vec::new();
+                for convert_now in [true, false] {
+                    let layer = s.layer(0, 3 * len, convert_now);
+                    assert_eq!(layer.row(len, len, &mut buf), &want[..], "{} {len}", ty.name());
+                    assert!(layer.row(0, len, &mut buf).iter().all(|&x| x == 0.0), "{}", ty.name());
+                }
             }
         }
     }
