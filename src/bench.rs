@@ -187,7 +187,7 @@ pub fn run(args: Args) -> Result<()> {
             100.0 * huge as f64 / mapped as f64,
             if huge * 2 < mapped {
                 format!(
-                    " (the page cache holds it in 4 KiB pages; drop it with `dd if={} iflag=nocache count=0` and the next run reads it back in 2 MiB pages, which stream faster)",
+                    " (the page cache holds it in 4 KiB pages; drop it with `dd if={} iflag=nocache count=0` and the next run reads it back in 2 MiB pages, which can stream faster)",
                     args.model.display()
                 )
             } else {

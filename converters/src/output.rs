@@ -10,8 +10,7 @@
 //! Data reaches the file in whole 2 MiB chunks at 2 MiB-aligned offsets ([`ChunkWriter`]): page
 //! caches that support large folios (ext4 on Linux 6.18, for one) then keep the new file in
 //! 2 MiB folios, which a later mmap maps with 2 MiB pages. Streaming the weights through 4 KiB
-//! pages instead cost a third of the read bandwidth here (21-24 vs 31-33 GB/s,
-//! docs/benchmarks.md).
+//! pages instead cost up to a third of the read bandwidth here (docs/benchmarks.md).
 
 use std::fs::File;
 use std::io::{self, Write};
