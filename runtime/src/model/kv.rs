@@ -80,6 +80,7 @@ pub(super) enum LayerRows<'a> {
 
 impl LayerRows<'_> {
     /// Elements `at..at + len`; from f16, converted into `buf` (F16C when the CPU has it).
+    #[inline]
     pub(super) fn row<'b>(&'b self, at: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
         match self {
             LayerRows::F32(v) => &v[at..at + len],

@@ -2,6 +2,7 @@
 //! validated (type, shape, byte range, finite scales) and the weights left in the memory map,
 //! and [`Session`] (forward pass with a KV cache).
 
+mod attention;
 mod config;
 mod forward;
 mod kv;

@@ -248,6 +248,12 @@ pub(crate) unsafe fn gemm_unpacked_rows(
             for (row, c) in block.chunks_exact(row_bytes).zip(quad.chunks_exact_mut(k)) {
                 unpack(row, c);
             }
+            // Ask for the next block's rows now: the token loop below leaves the hardware
+            // prefetcher idle, and the next unpack would otherwise wait on memory.
+            let next = block.as_ptr().wrapping_add(block.len());
+            for line in (0..block.len()).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(line) as *const i8);
+            }
             let c: Vec<&[u8]> = quad.chunks_exact(k).collect();
             let c = [c[0], c[1], c[2], c[3]];
             let mut t = 0;
