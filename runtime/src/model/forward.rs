@@ -34,7 +34,7 @@ pub enum Want {
 
 /// Quantised activations of several tokens, padded per token to the matrix's padded width.
 struct QuantBatch {
-    codes: Vec<i8>,
+    codes: AlignedCodes,
     scales: Vec<f32>,
     sums: Vec<i32>,
     padded: usize,
@@ -46,13 +46,16 @@ struct QuantBatch {
 impl QuantBatch {
     fn new(x: &[f32], width: usize, padded: usize) -> QuantBatch {
         let tokens = x.len() / width;
-        let mut codes = vec![0i8; tokens * padded];
+        let mut codes = AlignedCodes::zeroed(tokens * padded);
         let quantise = |(row, out): (&[f32], &mut [i8])| act::quantise(row, out);
         // A prompt's tokens across threads; one token (generation) is not worth a fork-join.
         let per_token: Vec<(f32, i32)> = if tokens > 1 {
-            x.par_chunks_exact(width).zip(codes.par_chunks_exact_mut(padded)).map(quantise).collect()
+            x.par_chunks_exact(width)
+                .zip(codes.as_mut_slice().par_chunks_exact_mut(padded))
+                .map(quantise)
+                .collect()
         } else {
-            x.chunks_exact(width).zip(codes.chunks_exact_mut(padded)).map(quantise).collect()
+            x.chunks_exact(width).zip(codes.as_mut_slice().chunks_exact_mut(padded)).map(quantise).collect()
         };
         let (scales, sums) = per_token.into_iter().unzip();
         QuantBatch { codes, scales, sums, padded, tables: Vec::new() }
@@ -60,8 +63,10 @@ impl QuantBatch {
 
     /// The same codes with each token padded to `padded` instead (the first `width` are real).
     fn repad(&self, width: usize, padded: usize) -> QuantBatch {
-        let mut codes = vec![0i8; self.tokens() * padded];
-        for (dst, src) in codes.chunks_exact_mut(padded).zip(self.codes.chunks_exact(self.padded)) {
+        let mut codes = AlignedCodes::zeroed(self.tokens() * padded);
+        for (dst, src) in
+            codes.as_mut_slice().chunks_exact_mut(padded).zip(self.codes.as_slice().chunks_exact(self.padded))
+        {
             dst[..width].copy_from_slice(&src[..width]);
         }
         QuantBatch { codes, scales: self.scales.clone(), sums: self.sums.clone(), padded, tables: Vec::new() }
@@ -72,7 +77,7 @@ impl QuantBatch {
         match self.tables.iter().position(|t| t.key == key) {
             Some(i) => &self.tables[i],
             None => {
-                self.tables.push(layouts::Tables::build(key, &self.codes, self.padded));
+                self.tables.push(layouts::Tables::build(key, self.codes.as_slice(), self.padded));
                 self.tables.last().expect("just pushed")
             }
         }
@@ -80,6 +85,33 @@ impl QuantBatch {
 
     fn tokens(&self) -> usize {
         self.scales.len()
+    }
+}
+
+/// int8 codes starting on a 64-byte boundary, so a kernel's 32-byte activation loads never
+/// straddle two cache lines. Left to `malloc`'s 16-byte alignment, half of them did whenever the
+/// buffer began 16 bytes past a line, and the I2_S GEMV ran 7-8 % slower
+/// (`runtime/examples/gemv_probe.rs`, `SKEW=16`).
+struct AlignedCodes {
+    buf: Vec<i8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedCodes {
+    fn zeroed(len: usize) -> AlignedCodes {
+        let buf = vec![0i8; len + 63];
+        // A byte pointer can always be aligned; the heap buffer does not move with the Vec.
+        let start = buf.as_ptr().align_offset(64);
+        AlignedCodes { buf, start, len }
+    }
+
+    fn as_slice(&self) -> &[i8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [i8] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -374,7 +406,7 @@ impl<'m> Session<'m> {
         acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
             let r0 = i * chunk_rows;
             let r1 = r0 + out.len() / tokens;
-            let acts = layouts::Acts { codes: &a.codes, sums: &a.sums, tables };
+            let acts = layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
             layouts::gemm_rows(isa, &w, r0, r1, acts, out);
         });
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();

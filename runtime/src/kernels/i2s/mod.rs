@@ -58,8 +58,9 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
 /// buffer of codes, and tokens then run two at a time with only loads and `maddubs`, each
 /// activation load serving four rows (docs/benchmarks.md: pp128 25.9 → 38 t/s). One token
-/// (generation) keeps the row-at-a-time kernel: a two-row variant measured faster on cached
-/// matrices but halved generation speed when the weights stream from memory.
+/// (generation) runs rows one at a time through one forward stream (`x86::gemv_avx2`): a
+/// two-row variant measured faster on cached matrices but halved generation speed when the
+/// weights stream from memory.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
     check_rows(rows, row_bytes);
     let k = row_bytes * 4;
@@ -75,6 +76,12 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
         done = unsafe {
             x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2)
         };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && tokens == 1 {
+        // SAFETY: AVX2 was checked; sizes asserted above (one activation row of k = 4·row_bytes).
+        unsafe { x86::gemv_avx2(rows, row_bytes, acts, act_sums[0], out) };
+        return;
     }
     let f = dot_fn(isa);
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);

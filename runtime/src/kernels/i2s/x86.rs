@@ -9,39 +9,111 @@
 
 use std::arch::x86_64::*;
 
-/// How far ahead of the block being multiplied the GEMV asks for weight bytes. Rows are only
-/// 640-1728 bytes and each is a separate call, so the hardware prefetcher alone kept the kernel
-/// waiting on memory: 2 KiB ahead cut the ternary matmuls' time per generated token on 2B-4T by
-/// about 5 % with 1 thread and 14 % with 2 (1 and 4 KiB did less; docs/benchmarks.md).
+/// How far ahead of the block being multiplied the TQ2_0 GEMV asks for weight bytes (into L1):
+/// rows are only 640-1728 bytes and each is a separate call, so the hardware prefetcher alone
+/// kept the kernel waiting on memory (docs/benchmarks.md).
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
+
+/// How far ahead the I2_S GEMV asks for weight bytes, into L2. Streaming a 600 MB matrix through
+/// 2 MiB pages (`runtime/examples/gemv_probe.rs`): 2 KiB into L1 gave 22.5-24 GB/s, 12-24 KiB
+/// into L2 27-27.6 GB/s, 85 % of a plain read of the same bytes; the kernel's own limit on
+/// cached rows is 29 GB/s.
+const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
+
+/// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
+/// the invalid code 3 (bounds at [`row_sums`]).
+const GEMV_SPAN: usize = 5;
 
 pub(super) fn dot_avx2(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
-    // SAFETY: dispatch only hands out this function when AVX2 was detected (`Isa::supported`).
+    // SAFETY: dispatch only hands out this function when AVX2 was detected (`Isa::supported`);
+    // the row covers row.len() / 32 blocks and act four times as many bytes.
     unsafe { dot_avx2_impl(row, act) - act_sum }
 }
 
 #[target_feature(enable = "avx2")]
 unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
-    let mask = _mm256_set1_epi8(3);
-    let mut acc = _mm256_setzero_si256();
-    let (w, a) = (row.as_ptr(), act.as_ptr());
-    for b in 0..row.len() / 32 {
-        // SAFETY: block b covers row[32b..32b+32] and act[128b..128b+128], in bounds by the
-        // length relation asserted by the caller.
-        unsafe {
-            let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
-            // Past the row's end this reaches into the next row (rows are consecutive); a hint,
-            // so an address past the matrix is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(32 * b + PREFETCH_AHEAD) as *const i8);
-            let q = a.add(128 * b);
-            // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
-            let codes = [6, 4, 2, 0]
-                .map(|shift| _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask));
-            acc = madd_codes4(acc, codes, q);
+    // SAFETY: forwarded from the caller.
+    unsafe { hsum256(row_sums(row.as_ptr(), row.len() / 32, act.as_ptr())) }
+}
+
+/// GEMV over consecutive rows of `row_bytes`: `out[r] = Σ t·q` (codes · activations − `act_sum`).
+/// Rows go one at a time through [`row_sums`] (the memory access is one forward stream); four
+/// rows' lanes are reduced together.
+///
+/// # Safety
+/// The CPU must support AVX2; `rows.len() == out.len() * row_bytes`, `act.len() == 4 * row_bytes`,
+/// `row_bytes` a multiple of 32.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
+    debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
+    let blocks = row_bytes / 32;
+    for (quad, o) in rows.chunks(4 * row_bytes).zip(out.chunks_mut(4)) {
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for (i, acc) in acc.iter_mut().enumerate().take(o.len()) {
+            // SAFETY: row i of this group is within rows; the caller's length relation.
+            *acc = unsafe { row_sums(quad.as_ptr().add(i * row_bytes), blocks, act.as_ptr()) };
+        }
+        let mut sums = [0i32; 4];
+        // SAFETY: 16 bytes into a [i32; 4].
+        unsafe { _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, hsum256x4(acc)) };
+        for (o, s) in o.iter_mut().zip(sums) {
+            *o = s - act_sum;
         }
     }
-    hsum256(acc)
+}
+
+/// `Σ c·q` of one row (`blocks` 32-byte blocks at `w`, activations at `a`) as eight i32 lanes,
+/// with one shift per block: `p >> 4` brings bits 7-6 to 3-2 and 5-4 to 1-0, so masking `p >> 4`
+/// and `p` with 0x03 and 0x0C gives the four 32-weight pieces, two of them as 4·c. `maddubs` of
+/// the ×4 pieces is at most 2·12·128 = 3072 in magnitude even for the invalid code 3, the ×1 ones
+/// 768; [`GEMV_SPAN`] blocks of each (≤ 30720 and 7680) stay exact in i16, and the ×4 sum is a
+/// multiple of 4, so shifting it right by 2 before adding is exact. 13 vector operations per
+/// block instead of 16: the kernel computes 29 GB/s on cached rows instead of 24.5.
+///
+/// # Safety
+/// The CPU must support AVX2; `w` must point to `32 · blocks` readable bytes and `a` to
+/// `128 · blocks`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
+    let (low2, high2) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    let mut b = 0;
+    while b < blocks {
+        let end = (b + GEMV_SPAN).min(blocks);
+        let (mut times1, mut times4) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        while b < end {
+            // SAFETY: block b < blocks is in bounds of w and a (the caller's contract); the
+            // prefetch is a hint, harmless past the end of the matrix.
+            unsafe {
+                let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
+                _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(32 * b + GEMV_PREFETCH_AHEAD) as *const i8);
+                let q = |i: usize| _mm256_loadu_si256(a.add(128 * b + 32 * i) as *const __m256i);
+                let high = _mm256_srli_epi16(packed, 4);
+                // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
+                let w0 = _mm256_maddubs_epi16(_mm256_and_si256(high, high2), q(0));
+                let w1 = _mm256_maddubs_epi16(_mm256_and_si256(high, low2), q(1));
+                let w2 = _mm256_maddubs_epi16(_mm256_and_si256(packed, high2), q(2));
+                let w3 = _mm256_maddubs_epi16(_mm256_and_si256(packed, low2), q(3));
+                times4 = _mm256_add_epi16(times4, _mm256_add_epi16(w0, w2));
+                times1 = _mm256_add_epi16(times1, _mm256_add_epi16(w1, w3));
+            }
+            b += 1;
+        }
+        let s = _mm256_add_epi16(times1, _mm256_srai_epi16(times4, 2));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+    }
+    acc
+}
+
+/// The lane sums of four vectors, `[Σ v0, Σ v1, Σ v2, Σ v3]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum256x4(v: [__m256i; 4]) -> __m128i {
+    let t = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1))
 }
 
 /// `acc + Σ codes[i]·q[32i..32i+32]` for four vectors of 32 unsigned codes (0..2) against the

@@ -1,0 +1,113 @@
+//! How close the I2_S GEMV comes to a plain read of the same bytes, on rows that sit in cache
+//! and on rows streaming from memory through 2 MiB pages (docs/benchmarks.md, "GEMV").
+//!
+//!     cargo run --release -p tern-runtime --example gemv_probe [COLS] [MODEL.gguf]
+//!
+//! `SKEW=16` starts the activations 16 bytes past a cache line (as `malloc` may) instead of on
+//! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order, 256
+//! rows per call as generation does with one thread, through the file's own map.
+
+use std::time::Instant;
+use tern_runtime::cpu;
+use tern_runtime::kernels::i2s::gemv;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let cols: usize = args.next().map(|s| s.parse().expect("COLS: a number")).unwrap_or(2560);
+    assert!(cols.is_multiple_of(128), "COLS: a multiple of 128");
+    let model = args.next();
+    let isa = cpu::selected();
+    let rb = cols / 4;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let act_store: Vec<i8> = (0..cols + 64).map(|_| (next() % 255) as i8).collect();
+    let skew: usize = std::env::var("SKEW").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let start = (64 - act_store.as_ptr() as usize % 64) % 64 + skew;
+    let act = &act_store[start..start + cols];
+    let sum: i32 = act.iter().map(|&a| a as i32).sum();
+    // Bytes of four valid codes (0..2) each.
+    let mut code_byte = || (0..4).fold(0u8, |b, i| b | (((next() >> (8 * i)) % 3) as u8) << (2 * i));
+    let cached_rows = 1024;
+    let streamed_rows = (600 << 20) / rb;
+    let cached: Vec<u8> = (0..cached_rows * rb).map(|_| code_byte()).collect();
+    let mut streamed = memmap2::MmapMut::map_anon(streamed_rows * rb).expect("600 MiB buffer");
+    #[cfg(target_os = "linux")]
+    streamed.advise(memmap2::Advice::HugePage).expect("madvise");
+    streamed.iter_mut().for_each(|b| *b = code_byte());
+    let mut out = vec![0i32; streamed_rows];
+    println!("{} GEMV, {cols} columns", isa.name());
+    for (what, rows, reps) in [("cached", &cached[..], 400), ("streamed", &streamed[..], 5)] {
+        for _ in 0..3 {
+            let n = rows.len() / rb;
+            let read = rate(rows.len() * reps, || {
+                for _ in 0..reps {
+                    std::hint::black_box(sum_words(rows));
+                }
+            });
+            let kernel = rate(rows.len() * reps, || {
+                for _ in 0..reps {
+                    gemv(isa, rows, rb, act, sum, &mut out[..n]);
+                }
+            });
+            println!(
+                "{what:9} read {read:5.1} GB/s  gemv {kernel:5.1} GB/s ({:.0} %)",
+                100.0 * kernel / read
+            );
+        }
+    }
+    if let Some(path) = model {
+        model_sequence(&path, isa);
+    }
+}
+
+/// The ternary matrices of every layer of a 2B-4T-shaped I2_S file, in file order.
+fn model_sequence(path: &str, isa: cpu::Isa) {
+    let file = tern_formats::gguf::GgufFile::open(path).expect("a GGUF file");
+    let mut mats: Vec<_> = file
+        .tensors()
+        .iter()
+        .filter(|t| t.ty == tern_formats::TensorType::I2S)
+        .map(|t| (file.data(t), t.dims[0] as usize, t.dims[1] as usize))
+        .collect();
+    mats.sort_by_key(|(d, _, _)| d.as_ptr() as usize);
+    let bytes: usize = mats.iter().map(|(_, cols, rows)| rows * cols / 4).sum();
+    let act: Vec<i8> = (0..8192).map(|i| (i * 37 % 255) as i8).collect();
+    let mut out = vec![0i32; 8192];
+    for _ in 0..3 {
+        let read = rate(bytes, || {
+            for (d, cols, rows) in &mats {
+                std::hint::black_box(sum_words(&d[..rows * cols / 4]));
+            }
+        });
+        let kernel = rate(bytes, || {
+            for (d, cols, rows) in &mats {
+                let rb = cols / 4;
+                for (chunk, o) in d[..rows * rb].chunks(256 * rb).zip(out.chunks_mut(256)) {
+                    gemv(isa, chunk, rb, &act[..*cols], 0, &mut o[..chunk.len() / rb]);
+                }
+            }
+        });
+        println!("model     read {read:5.1} GB/s  gemv {kernel:5.1} GB/s ({:.0} %)", 100.0 * kernel / read);
+    }
+}
+
+fn rate(bytes: usize, f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
+fn sum_words(bytes: &[u8]) -> u64 {
+    let mut acc = [0u64; 4];
+    for c in bytes.chunks_exact(32) {
+        for (a, w) in acc.iter_mut().zip(c.chunks_exact(8)) {
+            *a = a.wrapping_add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+    }
+    acc.iter().fold(0, |s, &a| s.wrapping_add(a))
+}
