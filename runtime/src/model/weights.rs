@@ -158,6 +158,11 @@ impl Model {
         self.bytes(m.offset + row * m.row_bytes(), m.row_bytes())
     }
 
+    /// Rows `first..first + count` of `m`, consecutive in the map.
+    pub fn float_rows(&self, m: &FloatMatrix, first: usize, count: usize) -> &[u8] {
+        self.bytes(m.offset + first * m.row_bytes(), count * m.row_bytes())
+    }
+
     /// Ternary parameters and weight bytes read per generated token (for benchmarks).
     pub fn bytes_per_token(&self) -> u64 {
         let ternary: u64 = self
