@@ -15,9 +15,9 @@ use std::arch::x86_64::*;
 pub(crate) const PREFETCH_AHEAD: usize = 2048;
 
 /// How far ahead the I2_S GEMV asks for weight bytes, into L2. Streaming a 600 MB matrix through
-/// 2 MiB pages (`runtime/examples/gemv_probe.rs`): 2 KiB into L1 gave 22.5-24 GB/s, 12-24 KiB
-/// into L2 27-27.6 GB/s, 85 % of a plain read of the same bytes; the kernel's own limit on
-/// cached rows is 29 GB/s.
+/// 2 MiB pages: 2 KiB into L1 gave 22.5-24.5 GB/s, 12-24 KiB into L2 25-27.6 GB/s, 80-85 % of a
+/// plain read of the same bytes, near the 27-28 GB/s the kernel computes on cached rows
+/// (`runtime/examples/gemv_probe.rs`, docs/benchmarks.md).
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
@@ -69,7 +69,7 @@ pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_su
 /// the ×4 pieces is at most 2·12·128 = 3072 in magnitude even for the invalid code 3, the ×1 ones
 /// 768; [`GEMV_SPAN`] blocks of each (≤ 30720 and 7680) stay exact in i16, and the ×4 sum is a
 /// multiple of 4, so shifting it right by 2 before adding is exact. 13 vector operations per
-/// block instead of 16: the kernel computes 29 GB/s on cached rows instead of 24.5.
+/// block instead of 16: 27-28 GB/s on cached rows instead of 24.5-25.
 ///
 /// # Safety
 /// The CPU must support AVX2; `w` must point to `32 · blocks` readable bytes and `a` to
