@@ -8,14 +8,22 @@ use half::f16;
 /// `Σ w[i]·x[i]` for an F16 row given as little-endian bytes.
 pub fn dot_f16(isa: Isa, row: &[u8], x: &[f32]) -> f32 {
     assert_eq!(row.len(), x.len() * 2);
-    match isa {
+    if f16_simd(isa) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
-            // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected.
-            unsafe { dot_f16_avx2(row, x) }
-        }
-        _ => dot_f16_scalar(row, x),
+        // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected.
+        return unsafe { dot_f16_avx2(row, x) };
     }
+    dot_f16_scalar(row, x)
+}
+
+/// Whether the AVX2 + FMA + F16C dots run for `isa`.
+fn f16_simd(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
+        return isa.supported() && is_x86_feature_detected!("f16c");
+    }
+    let _ = isa;
+    false
 }
 
 /// `out[r] = Σ w[r][i]·x[i]` for consecutive F16 rows, each as [`dot_f16`] computes it (the same
@@ -23,17 +31,13 @@ pub fn dot_f16(isa: Isa, row: &[u8], x: &[f32]) -> f32 {
 /// check per row cost about 1 ms of a generated token.
 pub fn dot_f16_rows(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f32]) {
     assert_eq!(rows.len(), out.len() * x.len() * 2);
-    match isa {
+    if f16_simd(isa) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
-            // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected.
-            unsafe { dot_f16_rows_avx2(rows, x, out) }
-        }
-        _ => {
-            for (row, o) in rows.chunks_exact(x.len() * 2).zip(out) {
-                *o = dot_f16_scalar(row, x);
-            }
-        }
+        // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected.
+        return unsafe { dot_f16_rows_avx2(rows, x, out) };
+    }
+    for (row, o) in rows.chunks_exact(x.len() * 2).zip(out) {
+        *o = dot_f16_scalar(row, x);
     }
 }
 

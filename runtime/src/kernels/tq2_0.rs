@@ -53,15 +53,19 @@ mod x86 {
     use super::{BLOCK, BLOCK_BYTES};
     use std::arch::x86_64::*;
 
+    /// How far ahead of the block being multiplied the GEMV asks for weight bytes (into L1):
+    /// rows are a separate call each, too short for the hardware prefetcher alone (−4 % of
+    /// TQ2_0's ternary time per generated token; docs/benchmarks.md).
+    const PREFETCH_AHEAD: usize = 2048;
+
     /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot_avx2(row: &[u8], act: &[i8]) -> i32 {
         let mask = _mm256_set1_epi8(3);
         let mut acc = _mm256_setzero_si256();
-        let ahead = crate::kernels::i2s::x86::PREFETCH_AHEAD;
         for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-            // As in the I2_S GEMV (a hint: past the row it reaches the next one, or nothing).
-            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(ahead) as *const i8);
+            // A hint: past the row it reaches the next one, or nothing.
+            _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
             for h in 0..2 {
                 // SAFETY: 32 bytes at block[32h] lie within the 66-byte block; 128 activations
                 // at act[256b + 128h] lie within act (the caller checked the lengths).

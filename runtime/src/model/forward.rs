@@ -488,10 +488,17 @@ impl<'m> Session<'m> {
         };
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
-            if n == 1 && m.ty == TensorType::F16 {
-                // Generation: the chunk's rows are consecutive in the map, one call for them all.
-                let rows = self.model.float_rows(m, chunk * 64, o.len());
-                float::dot_f16_rows(isa, rows, &h, o);
+            if m.ty == TensorType::F16 {
+                // The chunk's rows are consecutive in the map: one call per position for them all.
+                let count = o.len() / n;
+                let rows = self.model.float_rows(m, chunk * 64, count);
+                let mut dots = [0f32; 64];
+                for (p, xp) in h.chunks_exact(c.hidden).enumerate() {
+                    float::dot_f16_rows(isa, rows, xp, &mut dots[..count]);
+                    for (slot, &d) in o.chunks_exact_mut(n).zip(&dots[..count]) {
+                        slot[p] = d;
+                    }
+                }
                 return;
             }
             let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
@@ -510,7 +517,6 @@ impl<'m> Session<'m> {
                 for (p, s) in slot.iter_mut().enumerate() {
                     let xp = &h[p * c.hidden..(p + 1) * c.hidden];
                     *s = match m.ty {
-                        TensorType::F16 => float::dot_f16(isa, row, xp),
                         TensorType::F32 => float::dot_f32(row, xp),
                         _ => decoded.iter().zip(xp).map(|(a, b)| a * b).sum(),
                     };

@@ -155,7 +155,7 @@ impl Model {
     }
 
     pub fn float_row(&self, m: &FloatMatrix, row: usize) -> &[u8] {
-        self.bytes(m.offset + row * m.row_bytes(), m.row_bytes())
+        self.float_rows(m, row, 1)
     }
 
     /// Rows `first..first + count` of `m`, consecutive in the map.

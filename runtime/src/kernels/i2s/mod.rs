@@ -71,17 +71,19 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && tokens > 1 {
-        // SAFETY: AVX2 was checked (isa == Avx2 and supported); sizes asserted above.
-        done = unsafe {
-            x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2)
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && tokens == 1 {
-        // SAFETY: AVX2 was checked; sizes asserted above (one activation row of k = 4·row_bytes).
-        unsafe { x86::gemv_avx2(rows, row_bytes, acts, act_sums[0], out) };
-        return;
+    if isa == Isa::Avx2 {
+        if tokens == 1 {
+            // SAFETY: AVX2 was checked (isa == Avx2 and supported); sizes asserted above (one
+            // activation row of k = 4·row_bytes).
+            unsafe { x86::gemv_avx2(rows, row_bytes, acts, act_sums[0], out) };
+            return;
+        }
+        if tokens > 1 {
+            // SAFETY: as above.
+            done = unsafe {
+                x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2)
+            };
+        }
     }
     let f = dot_fn(isa);
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);

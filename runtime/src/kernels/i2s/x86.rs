@@ -9,11 +9,6 @@
 
 use std::arch::x86_64::*;
 
-/// How far ahead of the block being multiplied the TQ2_0 GEMV asks for weight bytes (into L1):
-/// rows are only 640-1728 bytes and each is a separate call, so the hardware prefetcher alone
-/// kept the kernel waiting on memory (docs/benchmarks.md).
-pub(crate) const PREFETCH_AHEAD: usize = 2048;
-
 /// How far ahead the I2_S GEMV asks for weight bytes, into L2. Streaming a 600 MB matrix through
 /// 2 MiB pages: 2 KiB into L1 gave 22.5-24.5 GB/s, 12-24 KiB into L2 25-27.6 GB/s, 80-85 % of a
 /// plain read of the same bytes, near the 27-28 GB/s the kernel computes on cached rows
