@@ -10,9 +10,10 @@
 use std::arch::x86_64::*;
 
 /// How far ahead the I2_S GEMV asks for weight bytes, into L2. Streaming a 600 MB matrix through
-/// 2 MiB pages: 2 KiB into L1 gave 22.5-24.5 GB/s, 12-24 KiB into L2 25-27.6 GB/s, 80-85 % of a
-/// plain read of the same bytes, near the 27-28 GB/s the kernel computes on cached rows
-/// (`runtime/examples/gemv_probe.rs`, docs/benchmarks.md).
+/// 2 MiB pages (a one-off version of `runtime/examples/gemv_probe.rs` holding the variants;
+/// docs/benchmarks.md): 2 KiB into L1 gave 22.5-24.5 GB/s, 12-24 KiB into L2 25-27.6 GB/s,
+/// 80-85 % of a plain read of the same bytes, near the 27-28 GB/s the kernel computes on cached
+/// rows (which the kept probe reproduces).
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
