@@ -4,8 +4,10 @@
 //!     cargo run --release -p tern-runtime --example gemv_probe [COLS] [MODEL.gguf]
 //!
 //! `SKEW=16` starts the activations 16 bytes past a cache line (as `malloc` may) instead of on
-//! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order, 256
-//! rows per call as generation does with one thread, through the file's own map.
+//! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order,
+//! one call per matrix (up to 8192 rows) as generation does with one thread (`CHUNK=ROWS`: that many rows per call
+//! instead), through the file's own map; `ONLY_MODEL=1` runs only that part.
+//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel.
 
 use std::time::Instant;
 use tern_runtime::cpu;
@@ -32,6 +34,10 @@ fn main() {
     let sum: i32 = act.iter().map(|&a| a as i32).sum();
     // Bytes of four valid codes (0..2) each.
     let mut code_byte = || (0..4).fold(0u8, |b, i| b | (((next() >> (8 * i)) % 3) as u8) << (2 * i));
+    if let (Ok(_), Some(path)) = (std::env::var("ONLY_MODEL"), &model) {
+        model_sequence(path, isa);
+        return;
+    }
     let cached_rows = 1024;
     let streamed_rows = (600 << 20) / rb;
     let cached: Vec<u8> = (0..cached_rows * rb).map(|_| code_byte()).collect();
@@ -78,6 +84,7 @@ fn model_sequence(path: &str, isa: cpu::Isa) {
     let bytes: usize = mats.iter().map(|(_, cols, rows)| rows * cols / 4).sum();
     let act: Vec<i8> = (0..8192).map(|i| (i * 37 % 255) as i8).collect();
     let mut out = vec![0i32; 8192];
+    let chunk: usize = std::env::var("CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(8192);
     for _ in 0..3 {
         let read = rate(bytes, || {
             for (d, cols, rows) in &mats {
@@ -87,7 +94,7 @@ fn model_sequence(path: &str, isa: cpu::Isa) {
         let kernel = rate(bytes, || {
             for (d, cols, rows) in &mats {
                 let rb = cols / 4;
-                for (chunk, o) in d[..rows * rb].chunks(256 * rb).zip(out.chunks_mut(256)) {
+                for (chunk, o) in d[..rows * rb].chunks(chunk * rb).zip(out.chunks_mut(chunk)) {
                     gemv(isa, chunk, rb, &act[..*cols], 0, &mut o[..chunk.len() / rb]);
                 }
             }

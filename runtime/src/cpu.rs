@@ -52,13 +52,13 @@ impl Isa {
     }
 }
 
-/// Every instruction set this CPU supports, in order of preference.
-///
-/// AVX2 comes before AVX-512 VNNI on purpose: on the AMD EPYC (Zen 4) machines tern is measured
-/// on, 512-bit operations run as two 256-bit halves and the AVX2 kernel is 13-20 % faster on the
-/// 2B-4T shape (docs/benchmarks.md). `TERN_KERNEL=avx512vnni` selects VNNI.
+/// Every instruction set this CPU supports, in order of preference: AVX-512 VNNI first, for its
+/// I2_S kernels (256-bit `vpdpbusd` through AVX-512VL; the other layouts and the head use the
+/// AVX2 kernels under it). On the AMD EPYC (Zen 4) machine tern is measured on they generate
+/// 8-10 % and prefill 10-20 % faster than AVX2 (docs/benchmarks.md). `TERN_KERNEL=avx2` selects
+/// AVX2.
 pub fn available() -> Vec<Isa> {
-    [Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::Scalar].into_iter().filter(|i| i.supported()).collect()
+    [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon, Isa::Scalar].into_iter().filter(|i| i.supported()).collect()
 }
 
 /// The instruction set the runtime uses: `TERN_KERNEL` if set and supported, else the preferred.

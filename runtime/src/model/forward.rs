@@ -398,9 +398,17 @@ impl<'m> Session<'m> {
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together).
+        // A lone thread generating takes the whole matrix in one call: the I2_S VNNI GEMV splits
+        // a call's rows into four long forward streams that the hardware prefetcher follows
+        // (tg 1 thread 81 → 86 % of the ceiling, docs/benchmarks.md); with more threads the
+        // smaller chunks balance the load better than they lose on stream length.
         let group = w.row_group();
-        let chunk_rows =
-            (m.rows / (rayon::current_num_threads() * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows);
+        let threads = rayon::current_num_threads();
+        let chunk_rows = if threads == 1 && tokens == 1 {
+            m.rows
+        } else {
+            (m.rows / (threads * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows)
+        };
         let started = std::time::Instant::now();
         let mut acc = vec![0i32; m.rows * tokens];
         acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {

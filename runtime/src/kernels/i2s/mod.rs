@@ -71,19 +71,26 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 {
-        if tokens == 1 {
-            // SAFETY: AVX2 was checked (isa == Avx2 and supported); sizes asserted above (one
-            // activation row of k = 4·row_bytes).
+    match (isa, tokens) {
+        (Isa::Avx2, 1) => {
+            // SAFETY: AVX2 was checked (isa supported); sizes asserted above (one activation row
+            // of k = 4·row_bytes).
             unsafe { x86::gemv_avx2(rows, row_bytes, acts, act_sums[0], out) };
             return;
         }
-        if tokens > 1 {
-            // SAFETY: as above.
+        (Isa::Avx512Vnni, 1) => {
+            // SAFETY: AVX-512 VNNI was checked (isa supported); sizes as above.
+            unsafe { x86::gemv_vnni(rows, row_bytes, acts, act_sums[0], out) };
+            return;
+        }
+        (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
+            // SAFETY: AVX2 was checked (VNNI's support includes it); sizes asserted above.
             done = unsafe {
-                x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2)
+                let vnni = isa == Isa::Avx512Vnni;
+                x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2, vnni)
             };
         }
+        _ => {}
     }
     let f = dot_fn(isa);
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
@@ -123,7 +130,8 @@ pub(crate) fn gemm_decoded(
         unpack.filter(|_| matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1)
     {
         // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
-        done = unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack) };
+        let vnni = isa == Isa::Avx512Vnni;
+        done = unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack, vnni) };
     }
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
     for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
@@ -186,8 +194,18 @@ mod tests {
     /// activations at the int8 extremes (the worst case for intermediate overflow).
     #[test]
     fn every_available_isa_equals_scalar() {
-        let shapes =
-            [(1, 128), (1, 2560), (3, 96), (5, 256), (7, 384), (2, 320), (9, 864), (33, 6912), (64, 1)];
+        let shapes = [
+            (1, 128),
+            (1, 2560),
+            (3, 96),
+            (5, 256),
+            (7, 384),
+            (2, 320),
+            (8, 128),
+            (9, 864),
+            (33, 6912),
+            (64, 1),
+        ];
         for isa in crate::cpu::available() {
             for (i, &(rows, cols)) in shapes.iter().enumerate() {
                 for extreme in [false, true] {

@@ -5,7 +5,8 @@
 //!
 //! AVX2: `maddubs` (u8×i8 pairs → i16, at most 2·2·128 = 512 in magnitude, no saturation), the four
 //! pieces of a block summed in i16 (≤ 2048), then `madd` with ones into i32.
-//! AVX-512 VNNI: `vpdpbusd` does u8×i8 quads straight into i32, two blocks per 512-bit step.
+//! AVX-512 VNNI (256-bit, through AVX-512VL): `vpdpbusd` does u8×i8 quads straight into i32, so
+//! the codes need no shift at all (each masked piece keeps its scale until the end).
 
 use std::arch::x86_64::*;
 
@@ -141,55 +142,82 @@ pub(crate) fn hsum256(v: __m256i) -> i32 {
 
 pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     debug_assert_eq!(act.len(), row.len() * 4);
-    // SAFETY: only dispatched when AVX-512F/BW/VL and VNNI were detected.
-    unsafe { dot_avx512vnni_impl(row, act) - act_sum }
+    // SAFETY: only dispatched when AVX-512F/BW/VL and VNNI were detected; the row covers
+    // row.len() / 32 blocks and act four times as many bytes.
+    unsafe { hsum256(rows_sums_vnni([row.as_ptr()], row.len() / 32, act.as_ptr())[0]) - act_sum }
 }
 
+/// GEMV with 256-bit `vpdpbusd` (AVX-512 VNNI + VL): `out[r] = Σ t·q`, four rows per pass
+/// through [`rows_sums_vnni`], so each activation load serves four rows.
+///
+/// The four rows of a pass come from the four quarters of the call's rows (r, r + n/4, r + n/2,
+/// r + 3n/4), so the weight bytes arrive as four forward streams, each long and in its own pages,
+/// which the hardware prefetcher follows: on a 2B-4T-shaped file, rows one after another in one
+/// stream can't keep up, and four adjacent rows per pass (four interleaved strands 640 bytes
+/// apart) defeat the prefetcher — 6-7 GB/s without software prefetch, 80-85 % of a plain read
+/// with it; four quarters without software prefetch stream at 89-95 % (docs/benchmarks.md).
+/// The last `n mod 4` rows go one at a time.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; `rows.len() == out.len() * row_bytes`,
+/// `act.len() == 4 * row_bytes`, `row_bytes` a multiple of 32.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-unsafe fn dot_avx512vnni_impl(row: &[u8], act: &[i8]) -> i32 {
-    let blocks = row.len() / 32;
-    let mask = _mm512_set1_epi8(3);
-    let mut acc = _mm512_setzero_si512();
-    let (w, a) = (row.as_ptr(), act.as_ptr());
-    let pair = |q: *const i8, off: usize| -> __m512i {
-        // Activations of one quarter of two consecutive blocks: q[off..+32] and q[128+off..+32].
-        // SAFETY: both blocks are in bounds (see loop).
-        unsafe {
-            let lo = _mm256_loadu_si256(q.add(off) as *const __m256i);
-            let hi = _mm256_loadu_si256(q.add(128 + off) as *const __m256i);
-            _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)
+pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
+    debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
+    let (blocks, w, a) = (row_bytes / 32, rows.as_ptr(), act.as_ptr());
+    let quarter = out.len() / 4;
+    for i in 0..quarter {
+        let index = [i, quarter + i, 2 * quarter + i, 3 * quarter + i];
+        // SAFETY: every index < out.len(), so each row is within rows; the caller's sizes.
+        let acc = unsafe { rows_sums_vnni(index.map(|r| w.add(r * row_bytes)), blocks, a) };
+        let mut sums = [0i32; 4];
+        // SAFETY: 16 bytes into a [i32; 4].
+        unsafe { _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, hsum256x4(acc)) };
+        for (r, s) in index.into_iter().zip(sums) {
+            out[r] = s - act_sum;
         }
-    };
-    let mut b = 0;
-    while b + 2 <= blocks {
-        // SAFETY: blocks b and b+1 are within row and act.
-        unsafe {
-            let packed = _mm512_loadu_si512(w.add(32 * b) as *const __m512i);
-            let q = a.add(128 * b);
-            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 6), mask), pair(q, 0));
-            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask), pair(q, 32));
-            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(_mm512_srli_epi16(packed, 2), mask), pair(q, 64));
-            acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(packed, mask), pair(q, 96));
-        }
-        b += 2;
     }
-    let mut total = _mm512_reduce_add_epi32(acc);
-    if b < blocks {
-        // The odd last block, 256 bits wide.
-        let mask = _mm256_set1_epi8(3);
-        // SAFETY: block b is within row and act.
+    for (r, o) in out.iter_mut().enumerate().skip(4 * quarter) {
+        // SAFETY: as above.
+        *o = unsafe { hsum256(rows_sums_vnni([w.add(r * row_bytes)], blocks, a)[0]) } - act_sum;
+    }
+}
+
+/// `Σ c·q` of `N` rows (`blocks` 32-byte blocks at each `w[r]`, activations at `a`) as eight i32
+/// lanes each, with no shifts: masking a block with 0xC0, 0x30, 0x0C and 0x03 gives the codes of
+/// weights 0-31, 32-63, 64-95 and 96-127 as 64·c, 16·c, 4·c and c, and `vpdpbusd` adds each
+/// (u8, at most 192 even for the invalid code 3) × activation quads straight into i32, one
+/// accumulator per scale and row (|lane| ≤ 4 · 192 · 128 per block, far inside i32 for any row
+/// length). Each scaled sum is a multiple of its scale, so the final shifts are exact. Per block
+/// and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are shared by the rows
+/// (AVX2 needs 13 operations and its own loads per row).
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; each `w[r]` must point to `32 · blocks`
+/// readable bytes and `a` to `128 · blocks`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn rows_sums_vnni<const N: usize>(w: [*const u8; N], blocks: usize, a: *const i8) -> [__m256i; N] {
+    // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
+    let masks = [0xc0u8, 0x30, 0x0c, 0x03].map(|m| _mm256_set1_epi8(m as i8));
+    let mut acc = [[_mm256_setzero_si256(); 4]; N];
+    for b in 0..blocks {
+        // SAFETY: block b < blocks is in bounds of every row and of a (the caller's contract).
         unsafe {
-            let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
-            let q = a.add(128 * b);
-            let mut acc = _mm256_setzero_si256();
-            for (shift, off) in [(6, 0), (4, 32), (2, 64), (0, 96)] {
-                let codes = _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask);
-                acc = _mm256_dpbusd_epi32(acc, codes, _mm256_loadu_si256(q.add(off) as *const __m256i));
+            let packed: [__m256i; N] =
+                std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * b) as *const __m256i));
+            for (piece, mask) in masks.iter().enumerate() {
+                let q = _mm256_loadu_si256(a.add(128 * b + 32 * piece) as *const __m256i);
+                for (acc, p) in acc.iter_mut().zip(&packed) {
+                    acc[piece] = _mm256_dpbusd_epi32(acc[piece], _mm256_and_si256(*p, *mask), q);
+                }
             }
-            total += hsum256(acc);
         }
     }
-    total
+    acc.map(|[c64, c16, c4, c1]| {
+        let high = _mm256_add_epi32(_mm256_srai_epi32(c64, 6), _mm256_srai_epi32(c16, 4));
+        _mm256_add_epi32(high, _mm256_add_epi32(_mm256_srai_epi32(c4, 2), c1))
+    })
 }
 
 /// Unpacks a row's unsigned codes (0..2) into `out` (`row.len() * 4` bytes) in activation
@@ -286,16 +314,42 @@ unsafe fn dot4x2_codes_avx2(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[
     sums
 }
 
+/// [`dot4x2_codes_avx2`] with 256-bit `vpdpbusd` (AVX-512 VNNI + VL): each product goes
+/// straight into i32 (codes ≤ 2 · 128 · 4 per lane and vector), so no i16 sums, no widening and
+/// no adds: 8 `vpdpbusd` per 6 loads instead of 8 `maddubs` and 8 adds.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; sizes as for [`dot4x2_codes_avx2`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn dot4x2_codes_vnni(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[i32; 2]; 4] {
+    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
+    for v in 0..k / 32 {
+        // SAFETY: 32 bytes at 32v of each slice, in bounds (k bytes each).
+        unsafe {
+            let x0 = _mm256_loadu_si256(a0.as_ptr().add(32 * v) as *const __m256i);
+            let x1 = _mm256_loadu_si256(a1.as_ptr().add(32 * v) as *const __m256i);
+            for (acc, c) in acc.iter_mut().zip(&c) {
+                let w = _mm256_loadu_si256(c.as_ptr().add(32 * v) as *const __m256i);
+                acc[0] = _mm256_dpbusd_epi32(acc[0], w, x0);
+                acc[1] = _mm256_dpbusd_epi32(acc[1], w, x1);
+            }
+        }
+    }
+    acc.map(|[t0, t1]| [hsum256(t0), hsum256(t1)])
+}
+
 /// Prompt GEMM over blocks of rows, shared by every 2-bit layout: each block of four rows (then
 /// a last pair) is unpacked once with `unpack` (a row's unsigned codes in activation order, `k`
 /// per row) into an L1-resident buffer, then tokens run two at a time through
 /// [`dot4x2_codes_avx2`] (an odd last token, and a last pair of rows, through
 /// [`dot2_codes_avx2`]). `out[r·tokens + t]` as in `i2s::gemm`. Handles the first 2·⌊rows/2⌋
-/// rows and returns how many that is; the caller does the last.
+/// rows and returns how many that is; the caller does the last. `vnni` runs the four-row dots
+/// with `vpdpbusd` ([`dot4x2_codes_vnni`]).
 ///
 /// # Safety
-/// The CPU must support AVX2; `unpack(row, codes)` must fill `k` codes from a `row_bytes` row;
+/// The CPU must support AVX2, and AVX-512F/BW/VL and VNNI if `vnni`; `unpack(row, codes)` must fill `k` codes from a `row_bytes` row;
 /// `acts` holds `sums.len()` tokens of `k` activations and `out` one slot per row and token.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn gemm_unpacked_rows(
     rows: &[u8],
@@ -305,6 +359,7 @@ pub(crate) unsafe fn gemm_unpacked_rows(
     sums: &[i32],
     out: &mut [i32],
     unpack: super::Unpack,
+    vnni: bool,
 ) -> usize {
     let tokens = sums.len();
     let mut done = 0;
@@ -326,7 +381,9 @@ pub(crate) unsafe fn gemm_unpacked_rows(
             let c = [c[0], c[1], c[2], c[3]];
             let mut t = 0;
             while t + 2 <= tokens {
-                let got = dot4x2_codes_avx2(c, &acts[t * k..(t + 1) * k], &acts[(t + 1) * k..(t + 2) * k], k);
+                let (a0, a1) = (&acts[t * k..(t + 1) * k], &acts[(t + 1) * k..(t + 2) * k]);
+                let got =
+                    if vnni { dot4x2_codes_vnni(c, a0, a1, k) } else { dot4x2_codes_avx2(c, a0, a1, k) };
                 for (r, pair) in got.iter().enumerate() {
                     o[r * tokens + t] = pair[0] - sums[t];
                     o[r * tokens + t + 1] = pair[1] - sums[t + 1];
