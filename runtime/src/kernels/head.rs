@@ -149,13 +149,18 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// f16 → f32 of a block's scale with F16C (exact, like `half`'s conversion).
+    /// `d_w · d_x` for the block at `b` in all eight lanes: its f16 scale converted with F16C
+    /// (exact, like `half`'s conversion) and multiplied lane by lane (the same f32 product as a
+    /// scalar multiply). Broadcasting the scale bytes first matters: a scalar insert of them
+    /// merged into whatever register the compiler picked — once the FMA accumulator, which made
+    /// every block wait for the previous block's FMA (one thread, per token: Q4_0 head 19.1-19.4 →
+    /// 16.1-17.8 ms, Q8_0 19.1-23.3 → 13.1-13.4 ms; docs/benchmarks.md).
     #[inline]
-    #[target_feature(enable = "f16c")]
-    unsafe fn scale(b: *const u8) -> f32 {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn block_scale(b: *const u8, dx: f32) -> __m256 {
         // SAFETY: the caller points at a block's two scale bytes.
-        let h = unsafe { (b as *const u16).read_unaligned() };
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+        let h = unsafe { (b as *const i16).read_unaligned() };
+        _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16(h)), _mm256_set1_ps(dx))
     }
 
     #[inline]
@@ -169,8 +174,8 @@ mod x86 {
     /// Lane k of `acc` += quad sum k · d, one FMA.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn accumulate(quads: __m256i, d: f32, acc: __m256) -> __m256 {
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), _mm256_set1_ps(d), acc)
+    fn accumulate(quads: __m256i, d: __m256, acc: __m256) -> __m256 {
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(quads), d, acc)
     }
 
     #[inline]
@@ -180,16 +185,17 @@ mod x86 {
         unsafe { _mm256_loadu_si256(b.add(2) as *const __m256i) }
     }
 
-    /// Q4_0's stored codes q + 8 (0..15) in element order.
+    /// Q4_0's stored codes q + 8 (0..15) in element order: the 16 bytes in both halves, the
+    /// upper half shifted down a nibble, both masked: two operations after a broadcast load
+    /// instead of four (Q4_0 head 16.1-17.8 → 12.9-14.0 ms per token with one thread,
+    /// docs/benchmarks.md).
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn q4_codes(b: *const u8) -> __m256i {
         // SAFETY: the caller points at a whole Q4_0 block.
-        let packed = unsafe { _mm_loadu_si128(b.add(2) as *const __m128i) };
-        let mask = _mm_set1_epi8(0x0F);
-        let low = _mm_and_si128(packed, mask);
-        let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), mask);
-        _mm256_set_m128i(high, low)
+        let packed = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(b.add(2) as *const __m128i)) };
+        let shifted = _mm256_srlv_epi64(packed, _mm256_set_epi64x(4, 4, 0, 0));
+        _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
     }
 
     /// Block i's eight quad sums Σ w·x, exact. Q8_0: signed × signed as |w| · sign(x, w) (|w| ≤
@@ -225,11 +231,12 @@ mod x86 {
             // offsets inside `acts`.
             unsafe {
                 let b = w.add(i * bytes);
-                even = accumulate(quads::<Q4>(b, x.add(i * 32), o.add(i * 8)), scale(b) * acts.d[i], even);
+                even =
+                    accumulate(quads::<Q4>(b, x.add(i * 32), o.add(i * 8)), block_scale(b, acts.d[i]), even);
                 if i + 1 < n {
                     let b = w.add((i + 1) * bytes);
                     let q = quads::<Q4>(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
-                    odd = accumulate(q, scale(b) * acts.d[i + 1], odd);
+                    odd = accumulate(q, block_scale(b, acts.d[i + 1]), odd);
                 }
             }
             i += 2;
