@@ -5,8 +5,8 @@
 //!
 //! `SKEW=16` starts the activations 16 bytes past a cache line (as `malloc` may) instead of on
 //! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order,
-//! one call per matrix (up to 8192 rows) as generation does with one thread (`CHUNK=ROWS`: that many rows per call
-//! instead), through the file's own map; `ONLY_MODEL=1` runs only that part.
+//! one call per matrix (up to 8192 rows) as generation does with one thread, through the file's
+//! own map (`CHUNK=ROWS`: that many rows per call instead; `ONLY_MODEL=1`: only that part).
 //! `TERN_KERNEL=avx2|avx512vnni` picks the kernel.
 
 use std::time::Instant;
