@@ -54,9 +54,9 @@ impl Isa {
 
 /// Every instruction set this CPU supports, in order of preference: AVX-512 VNNI first, for its
 /// I2_S kernels (256-bit `vpdpbusd` through AVX-512VL; the other layouts and the head use the
-/// AVX2 kernels under it). On the AMD EPYC (Zen 4) machine tern is measured on they generate
-/// 8-10 % and prefill 10-20 % faster than AVX2 (docs/benchmarks.md). `TERN_KERNEL=avx2` selects
-/// AVX2.
+/// AVX2 kernels under it). On the AMD EPYC (Zen 4) machine tern is measured on, one generating
+/// thread reaches 86-87 % of the bandwidth ceiling instead of 73-77 %, and prompts run 10-20 %
+/// faster (docs/benchmarks.md). `TERN_KERNEL=avx2` selects AVX2.
 pub fn available() -> Vec<Isa> {
     [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon, Isa::Scalar].into_iter().filter(|i| i.supported()).collect()
 }

@@ -187,10 +187,10 @@ pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_su
 /// lanes each, with no shifts: masking a block with 0xC0, 0x30, 0x0C and 0x03 gives the codes of
 /// weights 0-31, 32-63, 64-95 and 96-127 as 64·c, 16·c, 4·c and c, and `vpdpbusd` adds each
 /// (u8, at most 192 even for the invalid code 3) × activation quads straight into i32, one
-/// accumulator per scale and row (|lane| ≤ 4 · 192 · 128 per block, far inside i32 for any row
-/// length). Each scaled sum is a multiple of its scale, so the final shifts are exact. Per block
-/// and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are shared by the rows
-/// (AVX2 needs 13 operations and its own loads per row).
+/// accumulator per scale and row (|lane| grows by at most 4 · 192 · 128 per block: i32 holds
+/// 21 000 blocks, 2.7 M weights per row). Each scaled sum is a multiple of its scale, so the final
+/// shifts are exact. Per block and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are
+/// shared by the rows (AVX2 needs 13 operations and its own loads per row).
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; each `w[r]` must point to `32 · blocks`
@@ -347,8 +347,9 @@ unsafe fn dot4x2_codes_vnni(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[
 /// with `vpdpbusd` ([`dot4x2_codes_vnni`]).
 ///
 /// # Safety
-/// The CPU must support AVX2, and AVX-512F/BW/VL and VNNI if `vnni`; `unpack(row, codes)` must fill `k` codes from a `row_bytes` row;
-/// `acts` holds `sums.len()` tokens of `k` activations and `out` one slot per row and token.
+/// The CPU must support AVX2, and AVX-512F/BW/VL and VNNI if `vnni`; `unpack(row, codes)` must
+/// fill `k` codes from a `row_bytes` row; `acts` holds `sums.len()` tokens of `k` activations and
+/// `out` one slot per row and token.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2")]
 pub(crate) unsafe fn gemm_unpacked_rows(
