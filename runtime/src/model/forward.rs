@@ -13,7 +13,7 @@ use crate::kernels::{act, float, head, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
-use tern_formats::{Layout, TensorType, float_blocks};
+use tern_formats::{TensorType, float_blocks};
 
 /// Prompt tokens per forward pass: longer prompts run in batches of this many, which bounds the
 /// activations held at once (0.16 MiB per token on 2B-4T). Each batch reads the weights once
@@ -397,15 +397,14 @@ impl<'m> Session<'m> {
         let a = &*a;
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
-        // and whole row groups (tiled layouts store BM rows together).
-        // A lone thread generating with I2_S takes the whole matrix in one call: the VNNI GEMV
-        // splits a call's rows into four long forward streams that the hardware prefetcher
-        // follows (tg 1 thread 81 → 86 % of the ceiling, docs/benchmarks.md); with more threads
-        // the smaller chunks balance the load better than they lose on stream length, and the
-        // other layouts' GEMVs read one stream per call anyway.
+        // and whole row groups (tiled layouts store BM rows together). Chunks only balance
+        // threads, so one thread takes the whole matrix in one call — which the I2_S VNNI GEMV
+        // needs: it splits a call's rows into four long forward streams that the hardware
+        // prefetcher follows (tg 1 thread 81 → 86 % of the ceiling; other layouts and prompts
+        // unchanged; docs/benchmarks.md).
         let group = w.row_group();
         let threads = rayon::current_num_threads();
-        let chunk_rows = if threads == 1 && tokens == 1 && w.layout == Layout::I2S {
+        let chunk_rows = if threads == 1 {
             m.rows
         } else {
             (m.rows / (threads * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows)

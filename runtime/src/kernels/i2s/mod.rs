@@ -57,10 +57,10 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
 ///
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
 /// buffer of codes, and tokens then run two at a time with only loads and `maddubs`, each
-/// activation load serving four rows (docs/benchmarks.md: pp128 25.9 → 38 t/s). One token
-/// (generation) runs rows one at a time through one forward stream (`x86::gemv_avx2`): a
-/// two-row variant measured faster on cached matrices but halved generation speed when the
-/// weights stream from memory.
+/// activation load serving four rows (docs/benchmarks.md: pp128 25.9 → 38 t/s); with AVX-512
+/// VNNI the same with `vpdpbusd`. One token (generation): AVX2 runs rows one at a time through
+/// one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from the four quarters
+/// of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the hardware prefetcher.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
     check_rows(rows, row_bytes);
     let k = row_bytes * 4;

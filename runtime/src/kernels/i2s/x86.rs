@@ -51,9 +51,7 @@ pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_su
             // SAFETY: row i of this group is within rows; the caller's length relation.
             *acc = unsafe { row_sums(quad.as_ptr().add(i * row_bytes), blocks, act.as_ptr()) };
         }
-        let mut sums = [0i32; 4];
-        // SAFETY: 16 bytes into a [i32; 4].
-        unsafe { _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, hsum256x4(acc)) };
+        let sums = hsum256x4(acc);
         for (o, s) in o.iter_mut().zip(sums) {
             *o = s - act_sum;
         }
@@ -108,9 +106,13 @@ unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
 /// The lane sums of four vectors, `[Σ v0, Σ v1, Σ v2, Σ v3]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum256x4(v: [__m256i; 4]) -> __m128i {
+fn hsum256x4(v: [__m256i; 4]) -> [i32; 4] {
     let t = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1))
+    let s = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    let mut sums = [0i32; 4];
+    // SAFETY: 16 bytes into a [i32; 4].
+    unsafe { _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, s) };
+    sums
 }
 
 /// `acc + Σ codes[i]·q[32i..32i+32]` for four vectors of 32 unsigned codes (0..2) against the
@@ -170,9 +172,7 @@ pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_su
         let index = [i, quarter + i, 2 * quarter + i, 3 * quarter + i];
         // SAFETY: every index < out.len(), so each row is within rows; the caller's sizes.
         let acc = unsafe { rows_sums_vnni(index.map(|r| w.add(r * row_bytes)), blocks, a) };
-        let mut sums = [0i32; 4];
-        // SAFETY: 16 bytes into a [i32; 4].
-        unsafe { _mm_storeu_si128(sums.as_mut_ptr() as *mut __m128i, hsum256x4(acc)) };
+        let sums = hsum256x4(acc);
         for (r, s) in index.into_iter().zip(sums) {
             out[r] = s - act_sum;
         }
