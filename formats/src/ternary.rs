@@ -67,6 +67,12 @@ pub fn activation_scale(row: &[f32]) -> f32 {
     }
     let tail = chunks.remainder().iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let absmax = lanes.iter().fold(tail, |m, &l| m.max(l));
+    scale_from_absmax(absmax)
+}
+
+/// `s` from a token's largest |x|, with torch's two roundings ([`activation_scale`]).
+#[inline]
+pub fn scale_from_absmax(absmax: f32) -> f32 {
     (1.0 / absmax.max(SCALE_FLOOR)) * 127.0
 }
 
@@ -75,18 +81,27 @@ pub fn activation_scale(row: &[f32]) -> f32 {
 /// nearest, ties to even) picks. Activations need |x·s| ≤ 127.
 #[inline]
 fn round_ties_even_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
+    (v + ROUND_MAGIC) - ROUND_MAGIC
 }
+
+/// 1.5·2^23: `(v + ROUND_MAGIC) − ROUND_MAGIC` rounds |v| < 2^22 to an integer, ties to even.
+pub const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Quantises one token's activations to int8 codes; returns the scale s (x ≈ q / s).
 pub fn quantise_activations(row: &[f32], out: &mut [i8]) -> f32 {
     debug_assert_eq!(row.len(), out.len());
     let s = activation_scale(row);
     for (q, &x) in out.iter_mut().zip(row) {
-        *q = round_ties_even_small(x * s).clamp(-128.0, 127.0) as i8;
+        *q = quantise_activation(x, s);
     }
     s
+}
+
+/// One activation code: `clamp(round_ties_even(x·s), −128, 127)`, NaN → 0 (Rust's saturating
+/// cast; a SIMD twin must answer the same).
+#[inline]
+pub fn quantise_activation(x: f32, s: f32) -> i8 {
+    round_ties_even_small(x * s).clamp(-128.0, 127.0) as i8
 }
 
 #[cfg(test)]

@@ -80,5 +80,26 @@ fn output_head(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ternary, output_head);
+/// The per-token work between matmuls at the model's widths: RMSNorm and int8 activation
+/// quantisation (codes, scale and code sum), which a generated token runs 120 times each.
+fn token_ops(c: &mut Criterion) {
+    let isa = tern_runtime::cpu::selected();
+    let mut g = c.benchmark_group("token_ops");
+    g.sample_size(20).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(300));
+    for width in [2560usize, 6912] {
+        let x: Vec<f32> = (0..width).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let weight: Vec<f32> = (0..width).map(|i| 1.0 + (i as f32 * 0.11).cos() * 0.5).collect();
+        g.throughput(Throughput::Elements(width as u64));
+        g.bench_function(BenchmarkId::new("rms_norm", width), |b| {
+            b.iter(|| black_box(tern_runtime::model::rms_norm(black_box(&x), &weight, 1e-5)))
+        });
+        let mut codes = vec![0i8; width.next_multiple_of(128)];
+        g.bench_function(BenchmarkId::new("quantise", width), |b| {
+            b.iter(|| black_box(tern_runtime::kernels::act::quantise(isa, black_box(&x), &mut codes)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ternary, output_head, token_ops);
 criterion_main!(benches);

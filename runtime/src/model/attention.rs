@@ -3,8 +3,9 @@
 //! only widens the vectors and uses no FMA), so a prompt and token-by-token decoding give the
 //! same bits everywhere, and the scalar path is the AVX2 path's exact twin (tested).
 
-use super::kv::LayerRows;
+use super::kv::{LayerRows, f16_to_f32};
 use crate::cpu::Isa;
+use half::f16;
 
 /// One KV head's cached rows: position `j`'s vector is `stride·j + offset ..+ d` of the layer.
 pub(super) struct HeadRows<'a> {
@@ -20,18 +21,50 @@ pub(super) fn attend_head(isa: Isa, qh: &[f32], head: &HeadRows, len: usize, sca
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a session's instruction set is supported here, and both of these imply AVX2.
-        Isa::Avx2 | Isa::Avx512Vnni => unsafe { attend_head_avx2(qh, head, len, scale, o) },
-        _ => attend_head_with(|q, k| k.map(|k| dot_f32(q, k)), qh, head, len, scale, o),
+        Isa::Avx2 | Isa::Avx512Vnni if is_x86_feature_detected!("f16c") => unsafe {
+            attend_head_avx2(qh, head, len, scale, o)
+        },
+        _ => attend_head_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, qh, head, len, scale, o),
     }
 }
 
 /// The core compiled for AVX2, with [`dot4_f32_avx2`]. Built for SSE2 (the binary's baseline),
 /// attention took a tenth of a 128-token prompt on 2B-4T.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn attend_head_avx2(qh: &[f32], head: &HeadRows, len: usize, scale: f32, o: &mut [f32]) {
-    // SAFETY: this function only runs where AVX2 is available.
-    attend_head_with(|q, k| unsafe { dot4_f32_avx2(q, k) }, qh, head, len, scale, o)
+    // SAFETY: this function only runs where AVX2 and F16C are available.
+    attend_head_with(
+        |q, k| unsafe { dot4_f32_avx2(q, k) },
+        |h, f| unsafe { f16_to_f32_f16c(h, f) },
+        qh,
+        head,
+        len,
+        scale,
+        o,
+    )
+}
+
+/// f16 → f32 eight at a time with F16C, inline in the core: the `half` crate's slice conversion
+/// (a call and two copies per eight elements) made an f16 cache's attention cost twice an f32
+/// cache's. f16 → f32 is exact, so the bits are the same either way.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: i + 8 <= full <= both lengths.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    for (d, s) in dst[full..n].iter_mut().zip(&src[full..n]) {
+        *d = s.to_f32();
+    }
 }
 
 /// Plain loops throughout: an iterator adapter here is instantiated as its own function, outside
@@ -41,6 +74,7 @@ unsafe fn attend_head_avx2(qh: &[f32], head: &HeadRows, len: usize, scale: f32, 
 #[inline(always)]
 fn attend_head_with(
     dot4: impl Fn(&[f32], [&[f32]; 4]) -> [f32; 4],
+    convert: impl Fn(&[f16], &mut [f32]) + Copy,
     qh: &[f32],
     head: &HeadRows,
     len: usize,
@@ -55,7 +89,7 @@ fn attend_head_with(
     while j < len {
         let [b0, b1, b2, b3] = &mut bufs;
         // Past the end, repeat the last key: its duplicate sums are computed and dropped.
-        let key = |i: usize, b| head.keys.row(at((j + i).min(len - 1)), d, b);
+        let key = |i: usize, b| head.keys.row(at((j + i).min(len - 1)), d, b, convert);
         let sums = dot4(qh, [key(0, b0), key(1, b1), key(2, b2), key(3, b3)]);
         for (s, sum) in scores[j..].iter_mut().zip(sums) {
             *s = sum * scale;
@@ -74,7 +108,7 @@ fn attend_head_with(
     let mut j = 0;
     while j + 2 <= len {
         let [b0, b1, ..] = &mut bufs;
-        let (v0, v1) = (head.values.row(at(j), d, b0), head.values.row(at(j + 1), d, b1));
+        let (v0, v1) = (head.values.row(at(j), d, b0, convert), head.values.row(at(j + 1), d, b1, convert));
         let (p0, p1) = (scores[j] / sum, scores[j + 1] / sum);
         for ((a, &x), &y) in o.iter_mut().zip(v0).zip(v1) {
             *a = (*a + p0 * x) + p1 * y;
@@ -82,7 +116,7 @@ fn attend_head_with(
         j += 2;
     }
     if j < len {
-        let v = head.values.row(at(j), d, &mut bufs[0]);
+        let v = head.values.row(at(j), d, &mut bufs[0], convert);
         let p = scores[j] / sum;
         for (a, &x) in o.iter_mut().zip(v) {
             *a += p * x;
@@ -170,18 +204,27 @@ mod tests {
                 let heads = 3;
                 let keys = random(len * heads * d, &mut seed);
                 let values = random(len * heads * d, &mut seed);
+                let half = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+                let (keys16, values16) = (half(&keys), half(&values));
                 let (keys, values) =
                     (LayerRows::F32(Cow::Borrowed(&keys)), LayerRows::F32(Cow::Borrowed(&values)));
                 let q = random(d, &mut seed);
                 let head = HeadRows { keys: &keys, values: &values, stride: heads * d, offset: d };
                 let mut scalar = vec![0f32; d];
                 attend_head(Isa::Scalar, &q, &head, len, 3.0, &mut scalar);
+                // The same rows stored as f16 (an f16 cache): converted by each core its own way.
+                let (keys16, values16) = (LayerRows::F16(&keys16), LayerRows::F16(&values16));
+                let head16 = HeadRows { keys: &keys16, values: &values16, ..head };
+                let mut scalar16 = vec![0f32; d];
+                attend_head(Isa::Scalar, &q, &head16, len, 3.0, &mut scalar16);
                 // Every other instruction set here (on x86 AVX2 and AVX-512 take the AVX2 core).
                 for isa in crate::cpu::available() {
-                    let mut got = vec![0f32; d];
-                    attend_head(isa, &q, &head, len, 3.0, &mut got);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&scalar), bits(&got), "{} d {d}, len {len}", isa.name());
+                    for (rows, want) in [(&head, &scalar), (&head16, &scalar16)] {
+                        let mut got = vec![0f32; d];
+                        attend_head(isa, &q, rows, len, 3.0, &mut got);
+                        assert_eq!(bits(want), bits(&got), "{} d {d}, len {len}", isa.name());
+                    }
                 }
                 // Independent check of the scalar twin: a naive softmax-weighted sum.
                 let row = |v: &LayerRows, j: usize| match v {

@@ -79,18 +79,30 @@ pub(super) enum LayerRows<'a> {
 }
 
 impl LayerRows<'_> {
-    /// Elements `at..at + len`; from f16, converted into `buf` (F16C when the CPU has it).
-    #[inline]
-    pub(super) fn row<'b>(&'b self, at: usize, len: usize, buf: &'b mut Vec<f32>) -> &'b [f32] {
+    /// Elements `at..at + len`; from f16, converted into `buf` by `convert` (each f16 is exactly
+    /// an f32, so every conversion gives the same bits: the caller picks the fastest it may use).
+    #[inline(always)]
+    pub(super) fn row<'b>(
+        &'b self,
+        at: usize,
+        len: usize,
+        buf: &'b mut Vec<f32>,
+        convert: impl Fn(&[f16], &mut [f32]),
+    ) -> &'b [f32] {
         match self {
             LayerRows::F32(v) => &v[at..at + len],
             LayerRows::F16(v) => {
                 buf.resize(len, 0.0);
-                v[at..at + len].convert_to_f32_slice(buf);
+                convert(&v[at..at + len], buf);
                 buf
             }
         }
     }
+}
+
+/// The portable f16 → f32 row conversion (the `half` crate's, F16C when it detects it).
+pub(super) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+    src.convert_to_f32_slice(dst);
 }
 
 #[cfg(test)]
@@ -112,8 +124,12 @@ mod tests {
                 let mut buf = Vec::new();
                 for convert_now in [true, false] {
                     let layer = s.layer(0, 3 * len, convert_now);
-                    assert_eq!(layer.row(len, len, &mut buf), &want[..], "{} {len}", ty.name());
-                    assert!(layer.row(0, len, &mut buf).iter().all(|&x| x == 0.0), "{}", ty.name());
+                    assert_eq!(layer.row(len, len, &mut buf, f16_to_f32), &want[..], "{} {len}", ty.name());
+                    assert!(
+                        layer.row(0, len, &mut buf, f16_to_f32).iter().all(|&x| x == 0.0),
+                        "{}",
+                        ty.name()
+                    );
                 }
             }
         }
