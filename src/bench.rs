@@ -17,10 +17,12 @@ use tern_runtime::bench::{
 /// --roofline also measures this machine's streaming read bandwidth with each thread count and
 /// compares generation with the ceiling it sets: every generated token reads every ternary
 /// weight and the whole output head once (the file's bytes per token), so tg ≤ bandwidth /
-/// bytes per token. The test streams through the model file's own mapped bytes right after that
-/// thread count's runs, so it reads what generation reads, through the same pages, under the
-/// same load from other processes; a file under 256 MiB could sit in the caches, so then it
-/// streams through a fresh --roofline-mib buffer instead.
+/// bytes per token. The test streams through the model file's own mapped bytes (best of three
+/// passes) right before and right after every tg run, so each run is compared with what the
+/// machine could read in its own seconds, through the same pages, under the same load from
+/// other processes; "of ceiling" is the median of the runs' own fractions. A file under 256 MiB
+/// could sit in the caches, so then the test streams through a fresh --roofline-mib buffer
+/// after the runs instead.
 ///
 /// --profile runs one generation per thread count with timers on every operation and prints
 /// where a token's time goes. --kv-type f16 halves the KV cache (and changes the logits).
@@ -72,20 +74,30 @@ pub fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     // Large files are their own bandwidth test, measured next to each thread count's runs.
     let stream_model = size >= MODEL_STREAM_MIN_BYTES;
+    // Per thread count: each tg run with the bandwidth measured around it, or (no tg runs, or
+    // a small file) one bandwidth after the runs.
+    let mut paired: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut bandwidths = Vec::new();
+    let file_bandwidth = || read_bandwidth_of(model.file.as_bytes(), 3);
     for &t in &args.threads {
+        let mut runs = Vec::new();
         for (test, n) in [("pp", args.prompt), ("tg", args.generate)] {
             if n == 0 {
                 continue;
             }
+            let bracket = test == "tg" && args.roofline && stream_model;
             let samples: Vec<f64> = with_threads(Some(t), || {
                 (0..args.reps.max(1))
                     .map(|r| {
                         if test == "pp" {
-                            prompt_rate(&model, n, r as u64 + 1, kv)
-                        } else {
-                            generation_rate(&model, n, r as u64 + 1, kv)
+                            return prompt_rate(&model, n, r as u64 + 1, kv);
                         }
+                        let before = bracket.then(file_bandwidth);
+                        let rate = generation_rate(&model, n, r as u64 + 1, kv)?;
+                        if let Some(before) = before {
+                            runs.push((rate, (before + file_bandwidth()) / 2.0));
+                        }
+                        Ok(rate)
                     })
                     .collect::<tern_runtime::Result<Vec<f64>>>()
             })??;
@@ -95,9 +107,12 @@ pub fn run(args: Args) -> Result<()> {
             }
             rows.push(serde_json::json!({"threads": t, "test": format!("{test}{n}"), "samples": samples, "median": median, "min": min, "max": max}));
         }
-        if args.roofline && stream_model {
+        if args.roofline && stream_model && runs.is_empty() {
             bandwidths.push(with_threads(Some(t), || read_bandwidth_of(model.file.as_bytes(), 5))?);
+        } else {
+            bandwidths.push(f64::NAN);
         }
+        paired.push(runs);
     }
     // Before any bandwidth buffer, so the RSS is the model's.
     let rss = peak_rss_bytes();
@@ -106,15 +121,19 @@ pub fn run(args: Args) -> Result<()> {
     let mut roofs = Vec::new();
     if args.roofline {
         for (i, &t) in args.threads.iter().enumerate() {
-            let bandwidth = match bandwidths.get(i) {
-                Some(&b) => b,
-                None => with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?,
+            if !paired[i].is_empty() {
+                roofs.push((t, Roofline::paired(&paired[i], bytes_per_token), paired[i].clone()));
+                continue;
+            }
+            let bandwidth = match bandwidths[i] {
+                b if b.is_nan() => with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?,
+                b => b,
             };
             let tg = rows
                 .iter()
                 .find(|r| r["threads"] == t && r["test"].as_str().is_some_and(|s| s.starts_with("tg")))
                 .and_then(|r| r["median"].as_f64());
-            roofs.push((t, Roofline::new(bandwidth, bytes_per_token, tg.unwrap_or(f64::NAN))));
+            roofs.push((t, Roofline::new(bandwidth, bytes_per_token, tg.unwrap_or(f64::NAN)), Vec::new()));
         }
     }
     let mut profiles = Vec::new();
@@ -128,10 +147,18 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         let roofline: Vec<_> = roofs
             .iter()
-            .map(|(t, r)| {
+            .map(|(t, r, runs)| {
+                let runs: Vec<_> = runs
+                    .iter()
+                    .map(|&(tg, b)| {
+                        let fraction = Roofline::new(b, bytes_per_token, tg).fraction;
+                        serde_json::json!({"tg_tokens_per_s": tg, "read_bytes_per_s": b, "fraction_of_ceiling": fraction})
+                    })
+                    .collect();
                 serde_json::json!({"threads": t, "read_bytes_per_s": r.bandwidth_bytes_per_s,
                     "bytes_per_token": r.bytes_per_token, "ceiling_tokens_per_s": r.ceiling_tokens_per_s,
-                    "tg_tokens_per_s": r.measured_tokens_per_s, "fraction_of_ceiling": r.fraction})
+                    "tg_tokens_per_s": r.measured_tokens_per_s, "fraction_of_ceiling": r.fraction,
+                    "runs": runs})
             })
             .collect();
         let profile: Vec<_> = profiles
@@ -196,18 +223,34 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if !roofs.is_empty() {
+        let around = roofs.iter().any(|r| !r.2.is_empty());
         text += &format!(
-            "\nroofline: {} read per generated token; bandwidth streamed through {}\n| threads | read bandwidth | ceiling | tg | of ceiling |\n|---|---|---|---|---|\n",
+            "\nroofline: {} read per generated token; bandwidth streamed through {}{}\n| threads | read bandwidth | ceiling | tg | of ceiling |\n|---|---|---|---|---|\n",
             crate::inspect::human_bytes(bytes_per_token),
-            if stream_model { "the model file" } else { "a buffer" }
+            if stream_model { "the model file" } else { "a buffer" },
+            if around {
+                " around each tg run (medians; of ceiling = the median of each run's tg over its own ceiling, listed per run)"
+            } else {
+                ""
+            }
         );
-        for (t, r) in &roofs {
+        for (t, r, runs) in &roofs {
+            let each: Vec<String> = runs
+                .iter()
+                .map(|&(tg, b)| format!("{:.0} %", Roofline::new(b, bytes_per_token, tg).fraction * 100.0))
+                .collect();
+            let range = |v: Vec<f64>| {
+                let (_, lo, hi) = summary(&v);
+                if v.len() > 1 { format!(" ({lo:.1}–{hi:.1})") } else { String::new() }
+            };
             text += &format!(
-                "| {t} | {:.1} GB/s | {:.2} t/s | {:.2} t/s | {:.0} % |\n",
+                "| {t} | {:.1} GB/s{} | {:.2} t/s | {:.2} t/s | {:.0} %{} |\n",
                 r.bandwidth_bytes_per_s / 1e9,
+                range(runs.iter().map(|r| r.1 / 1e9).collect()),
                 r.ceiling_tokens_per_s,
                 r.measured_tokens_per_s,
-                r.fraction * 100.0
+                r.fraction * 100.0,
+                if each.len() > 1 { format!(" ({})", each.join(", ")) } else { String::new() }
             );
         }
     }

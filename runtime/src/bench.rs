@@ -160,6 +160,20 @@ impl Roofline {
             fraction: measured / ceiling,
         }
     }
+
+    /// Several generation runs, each with the bandwidth measured around it: `(tg, bandwidth)`
+    /// pairs. The fraction is the median of the runs' own fractions, so each run is held to the
+    /// ceiling of its own minute (on a shared host the bandwidth moves by a factor of two within
+    /// seconds, and a single sample after all runs can sit in a different phase from them); the
+    /// bandwidth and tg are the medians, the ceiling the median bandwidth's.
+    pub fn paired(runs: &[(f64, f64)], bytes_per_token: u64) -> Roofline {
+        let tg: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let bandwidth: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        let fractions: Vec<f64> =
+            runs.iter().map(|&(t, b)| Roofline::new(b, bytes_per_token, t).fraction).collect();
+        let median = Roofline::new(summary(&bandwidth).0, bytes_per_token, summary(&tg).0);
+        Roofline { fraction: summary(&fractions).0, ..median }
+    }
 }
 
 /// Where one generated token's time went.
@@ -200,6 +214,15 @@ mod tests {
         let r = Roofline::new(20e9, 1_000_000_000, 17.0);
         assert_eq!(r.ceiling_tokens_per_s, 20.0);
         assert_eq!(r.fraction, 0.85);
+        // Three runs at 20, 40 and 30 GB/s making 18, 30 and 21 t/s: 90, 75 and 70 % of their own
+        // ceilings. Medians 30 GB/s and 21 t/s (70 % of each other), but the fraction is the
+        // runs' median, 75 %.
+        let r = Roofline::paired(&[(18.0, 20e9), (30.0, 40e9), (21.0, 30e9)], 1_000_000_000);
+        assert_eq!(
+            (r.bandwidth_bytes_per_s, r.measured_tokens_per_s, r.ceiling_tokens_per_s),
+            (30e9, 21.0, 30.0)
+        );
+        assert!((r.fraction - 0.75).abs() < 1e-12, "{}", r.fraction);
         assert!(read_bandwidth(1 << 20, 1) > 0.0);
         assert!(read_bandwidth_of(&[1, 2, 3], 1) > 0.0);
     }
