@@ -466,11 +466,17 @@ impl<'m> Session<'m> {
         let (keys, values) =
             (self.k_cache.layer(layer_base, cached, t > 1), self.v_cache.layer(layer_base, cached, t > 1));
         let isa = self.isa;
-        out.par_chunks_mut(d).enumerate().for_each(|(idx, o)| {
-            let (i, h) = (idx / c.heads, idx % c.heads);
-            let head = HeadRows { keys: &keys, values: &values, stride: kv_dim, offset: (h / n_rep) * d };
-            let qh = &q[idx * d..(idx + 1) * d];
-            attend_head(isa, qh, &head, self.pos + i + 1, scale, o);
+        // One task per KV group (the query heads reading the same cached rows) and token: the
+        // rows come from memory once per task, and a generated token's 20 one-head tasks of about
+        // a microsecond each had cost more to hand out than they took.
+        out.par_chunks_mut(n_rep * d).enumerate().for_each(|(group, o)| {
+            for (r, o) in o.chunks_exact_mut(d).enumerate() {
+                let idx = group * n_rep + r;
+                let (i, h) = (idx / c.heads, idx % c.heads);
+                let head = HeadRows { keys: &keys, values: &values, stride: kv_dim, offset: (h / n_rep) * d };
+                let qh = &q[idx * d..(idx + 1) * d];
+                attend_head(isa, qh, &head, self.pos + i + 1, scale, o);
+            }
         });
         out
     }
