@@ -9,7 +9,7 @@ use super::kv::{KvStore, KvType};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
-use crate::kernels::{act, float, head, layouts};
+use crate::kernels::{act, float, head, i2s, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
@@ -87,6 +87,11 @@ impl QuantBatch {
         self.scales.len()
     }
 }
+
+/// Rows per band of a quarter-stream GEMV split across threads: small enough to balance two
+/// threads within a 640-row matrix, and the band boundaries cost nothing since consecutive
+/// bands continue the same streams (16 measured no worse than 64).
+const QUARTER_BAND_ROWS: usize = 16;
 
 /// int8 codes starting on a 64-byte boundary, so a kernel's 32-byte activation loads never
 /// straddle two cache lines. Left to `malloc`'s 16-byte alignment, half of them did whenever the
@@ -400,10 +405,9 @@ impl<'m> Session<'m> {
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together). Chunks only balance
-        // threads, so one thread takes the whole matrix in one call — which the I2_S VNNI GEMV
-        // needs: it splits a call's rows into four long forward streams that the hardware
-        // prefetcher follows (tg 1 thread 81 → 86 % of the ceiling; other layouts and prompts
-        // unchanged; docs/benchmarks.md).
+        // threads, so one thread takes the whole matrix in one call (for TQ2_0 generation and
+        // I2_S prompts no slower, and the quarter-stream GEMV below needs long streams: tg with
+        // 1 thread 81 → 86 % of the ceiling; docs/benchmarks.md).
         let group = w.row_group();
         let threads = rayon::current_num_threads();
         let chunk_rows = if threads == 1 {
@@ -413,12 +417,29 @@ impl<'m> Session<'m> {
         };
         let started = std::time::Instant::now();
         let mut acc = vec![0i32; m.rows * tokens];
-        acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
-            let r0 = i * chunk_rows;
-            let r1 = r0 + out.len() / tokens;
-            let acts = layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
-            layouts::gemm_rows(isa, &w, r0, r1, acts, out);
-        });
+        let acts = || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
+        if tokens == 1 && layouts::reads_quarters(isa, &w) && m.rows >= 4 {
+            // The kernel reads the four quarters of the matrix in lock step: threads take runs of
+            // bands, each run four unbroken streams (tg with 2 threads 90.9 → 93.1 % of the
+            // ceiling, 70 → 78 % when the host's bandwidth doubles; docs/benchmarks.md).
+            let quarter = m.rows / 4;
+            let band = if threads == 1 { quarter } else { QUARTER_BAND_ROWS };
+            let ([q0, q1, q2, q3], rest) = i2s::split_quarters(&mut acc, quarter);
+            let bands = q0.par_chunks_mut(band).zip(q1.par_chunks_mut(band));
+            let bands = bands.zip(q2.par_chunks_mut(band)).zip(q3.par_chunks_mut(band));
+            bands.enumerate().for_each(|(i, (((o0, o1), o2), o3))| {
+                layouts::gemv_quarters(isa, &w, quarter, i * band, acts(), [o0, o1, o2, o3]);
+            });
+            if !rest.is_empty() {
+                layouts::gemm_rows(isa, &w, 4 * quarter, m.rows, acts(), rest);
+            }
+        } else {
+            acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
+                let r0 = i * chunk_rows;
+                let r1 = r0 + out.len() / tokens;
+                layouts::gemm_rows(isa, &w, r0, r1, acts(), out);
+            });
+        }
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];
         if tokens == 1 {

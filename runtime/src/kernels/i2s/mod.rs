@@ -53,6 +53,55 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
     gemm(isa, rows, row_bytes, act, &[act_sum], out);
 }
 
+/// Whether a one-token [`gemm`] on `isa` reads the rows in lock step from the four quarters of
+/// the call (AVX-512 VNNI: four rows share every activation load, and four rows far apart are
+/// four streams the hardware prefetcher follows). Threads then split a matrix with
+/// [`gemv_quarters`] into bands of the quarters, not into row chunks.
+pub fn reads_quarters(isa: Isa) -> bool {
+    isa == Isa::Avx512Vnni
+}
+
+/// One band of a one-token GEMV read as four quarter streams: `out[q][i] = Σ t·q` of row
+/// `q·quarter + first + i`, for the four equally long `out[q]`. Consecutive bands continue the
+/// same four streams, so a thread taking a run of them reads four unbroken streams. On an
+/// instruction set that does not read quarters ([`reads_quarters`]), four plain GEMVs.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_quarters(
+    isa: Isa,
+    rows: &[u8],
+    row_bytes: usize,
+    quarter: usize,
+    first: usize,
+    act: &[i8],
+    act_sum: i32,
+    out: [&mut [i32]; 4],
+) {
+    let n = out[0].len();
+    assert!(out.iter().all(|o| o.len() == n) && first + n <= quarter, "four equal pieces within a quarter");
+    assert!(row_bytes.is_multiple_of(32) && (3 * quarter + first + n) * row_bytes <= rows.len());
+    assert_eq!(act.len(), row_bytes * 4, "activations must cover the padded row");
+    assert!(isa.supported(), "{} is not supported on this CPU", isa.name());
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 VNNI was checked (isa supported); sizes asserted above.
+        unsafe { x86::gemv_vnni_quarters(rows, row_bytes, quarter, first, act, act_sum, out) };
+        return;
+    }
+    for (q, o) in out.into_iter().enumerate() {
+        let start = (q * quarter + first) * row_bytes;
+        gemv(isa, &rows[start..start + n * row_bytes], row_bytes, act, act_sum, o);
+    }
+}
+
+/// `out`'s first four `quarter`-long pieces, and the rest.
+pub fn split_quarters(out: &mut [i32], quarter: usize) -> ([&mut [i32]; 4], &mut [i32]) {
+    let (q0, rest) = out.split_at_mut(quarter);
+    let (q1, rest) = rest.split_at_mut(quarter);
+    let (q2, rest) = rest.split_at_mut(quarter);
+    let (q3, rest) = rest.split_at_mut(quarter);
+    ([q0, q1, q2, q3], rest)
+}
+
 /// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`.
 ///
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
@@ -220,6 +269,41 @@ mod tests {
                 }
             }
             println!("checked {}", isa.name());
+        }
+    }
+
+    /// A GEMV cut into quarter bands (as threads cut it) and the rows left after the quarters
+    /// equals the scalar GEMV, on every instruction set, for band sizes that do and do not
+    /// divide the quarter.
+    #[test]
+    fn quarter_bands_equal_the_scalar_gemv() {
+        for (rows, cols) in [(4, 128), (19, 384), (64, 2560), (103, 256)] {
+            let (codes, packed, act) = random_case(rows, cols, 31 + rows as u64, false);
+            let rb = i2s::row_bytes(cols);
+            let sum = act.iter().map(|&a| a as i32).sum();
+            let want = naive(&codes, cols, &act);
+            let quarter = rows / 4;
+            for isa in crate::cpu::available() {
+                for band in [1, 3, 16, quarter] {
+                    let mut got = vec![0; rows];
+                    let (quarters, rest) = split_quarters(&mut got, quarter);
+                    let [mut q0, mut q1, mut q2, mut q3] = quarters;
+                    let mut first = 0;
+                    while first < quarter {
+                        let n = band.min(quarter - first);
+                        let (o0, r0) = q0.split_at_mut(n);
+                        let (o1, r1) = q1.split_at_mut(n);
+                        let (o2, r2) = q2.split_at_mut(n);
+                        let (o3, r3) = q3.split_at_mut(n);
+                        gemv_quarters(isa, &packed, rb, quarter, first, &act, sum, [o0, o1, o2, o3]);
+                        (q0, q1, q2, q3) = (r0, r1, r2, r3);
+                        first += n;
+                    }
+                    let left = &packed[4 * quarter * rb..rows * rb];
+                    gemv(isa, left, rb, &act, sum, rest);
+                    assert_eq!(got, want, "{} {rows}x{cols} band {band}", isa.name());
+                }
+            }
         }
     }
 

@@ -166,20 +166,49 @@ pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
 pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
     debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
-    let (blocks, w, a) = (row_bytes / 32, rows.as_ptr(), act.as_ptr());
     let quarter = out.len() / 4;
-    for i in 0..quarter {
-        let index = [i, quarter + i, 2 * quarter + i, 3 * quarter + i];
-        // SAFETY: every index < out.len(), so each row is within rows; the caller's sizes.
-        let acc = unsafe { rows_sums_vnni(index.map(|r| w.add(r * row_bytes)), blocks, a) };
-        let sums = hsum256x4(acc);
-        for (r, s) in index.into_iter().zip(sums) {
-            out[r] = s - act_sum;
-        }
+    let (quarters, rest) = super::split_quarters(out, quarter);
+    // SAFETY: rows 0..4·quarter are within rows; the caller's sizes.
+    unsafe { gemv_vnni_quarters(rows, row_bytes, quarter, 0, act, act_sum, quarters) };
+    let (w, blocks, a) = (rows.as_ptr(), row_bytes / 32, act.as_ptr());
+    for (r, o) in rest.iter_mut().enumerate() {
+        // SAFETY: row 4·quarter + r < out.len() is within rows; the caller's sizes.
+        *o = unsafe { hsum256(rows_sums_vnni([w.add((4 * quarter + r) * row_bytes)], blocks, a)[0]) }
+            - act_sum;
     }
-    for (r, o) in out.iter_mut().enumerate().skip(4 * quarter) {
-        // SAFETY: as above.
-        *o = unsafe { hsum256(rows_sums_vnni([w.add(r * row_bytes)], blocks, a)[0]) } - act_sum;
+}
+
+/// One band of a quarter-stream GEMV: for i in `first..first + out[0].len()`, rows `i`,
+/// `quarter + i`, `2·quarter + i` and `3·quarter + i` of `rows` in lock step, their sums into
+/// `out[0..4][i − first]`. Threads splitting a matrix into consecutive bands each keep four
+/// unbroken forward streams, where row chunks restarted them at every chunk.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; the four outputs equally long, `3·quarter +
+/// first + out[0].len()` rows within `rows`, `act.len() == 4 * row_bytes`, `row_bytes` a
+/// multiple of 32.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+pub(super) unsafe fn gemv_vnni_quarters(
+    rows: &[u8],
+    row_bytes: usize,
+    quarter: usize,
+    first: usize,
+    act: &[i8],
+    act_sum: i32,
+    out: [&mut [i32]; 4],
+) {
+    let n = out[0].len();
+    debug_assert!(out.iter().all(|o| o.len() == n) && (3 * quarter + first + n) * row_bytes <= rows.len());
+    debug_assert!(act.len() == 4 * row_bytes);
+    let (blocks, w, a) = (row_bytes / 32, rows.as_ptr(), act.as_ptr());
+    let [o0, o1, o2, o3] = out;
+    for i in 0..n {
+        let index = [0, 1, 2, 3].map(|q| q * quarter + first + i);
+        // SAFETY: every index is within rows (the caller's bound).
+        let acc = unsafe { rows_sums_vnni(index.map(|r| w.add(r * row_bytes)), blocks, a) };
+        let [s0, s1, s2, s3] = hsum256x4(acc);
+        (o0[i], o1[i], o2[i], o3[i]) = (s0 - act_sum, s1 - act_sum, s2 - act_sum, s3 - act_sum);
     }
 }
 
