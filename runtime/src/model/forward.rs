@@ -88,6 +88,11 @@ impl QuantBatch {
     }
 }
 
+/// How much of each KV head's cached keys, and of its values, a generated token asks for ahead
+/// of its attention: all of 64 positions of 128 f32, and 2B-4T's five heads' keys and values
+/// then take 320 KiB, within one core's L2 beside the v projection's 400 KiB streaming past.
+const KV_PREFETCH_BYTES: usize = 32 << 10;
+
 /// Rows per band of a quarter-stream GEMV split across threads: small enough to balance two
 /// threads within a 640-row matrix, and the band boundaries cost nothing since consecutive
 /// bands continue the same streams (16 measured no worse than 64).
@@ -303,6 +308,14 @@ impl<'m> Session<'m> {
             self.time(Op::Quantise, || QuantBatch::new(self.isa, h, c.hidden, layer.q.padded_cols()));
         let q = self.bitlinear(&layer.q, &mut qa);
         let k = self.bitlinear(&layer.k, &mut qa);
+        if t == 1 {
+            // The weight stream has evicted this layer's cached rows since the last token; asked
+            // for now, they arrive while v is computed (a generated token's attention 1.07 →
+            // 0.66-0.84 ms with 1 thread, the matmuls no slower; docs/benchmarks.md).
+            let (at, d) = (self.kv_index(l, 0, 0), c.head_dim);
+            self.k_cache.prefetch(at, c.kv_heads, self.ctx, self.pos, d, KV_PREFETCH_BYTES);
+            self.v_cache.prefetch(at, c.kv_heads, self.ctx, self.pos, d, KV_PREFETCH_BYTES);
+        }
         let v = self.bitlinear(&layer.v, &mut qa);
         let mut ctx = self.attend(l, q, k, &v)?;
         if let Some(w) = &layer.attn_sub_norm {
@@ -330,9 +343,14 @@ impl<'m> Session<'m> {
         let started = std::time::Instant::now();
         self.rope(&mut q, c.heads);
         self.rope(&mut k, c.kv_heads);
-        let base = l * self.ctx * kv_dim + self.pos * kv_dim;
-        self.k_cache.write(base, &k);
-        self.v_cache.write(base, v);
+        let d = c.head_dim;
+        for (i, (key, value)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
+            for (g, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
+                let at = self.kv_index(l, g, self.pos + i);
+                self.k_cache.write(at, key);
+                self.v_cache.write(at, value);
+            }
+        }
         let out = self.attention(l, &q, t);
         if let Some(p) = &self.profile {
             p.add(Op::Attention, started.elapsed());
@@ -475,17 +493,25 @@ impl<'m> Session<'m> {
         }
     }
 
+    /// Where position `p` of KV head `g` of layer `l` starts in a cache: layer by layer, head by
+    /// head, position by position. Head-major, so a head's cached rows are one contiguous run:
+    /// position-major put a head's 512 bytes in every 2560 (2B-4T), and a generated token's
+    /// attention waited on memory for them (docs/benchmarks.md).
+    fn kv_index(&self, l: usize, g: usize, p: usize) -> usize {
+        let c = &self.model.config;
+        ((l * c.kv_heads + g) * self.ctx + p) * c.head_dim
+    }
+
     /// Causal GQA attention of `q` `[T, heads·d]` over cached positions `0..=position()+i`.
     fn attention(&self, l: usize, q: &[f32], t: usize) -> Vec<f32> {
         let c = &self.model.config;
-        let (d, kv_dim) = (c.head_dim, c.kv_heads * c.head_dim);
+        let d = c.head_dim;
         let n_rep = c.heads / c.kv_heads;
         let scale = (d as f32).powf(-0.5);
-        let layer_base = l * self.ctx * kv_dim;
         let mut out = vec![0f32; t * c.heads * d];
-        let cached = (self.pos + t) * kv_dim;
-        let (keys, values) =
-            (self.k_cache.layer(layer_base, cached, t > 1), self.v_cache.layer(layer_base, cached, t > 1));
+        let (at, positions) = (self.kv_index(l, 0, 0), self.pos + t);
+        let (keys, head_stride) = self.k_cache.layer(at, c.kv_heads, self.ctx, positions, d, t > 1);
+        let (values, _) = self.v_cache.layer(at, c.kv_heads, self.ctx, positions, d, t > 1);
         let isa = self.isa;
         // One task per KV group (the query heads reading the same cached rows) and token: the
         // rows come from memory once per task, and a generated token's 20 one-head tasks of about
@@ -494,7 +520,8 @@ impl<'m> Session<'m> {
             for (r, o) in o.chunks_exact_mut(d).enumerate() {
                 let idx = group * n_rep + r;
                 let (i, h) = (idx / c.heads, idx % c.heads);
-                let head = HeadRows { keys: &keys, values: &values, stride: kv_dim, offset: (h / n_rep) * d };
+                let head =
+                    HeadRows { keys: &keys, values: &values, stride: d, offset: (h / n_rep) * head_stride };
                 let qh = &q[idx * d..(idx + 1) * d];
                 attend_head(isa, qh, &head, self.pos + i + 1, scale, o);
             }

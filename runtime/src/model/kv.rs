@@ -58,17 +58,69 @@ impl KvStore {
         }
     }
 
-    /// The `len` elements from `at` (one layer's cached positions) for reading rows as f32.
-    /// `convert_now`: convert an f16 store's elements here, once (a prompt's attention reads each
+    /// One layer's cached rows for attention: `heads` KV heads, each with `positions` rows of
+    /// `d` elements, head g's rows starting at `at + g·ctx·d` (the cache is head-major, so one
+    /// head's rows are one contiguous run and reading them one forward stream). Returns the rows
+    /// and how far apart two heads' first rows are in them.
+    /// `convert_now`: convert an f16 store's rows here, once (a prompt's attention reads each
     /// row once per query token and head); otherwise rows are converted as they are read (one
     /// token reads each row once per head, and copying a long context per token costs more than
     /// the f16 cache saves). An f32 store is borrowed either way.
-    pub(super) fn layer(&self, at: usize, len: usize, convert_now: bool) -> LayerRows<'_> {
+    pub(super) fn layer(
+        &self,
+        at: usize,
+        heads: usize,
+        ctx: usize,
+        positions: usize,
+        d: usize,
+        convert_now: bool,
+    ) -> (LayerRows<'_>, usize) {
+        let end = at + heads.saturating_sub(1) * ctx * d + positions * d;
         match self {
-            KvStore::F32(v) => LayerRows::F32(Cow::Borrowed(&v[at..at + len])),
-            KvStore::F16(v) if convert_now => LayerRows::F32(Cow::Owned(v[at..at + len].to_f32_vec())),
-            KvStore::F16(v) => LayerRows::F16(&v[at..at + len]),
+            KvStore::F32(v) => (LayerRows::F32(Cow::Borrowed(&v[at..end])), ctx * d),
+            KvStore::F16(v) if convert_now => {
+                let mut rows = vec![0f32; heads * positions * d];
+                for (g, out) in rows.chunks_exact_mut((positions * d).max(1)).enumerate() {
+                    let start = at + g * ctx * d;
+                    v[start..start + positions * d].convert_to_f32_slice(out);
+                }
+                (LayerRows::F32(Cow::Owned(rows)), positions * d)
+            }
+            KvStore::F16(v) => (LayerRows::F16(&v[at..end]), ctx * d),
         }
+    }
+}
+
+impl KvStore {
+    /// Asks for up to `limit` bytes of each of `heads` heads' first `positions` rows (laid out
+    /// as for [`KvStore::layer`]) to be brought into L2: a hint, no effect off x86. Head-major
+    /// rows make this one short run per head.
+    pub(super) fn prefetch(
+        &self,
+        at: usize,
+        heads: usize,
+        ctx: usize,
+        positions: usize,
+        d: usize,
+        limit: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+            let (base, size) = match self {
+                KvStore::F32(v) => (v.as_ptr() as *const i8, 4),
+                KvStore::F16(v) => (v.as_ptr() as *const i8, 2),
+            };
+            for g in 0..heads {
+                let start = (at + g * ctx * d) * size;
+                for offset in (0..(positions * d * size).min(limit)).step_by(64) {
+                    // SAFETY: a prefetch never faults, whatever the address.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(start + offset)) };
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (at, heads, ctx, positions, d, limit);
     }
 }
 
@@ -111,25 +163,29 @@ mod tests {
 
     /// f32 rows come back exactly; f16 rows as the f16 rounding of each element (the `half`
     /// crate's scalar conversion, independent of the slice conversion used here); untouched
-    /// rows are zero.
+    /// rows are zero. Two heads with room for three positions, two of them cached; the row
+    /// written is head 1's position 1, found through the returned distance between heads
+    /// whether the rows are borrowed (three positions apart) or converted (two).
     #[test]
     fn both_stores_give_back_what_was_written() {
-        for len in [128, 301] {
-            let row: Vec<f32> = (0..len).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3).collect();
+        for d in [128, 301] {
+            let row: Vec<f32> = (0..d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3).collect();
             let rounded: Vec<f32> = row.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
             assert!(rounded != row, "the test would not see f16 rounding");
+            let (heads, ctx, positions) = (2, 3, 2);
             for (ty, want) in [(KvType::F32, &row), (KvType::F16, &rounded)] {
-                let mut s = KvStore::new(ty, 3 * len);
-                s.write(len, &row);
+                let mut s = KvStore::new(ty, heads * ctx * d);
+                s.write((ctx + 1) * d, &row);
                 let mut buf = Vec::new();
                 for convert_now in [true, false] {
-                    let layer = s.layer(0, 3 * len, convert_now);
-                    assert_eq!(layer.row(len, len, &mut buf, f16_to_f32), &want[..], "{} {len}", ty.name());
-                    assert!(
-                        layer.row(0, len, &mut buf, f16_to_f32).iter().all(|&x| x == 0.0),
-                        "{}",
-                        ty.name()
-                    );
+                    let (layer, head) = s.layer(0, heads, ctx, positions, d, convert_now);
+                    assert_eq!(head, if convert_now && ty == KvType::F16 { positions * d } else { ctx * d });
+                    let got = layer.row(head + d, d, &mut buf, f16_to_f32).to_vec();
+                    assert_eq!(got, want[..], "{} {d}", ty.name());
+                    for at in [0, d, head] {
+                        let zero = layer.row(at, d, &mut buf, f16_to_f32);
+                        assert!(zero.iter().all(|&x| x == 0.0), "{} at {at}", ty.name());
+                    }
                 }
             }
         }
