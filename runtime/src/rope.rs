@@ -4,11 +4,18 @@
 
 /// `(cos, sin)`, each `[positions, head_dim]` row-major.
 pub fn tables(head_dim: usize, theta: f32, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    extend_tables(head_dim, theta, positions, &mut cos, &mut sin);
+    (cos, sin)
+}
+
+/// Appends the rows of positions `cos.len() / head_dim .. positions` to tables built by
+/// [`tables`] (each row depends on its position only, so tables grown as a session advances are
+/// the same numbers; a 4096-position table for 2B-4T holds 4 MB a short session never reads).
+pub fn extend_tables(head_dim: usize, theta: f32, positions: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
-    let mut cos = Vec::with_capacity(positions * head_dim);
-    let mut sin = Vec::with_capacity(positions * head_dim);
-    for pos in 0..positions {
+    for pos in cos.len() / head_dim.max(1)..positions {
         for _ in 0..2 {
             for &f in &inv_freq {
                 let angle = pos as f32 * f;
@@ -17,7 +24,6 @@ pub fn tables(head_dim: usize, theta: f32, positions: usize) -> (Vec<f32>, Vec<f
             }
         }
     }
-    (cos, sin)
 }
 
 /// Rotates one head vector in place with the table rows of its position.
@@ -59,5 +65,19 @@ mod tests {
         // Bit for bit: the same products in the same order, only at other indices.
         assert_eq!(stored, RopePairing::Interleaved.reorder(&expected, d, 1));
         assert_ne!(stored, expected);
+    }
+
+    /// Tables grown in steps are the tables built at once, and row p holds cos/sin(p·θ^(−2i/d)).
+    #[test]
+    fn grown_tables_equal_whole_ones() {
+        let (d, theta) = (8, 500_000.0f32);
+        let whole = tables(d, theta, 9);
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for step in [1, 1, 4, 4, 9] {
+            extend_tables(d, theta, step, &mut cos, &mut sin);
+        }
+        assert_eq!((cos.clone(), sin), whole);
+        let angle = 7.0f64 / (theta as f64).powf(2.0 * 3.0 / 8.0);
+        assert!((cos[7 * d + 3] as f64 - angle.cos()).abs() < 1e-6 && cos[7 * d + 3] == cos[7 * d + 7]);
     }
 }

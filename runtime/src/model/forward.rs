@@ -157,7 +157,8 @@ impl<'m> Session<'m> {
         let c = &model.config;
         let ctx = ctx.clamp(1, c.context.max(1));
         let kv = c.layers * ctx * c.kv_heads * c.head_dim;
-        let (rope_cos, rope_sin) = crate::rope::tables(c.head_dim, c.rope_theta, ctx);
+        // RoPE rows grow with the positions used (`attend`), not the whole context up front.
+        let (rope_cos, rope_sin) = (Vec::new(), Vec::new());
         Session {
             model,
             isa: cpu::selected(),
@@ -341,9 +342,10 @@ impl<'m> Session<'m> {
             )));
         }
         let started = std::time::Instant::now();
+        let (d, theta) = (c.head_dim, c.rope_theta);
+        crate::rope::extend_tables(d, theta, self.pos + t, &mut self.rope_cos, &mut self.rope_sin);
         self.rope(&mut q, c.heads);
         self.rope(&mut k, c.kv_heads);
-        let d = c.head_dim;
         for (i, (key, value)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
             for (g, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
                 let at = self.kv_index(l, g, self.pos + i);
