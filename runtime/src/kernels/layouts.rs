@@ -107,7 +107,9 @@ pub fn reads_quarters(isa: Isa, w: &Packed) -> bool {
 pub fn gemv_quarters(isa: Isa, w: &Packed, quarter: usize, first: usize, a: Acts, out: [&mut [i32]; 4]) {
     assert!(w.layout == Layout::I2S && a.sums.len() == 1, "quarter bands are one-token I2_S products");
     let rb = i2s_format::row_bytes(w.cols);
-    i2s::gemv_quarters(isa, &w.bytes[..w.rows * rb], rb, quarter, first, a.codes, a.sums[0], out);
+    let rows = &w.bytes[..w.rows * rb];
+    let band = i2s::QuarterBand { rows, row_bytes: rb, quarter, first, act: a.codes, act_sum: a.sums[0] };
+    i2s::gemv_quarters(isa, band, out);
 }
 
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).

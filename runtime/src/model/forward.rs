@@ -5,7 +5,7 @@
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
 use super::attention::{HeadRows, attend_head};
-use super::kv::{KvStore, KvType};
+use super::kv::{KvStore, KvType, LayerSpan};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
@@ -313,9 +313,9 @@ impl<'m> Session<'m> {
             // The weight stream has evicted this layer's cached rows since the last token; asked
             // for now, they arrive while v is computed (a generated token's attention 1.07 →
             // 0.66-0.84 ms with 1 thread, the matmuls no slower; docs/benchmarks.md).
-            let (at, d) = (self.kv_index(l, 0, 0), c.head_dim);
-            self.k_cache.prefetch(at, c.kv_heads, self.ctx, self.pos, d, KV_PREFETCH_BYTES);
-            self.v_cache.prefetch(at, c.kv_heads, self.ctx, self.pos, d, KV_PREFETCH_BYTES);
+            let span = self.layer_span(l, self.pos);
+            self.k_cache.prefetch(span, KV_PREFETCH_BYTES);
+            self.v_cache.prefetch(span, KV_PREFETCH_BYTES);
         }
         let v = self.bitlinear(&layer.v, &mut qa);
         let mut ctx = self.attend(l, q, k, &v)?;
@@ -504,6 +504,12 @@ impl<'m> Session<'m> {
         ((l * c.kv_heads + g) * self.ctx + p) * c.head_dim
     }
 
+    /// Layer `l`'s rows in the caches, the first `positions` of each head written.
+    fn layer_span(&self, l: usize, positions: usize) -> LayerSpan {
+        let c = &self.model.config;
+        LayerSpan { at: self.kv_index(l, 0, 0), heads: c.kv_heads, ctx: self.ctx, positions, d: c.head_dim }
+    }
+
     /// Causal GQA attention of `q` `[T, heads·d]` over cached positions `0..=position()+i`.
     fn attention(&self, l: usize, q: &[f32], t: usize) -> Vec<f32> {
         let c = &self.model.config;
@@ -511,9 +517,9 @@ impl<'m> Session<'m> {
         let n_rep = c.heads / c.kv_heads;
         let scale = (d as f32).powf(-0.5);
         let mut out = vec![0f32; t * c.heads * d];
-        let (at, positions) = (self.kv_index(l, 0, 0), self.pos + t);
-        let (keys, head_stride) = self.k_cache.layer(at, c.kv_heads, self.ctx, positions, d, t > 1);
-        let (values, _) = self.v_cache.layer(at, c.kv_heads, self.ctx, positions, d, t > 1);
+        let span = self.layer_span(l, self.pos + t);
+        let (keys, head_stride) = self.k_cache.layer(span, t > 1);
+        let (values, _) = self.v_cache.layer(span, t > 1);
         let isa = self.isa;
         // One task per KV group (the query heads reading the same cached rows) and token: the
         // rows come from memory once per task, and a generated token's 20 one-head tasks of about
@@ -656,18 +662,23 @@ fn sum_of_squares(row: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
+    /// Pseudo-random values in [−span/2, span/2] in steps of 1/1000 (xorshift32).
+    fn random_values(seed: u32, span: u32) -> impl FnMut() -> f32 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x % (span * 1000 + 1)) as f32 / 1000.0 - span as f32 / 2.0
+        }
+    }
+
     /// RMSNorm against one written here in f64, on 19 rows of 37 (a block of 32 and a tail of
     /// five per row); and a row normed alone is the same bits as within a batch.
     #[test]
     fn rms_norm_matches_f64_and_is_the_same_alone_or_batched() {
         let n = 37;
-        let mut x = 0x1234_5678_u32;
-        let mut random = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x % 40001) as f32 / 1000.0 - 20.0
-        };
+        let mut random = random_values(0x1234_5678, 40);
         let rows: Vec<f32> = (0..19 * n).map(|_| random()).collect();
         let weight: Vec<f32> = (0..n).map(|_| random()).collect();
         let got = rms_norm(&rows, &weight, 1e-5);
@@ -693,13 +704,7 @@ mod tests {
         if !Isa::Avx2.supported() {
             return;
         }
-        let mut x = 0x0bad_cafe_u32;
-        let mut random = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x % 60001) as f32 / 997.0 - 30.0
-        };
+        let mut random = random_values(0x0bad_cafe, 60);
         for n in [1usize, 31, 32, 45, 2560, 6913] {
             let rows: Vec<f32> = (0..3 * n).map(|_| random()).collect();
             let weight: Vec<f32> = (0..n).map(|_| random()).collect();

@@ -36,6 +36,25 @@ impl KvType {
     }
 }
 
+/// Where one layer's cached rows sit in a store: `heads` KV heads, head g's rows starting at
+/// element `at + g·ctx·d` (head-major, so one head's rows are one contiguous run and reading
+/// them one forward stream), the first `positions` of them written, `d` elements each.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LayerSpan {
+    pub at: usize,
+    pub heads: usize,
+    pub ctx: usize,
+    pub positions: usize,
+    pub d: usize,
+}
+
+impl LayerSpan {
+    /// Where head g's rows start.
+    fn head(&self, g: usize) -> usize {
+        self.at + g * self.ctx * self.d
+    }
+}
+
 /// One cache (keys or values): rows of f32 in, f32 arithmetic out, stored as [`KvType`].
 pub(super) enum KvStore {
     F32(Vec<f32>),
@@ -62,52 +81,30 @@ impl KvStore {
         }
     }
 
-    /// One layer's cached rows for attention: `heads` KV heads, each with `positions` rows of
-    /// `d` elements, head g's rows starting at `at + g·ctx·d` (the cache is head-major, so one
-    /// head's rows are one contiguous run and reading them one forward stream). Returns the rows
-    /// and how far apart two heads' first rows are in them.
-    /// `convert_now`: convert an f16 store's rows here, once (a prompt's attention reads each
-    /// row once per query token and head); otherwise rows are converted as they are read (one
-    /// token reads each row once per head, and copying a long context per token costs more than
-    /// the f16 cache saves). An f32 store is borrowed either way.
-    pub(super) fn layer(
-        &self,
-        at: usize,
-        heads: usize,
-        ctx: usize,
-        positions: usize,
-        d: usize,
-        convert_now: bool,
-    ) -> (LayerRows<'_>, usize) {
-        let end = at + heads.saturating_sub(1) * ctx * d + positions * d;
+    /// One layer's cached rows for attention, and how far apart two heads' first rows are in
+    /// them. `convert_now`: convert an f16 store's rows here, once (a prompt's attention reads
+    /// each row once per query token and head); otherwise rows are converted as they are read
+    /// (one token reads each row once per head, and copying a long context per token costs more
+    /// than the f16 cache saves). An f32 store is borrowed either way.
+    pub(super) fn layer(&self, span: LayerSpan, convert_now: bool) -> (LayerRows<'_>, usize) {
+        let (at, rows) = (span.at, span.positions * span.d);
+        let end = span.head(span.heads.saturating_sub(1)) + rows;
         match self {
-            KvStore::F32(v) => (LayerRows::F32(Cow::Borrowed(&v[at..end])), ctx * d),
+            KvStore::F32(v) => (LayerRows::F32(Cow::Borrowed(&v[at..end])), span.ctx * span.d),
             KvStore::F16(v) if convert_now => {
-                let mut rows = vec![0f32; heads * positions * d];
-                for (g, out) in rows.chunks_exact_mut((positions * d).max(1)).enumerate() {
-                    let start = at + g * ctx * d;
-                    v[start..start + positions * d].convert_to_f32_slice(out);
+                let mut converted = vec![0f32; span.heads * rows];
+                for (g, out) in converted.chunks_exact_mut(rows.max(1)).enumerate() {
+                    v[span.head(g)..span.head(g) + rows].convert_to_f32_slice(out);
                 }
-                (LayerRows::F32(Cow::Owned(rows)), positions * d)
+                (LayerRows::F32(Cow::Owned(converted)), rows)
             }
-            KvStore::F16(v) => (LayerRows::F16(&v[at..end]), ctx * d),
+            KvStore::F16(v) => (LayerRows::F16(&v[at..end]), span.ctx * span.d),
         }
     }
-}
 
-impl KvStore {
-    /// Asks for up to `limit` bytes of each of `heads` heads' first `positions` rows (laid out
-    /// as for [`KvStore::layer`]) to be brought into L2: a hint, no effect off x86. Head-major
-    /// rows make this one short run per head.
-    pub(super) fn prefetch(
-        &self,
-        at: usize,
-        heads: usize,
-        ctx: usize,
-        positions: usize,
-        d: usize,
-        limit: usize,
-    ) {
+    /// Asks for up to `limit` bytes of each head's written rows to be brought into L2: a hint,
+    /// no effect off x86. Head-major rows make this one short run per head.
+    pub(super) fn prefetch(&self, span: LayerSpan, limit: usize) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
@@ -115,16 +112,16 @@ impl KvStore {
                 KvStore::F32(v) => (v.as_ptr() as *const i8, 4),
                 KvStore::F16(v) => (v.as_ptr() as *const i8, 2),
             };
-            for g in 0..heads {
-                let start = (at + g * ctx * d) * size;
-                for offset in (0..(positions * d * size).min(limit)).step_by(64) {
+            for g in 0..span.heads {
+                let start = span.head(g) * size;
+                for offset in (0..(span.positions * span.d * size).min(limit)).step_by(64) {
                     // SAFETY: a prefetch never faults, whatever the address.
                     unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(start + offset)) };
                 }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (at, heads, ctx, positions, d, limit);
+        let _ = (span, limit);
     }
 }
 
@@ -182,7 +179,8 @@ mod tests {
                 s.write((ctx + 1) * d, &row);
                 let mut buf = Vec::new();
                 for convert_now in [true, false] {
-                    let (layer, head) = s.layer(0, heads, ctx, positions, d, convert_now);
+                    let span = LayerSpan { at: 0, heads, ctx, positions, d };
+                    let (layer, head) = s.layer(span, convert_now);
                     assert_eq!(head, if convert_now && ty == KvType::F16 { positions * d } else { ctx * d });
                     let got = layer.row(head + d, d, &mut buf, f16_to_f32).to_vec();
                     assert_eq!(got, want[..], "{} {d}", ty.name());

@@ -61,21 +61,24 @@ pub fn reads_quarters(isa: Isa) -> bool {
     isa == Isa::Avx512Vnni
 }
 
-/// One band of a one-token GEMV read as four quarter streams: `out[q][i] = Σ t·q` of row
-/// `q·quarter + first + i`, for the four equally long `out[q]`. Consecutive bands continue the
-/// same four streams, so a thread taking a run of them reads four unbroken streams. On an
-/// instruction set that does not read quarters ([`reads_quarters`]), four plain GEMVs.
-#[allow(clippy::too_many_arguments)]
-pub fn gemv_quarters(
-    isa: Isa,
-    rows: &[u8],
-    row_bytes: usize,
-    quarter: usize,
-    first: usize,
-    act: &[i8],
-    act_sum: i32,
-    out: [&mut [i32]; 4],
-) {
+/// One band of a one-token GEMV read as four quarter streams: rows `q·quarter + first + i` of
+/// `rows` (each `row_bytes`) for q in 0..4 against `act` (Σ = `act_sum`).
+#[derive(Clone, Copy)]
+pub struct QuarterBand<'a> {
+    pub rows: &'a [u8],
+    pub row_bytes: usize,
+    pub quarter: usize,
+    pub first: usize,
+    pub act: &'a [i8],
+    pub act_sum: i32,
+}
+
+/// `out[q][i] = Σ t·q` of row `q·quarter + first + i` of the band, for the four equally long
+/// `out[q]`. Consecutive bands continue the same four streams, so a thread taking a run of them
+/// reads four unbroken streams. On an instruction set that does not read quarters
+/// ([`reads_quarters`]), four plain GEMVs.
+pub fn gemv_quarters(isa: Isa, band: QuarterBand, out: [&mut [i32]; 4]) {
+    let QuarterBand { rows, row_bytes, quarter, first, act, act_sum } = band;
     let n = out[0].len();
     assert!(out.iter().all(|o| o.len() == n) && first + n <= quarter, "four equal pieces within a quarter");
     assert!(row_bytes.is_multiple_of(32) && (3 * quarter + first + n) * row_bytes <= rows.len());
@@ -84,7 +87,7 @@ pub fn gemv_quarters(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni {
         // SAFETY: AVX-512 VNNI was checked (isa supported); sizes asserted above.
-        unsafe { x86::gemv_vnni_quarters(rows, row_bytes, quarter, first, act, act_sum, out) };
+        unsafe { x86::gemv_vnni_quarters(band, out) };
         return;
     }
     for (q, o) in out.into_iter().enumerate() {
@@ -295,7 +298,15 @@ mod tests {
                         let (o1, r1) = q1.split_at_mut(n);
                         let (o2, r2) = q2.split_at_mut(n);
                         let (o3, r3) = q3.split_at_mut(n);
-                        gemv_quarters(isa, &packed, rb, quarter, first, &act, sum, [o0, o1, o2, o3]);
+                        let b = QuarterBand {
+                            rows: &packed,
+                            row_bytes: rb,
+                            quarter,
+                            first,
+                            act: &act,
+                            act_sum: sum,
+                        };
+                        gemv_quarters(isa, b, [o0, o1, o2, o3]);
                         (q0, q1, q2, q3) = (r0, r1, r2, r3);
                         first += n;
                     }

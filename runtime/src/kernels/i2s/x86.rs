@@ -168,8 +168,9 @@ pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_su
     debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
     let quarter = out.len() / 4;
     let (quarters, rest) = super::split_quarters(out, quarter);
+    let band = super::QuarterBand { rows, row_bytes, quarter, first: 0, act, act_sum };
     // SAFETY: rows 0..4·quarter are within rows; the caller's sizes.
-    unsafe { gemv_vnni_quarters(rows, row_bytes, quarter, 0, act, act_sum, quarters) };
+    unsafe { gemv_vnni_quarters(band, quarters) };
     let (w, blocks, a) = (rows.as_ptr(), row_bytes / 32, act.as_ptr());
     for (r, o) in rest.iter_mut().enumerate() {
         // SAFETY: row 4·quarter + r < out.len() is within rows; the caller's sizes.
@@ -178,26 +179,18 @@ pub(super) unsafe fn gemv_vnni(rows: &[u8], row_bytes: usize, act: &[i8], act_su
     }
 }
 
-/// One band of a quarter-stream GEMV: for i in `first..first + out[0].len()`, rows `i`,
-/// `quarter + i`, `2·quarter + i` and `3·quarter + i` of `rows` in lock step, their sums into
-/// `out[0..4][i − first]`. Threads splitting a matrix into consecutive bands each keep four
-/// unbroken forward streams, where row chunks restarted them at every chunk.
+/// One band of a quarter-stream GEMV (`i2s::gemv_quarters`): for i in `0..out[0].len()`, rows
+/// `first + i`, `quarter + first + i`, `2·quarter + first + i` and `3·quarter + first + i` in
+/// lock step, their sums into `out[0..4][i]`. Threads splitting a matrix into consecutive bands
+/// each keep four unbroken forward streams, where row chunks restarted them at every chunk.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; the four outputs equally long, `3·quarter +
 /// first + out[0].len()` rows within `rows`, `act.len() == 4 * row_bytes`, `row_bytes` a
 /// multiple of 32.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-pub(super) unsafe fn gemv_vnni_quarters(
-    rows: &[u8],
-    row_bytes: usize,
-    quarter: usize,
-    first: usize,
-    act: &[i8],
-    act_sum: i32,
-    out: [&mut [i32]; 4],
-) {
+pub(super) unsafe fn gemv_vnni_quarters(band: super::QuarterBand, out: [&mut [i32]; 4]) {
+    let super::QuarterBand { rows, row_bytes, quarter, first, act, act_sum } = band;
     let n = out[0].len();
     debug_assert!(out.iter().all(|o| o.len() == n) && (3 * quarter + first + n) * row_bytes <= rows.len());
     debug_assert!(act.len() == 4 * row_bytes);
