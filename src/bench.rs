@@ -74,10 +74,11 @@ pub fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     // Large files are their own bandwidth test, measured next to each thread count's runs.
     let stream_model = size >= MODEL_STREAM_MIN_BYTES;
-    // Per thread count: each tg run with the bandwidth measured around it, or (no tg runs, or
-    // a small file) one bandwidth after the runs.
+    // Per thread count: each tg run with the bandwidth measured around it (a large file with tg
+    // runs), or one bandwidth through the file after the runs (a large file, prompts only);
+    // a small file's buffer is streamed after all runs, below.
     let mut paired: Vec<Vec<(f64, f64)>> = Vec::new();
-    let mut bandwidths = Vec::new();
+    let mut bandwidths: Vec<Option<f64>> = Vec::new();
     let file_bandwidth = || read_bandwidth_of(model.file.as_bytes(), 3);
     for &t in &args.threads {
         let mut runs = Vec::new();
@@ -107,11 +108,12 @@ pub fn run(args: Args) -> Result<()> {
             }
             rows.push(serde_json::json!({"threads": t, "test": format!("{test}{n}"), "samples": samples, "median": median, "min": min, "max": max}));
         }
-        if args.roofline && stream_model && runs.is_empty() {
-            bandwidths.push(with_threads(Some(t), || read_bandwidth_of(model.file.as_bytes(), 5))?);
+        let after = args.roofline && stream_model && runs.is_empty();
+        bandwidths.push(if after {
+            Some(with_threads(Some(t), || read_bandwidth_of(model.file.as_bytes(), 5))?)
         } else {
-            bandwidths.push(f64::NAN);
-        }
+            None
+        });
         paired.push(runs);
     }
     // Before any bandwidth buffer, so the RSS is the model's.
@@ -120,14 +122,14 @@ pub fn run(args: Args) -> Result<()> {
     let bytes_per_token = model.bytes_per_token();
     let mut roofs = Vec::new();
     if args.roofline {
-        for (i, &t) in args.threads.iter().enumerate() {
-            if !paired[i].is_empty() {
-                roofs.push((t, Roofline::paired(&paired[i], bytes_per_token), paired[i].clone()));
+        for ((&t, runs), bandwidth) in args.threads.iter().zip(paired).zip(bandwidths) {
+            if !runs.is_empty() {
+                roofs.push((t, Roofline::paired(&runs, bytes_per_token), runs));
                 continue;
             }
-            let bandwidth = match bandwidths[i] {
-                b if b.is_nan() => with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?,
-                b => b,
+            let bandwidth = match bandwidth {
+                Some(b) => b,
+                None => with_threads(Some(t), || read_bandwidth(args.roofline_mib << 20, 5))?,
             };
             let tg = rows
                 .iter()

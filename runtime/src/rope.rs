@@ -13,6 +13,11 @@ pub fn tables(head_dim: usize, theta: f32, positions: usize) -> (Vec<f32>, Vec<f
 /// [`tables`] (each row depends on its position only, so tables grown as a session advances are
 /// the same numbers; a 4096-position table for 2B-4T holds 4 MB a short session never reads).
 pub fn extend_tables(head_dim: usize, theta: f32, positions: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    // Called by every layer of every forward pass: nothing to do (and no frequencies to compute)
+    // once the rows exist.
+    if cos.len() >= positions * head_dim {
+        return;
+    }
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect();
     for pos in cos.len() / head_dim.max(1)..positions {

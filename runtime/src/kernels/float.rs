@@ -16,8 +16,9 @@ pub fn dot_f16(isa: Isa, row: &[u8], x: &[f32]) -> f32 {
     dot_f16_scalar(row, x)
 }
 
-/// Whether the AVX2 + FMA + F16C dots run for `isa`.
-fn f16_simd(isa: Isa) -> bool {
+/// Whether the AVX2 + FMA + F16C kernels run for `isa` (these dots, and the attention core's
+/// f16 rows).
+pub(crate) fn f16_simd(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         return isa.supported() && is_x86_feature_detected!("f16c");

@@ -21,7 +21,7 @@ pub(super) fn attend_head(isa: Isa, qh: &[f32], head: &HeadRows, len: usize, sca
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a session's instruction set is supported here, and both of these imply AVX2.
-        Isa::Avx2 | Isa::Avx512Vnni if is_x86_feature_detected!("f16c") => unsafe {
+        Isa::Avx2 | Isa::Avx512Vnni if crate::kernels::float::f16_simd(isa) => unsafe {
             attend_head_avx2(qh, head, len, scale, o)
         },
         _ => attend_head_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, qh, head, len, scale, o),
