@@ -4,8 +4,8 @@ use crate::common::{KvArgs, load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
-    Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes, prompt_rate,
-    read_bandwidth, read_bandwidth_of, summary,
+    Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes, prompt_profile,
+    prompt_rate, read_bandwidth, read_bandwidth_of, summary,
 };
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
@@ -24,8 +24,8 @@ use tern_runtime::bench::{
 /// could sit in the caches, so then the test streams through a fresh --roofline-mib buffer
 /// after the runs instead.
 ///
-/// --profile runs one generation per thread count with timers on every operation and prints
-/// where a token's time goes. --kv-type f16 halves the KV cache (and changes the logits).
+/// --profile runs one prompt (unless -p 0) and one generation per thread count with timers on
+/// every operation and prints where a token's time goes in each. --kv-type f16 halves the KV cache (and changes the logits).
 ///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
@@ -140,10 +140,16 @@ pub fn run(args: Args) -> Result<()> {
     }
     let mut profiles = Vec::new();
     if args.profile {
-        let n = if args.generate == 0 { 32 } else { args.generate };
         for &t in &args.threads {
-            let p = with_threads(Some(t), || generation_profile(&model, n, 1, kv))??;
-            profiles.push((t, n, p));
+            if args.prompt > 0 {
+                let p = with_threads(Some(t), || prompt_profile(&model, args.prompt, 1, kv))??;
+                profiles.push((t, format!("pp{}", args.prompt), p));
+            }
+            let n = if args.generate == 0 && args.prompt == 0 { 32 } else { args.generate };
+            if n > 0 {
+                let p = with_threads(Some(t), || generation_profile(&model, n, 1, kv))??;
+                profiles.push((t, format!("tg{n}"), p));
+            }
         }
     }
     if args.json {
@@ -165,14 +171,14 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         let profile: Vec<_> = profiles
             .iter()
-            .map(|(t, n, p)| {
+            .map(|(t, test, p)| {
                 let (rate, per_token) = (p.tokens_per_s, p.seconds_per_token);
                 let ops: serde_json::Map<String, serde_json::Value> = p
                     .per_op
                     .iter()
                     .map(|(op, secs)| (op.name().to_string(), serde_json::json!(secs)))
                     .collect();
-                serde_json::json!({"threads": t, "tokens": n, "tokens_per_s": rate,
+                serde_json::json!({"threads": t, "test": test, "tokens_per_s": rate,
                     "seconds_per_token": per_token, "seconds_per_token_by_op": ops})
             })
             .collect();
@@ -256,10 +262,10 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    for (t, n, p) in &profiles {
+    for (t, test, p) in &profiles {
         let (rate, per_token, ops) = (p.tokens_per_s, &p.seconds_per_token, &p.per_op);
         text += &format!(
-            "\nprofile: {n} generated tokens, {t} thread(s), {rate:.2} t/s, {:.2} ms per token\n| operation | ms/token | share |\n|---|---|---|\n",
+            "\nprofile: {test}, {t} thread(s), {rate:.2} t/s, {:.2} ms per token\n| operation | ms/token | share |\n|---|---|---|\n",
             per_token * 1e3
         );
         let mut rest = *per_token;

@@ -364,7 +364,7 @@ fn convert_gate_refuses_a_corrupted_scale() {
 fn bench_roofline_and_profile() {
     let tmp = tempfile::tempdir().unwrap();
     let gguf = converted("tiny/bf16", tmp.path());
-    let args = ["bench", gguf.to_str().unwrap(), "-p", "0", "-n", "8", "-t", "1", "-r", "1"];
+    let args = ["bench", gguf.to_str().unwrap(), "-p", "16", "-n", "8", "-t", "1", "-r", "1"];
     let mut with_flags = args.to_vec();
     with_flags.extend(["--roofline", "--roofline-mib", "64", "--profile", "--json"]);
     let j: serde_json::Value = serde_json::from_str(&tern_ok(&with_flags)).unwrap();
@@ -374,16 +374,25 @@ fn bench_roofline_and_profile() {
     // The tiny model's weights: 786432 ternary weights at 2 bits plus the 400×128 f16 head.
     assert_eq!(bpt as u64, j["bytes_per_token"].as_u64().unwrap());
     assert!(bpt > 786432.0 / 4.0 + 400.0 * 128.0 * 2.0 && bpt < 400_000.0, "bytes per token {bpt}");
-    let tg = j["results"][0]["median"].as_f64().unwrap();
+    assert_eq!(
+        (j["results"][0]["test"].as_str(), j["results"][1]["test"].as_str()),
+        (Some("pp16"), Some("tg8"))
+    );
+    let tg = j["results"][1]["median"].as_f64().unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
     assert!(close(roof["ceiling_tokens_per_s"].as_f64().unwrap(), bw / bpt));
     assert!(close(roof["fraction_of_ceiling"].as_f64().unwrap(), tg / (bw / bpt)));
-    let p = &j["profile"][0];
-    let per_token = p["seconds_per_token"].as_f64().unwrap();
-    let ops = p["seconds_per_token_by_op"].as_object().unwrap();
-    assert_eq!(ops.len(), 8);
-    let sum: f64 = ops.values().map(|v| v.as_f64().unwrap()).sum();
-    assert!(sum > 0.0 && sum <= per_token * 1.0001, "{sum} vs {per_token}");
-    assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
-    assert_eq!(ops["lookup tables (TL)"].as_f64().unwrap(), 0.0, "an I2_S model builds no tables");
+    // One profile of the prompt, then one of generation, each adding up to at most its whole.
+    let tests: Vec<_> =
+        j["profile"].as_array().unwrap().iter().map(|p| p["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["pp16", "tg8"]);
+    for p in j["profile"].as_array().unwrap() {
+        let per_token = p["seconds_per_token"].as_f64().unwrap();
+        let ops = p["seconds_per_token_by_op"].as_object().unwrap();
+        assert_eq!(ops.len(), 8);
+        let sum: f64 = ops.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!(sum > 0.0 && sum <= per_token * 1.0001, "{sum} vs {per_token}");
+        assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
+        assert_eq!(ops["lookup tables (TL)"].as_f64().unwrap(), 0.0, "an I2_S model builds no tables");
+    }
 }

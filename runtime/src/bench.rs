@@ -176,16 +176,33 @@ impl Roofline {
     }
 }
 
-/// Where one generated token's time went.
-pub struct GenerationProfile {
+/// Where a token's time went, in generation or in a prompt.
+pub struct OpProfile {
     pub tokens_per_s: f64,
     pub seconds_per_token: f64,
     /// Seconds per token in each operation (the rest is residual adds, argmax, allocation).
     pub per_op: Vec<(crate::model::Op, f64)>,
 }
 
+/// One prompt of `n` random tokens from an empty cache with a profile attached (as the pp test
+/// runs it: micro-batches, logits of the last position only).
+pub fn prompt_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<OpProfile> {
+    let profile = std::sync::Arc::new(crate::model::Profile::default());
+    let tokens = random_tokens(n, model.config.vocab, seed);
+    let mut s = Session::with_kv_type(model, n, kv);
+    s.profile = Some(profile.clone());
+    let t = Instant::now();
+    s.forward(&tokens, Want::Last, None)?;
+    let total = t.elapsed().as_secs_f64();
+    Ok(OpProfile {
+        tokens_per_s: n as f64 / total,
+        seconds_per_token: total / n as f64,
+        per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
+    })
+}
+
 /// One generation run of `n` tokens with a profile attached.
-pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<GenerationProfile> {
+pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<OpProfile> {
     let profile = std::sync::Arc::new(crate::model::Profile::default());
     let mut s = Session::with_kv_type(model, n + 1, kv);
     let mut logits = s.forward(&random_tokens(1, model.config.vocab, seed), Want::Last, None)?;
@@ -196,7 +213,7 @@ pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Res
         logits = s.forward(&[next], Want::Last, None)?;
     }
     let total = t.elapsed().as_secs_f64();
-    Ok(GenerationProfile {
+    Ok(OpProfile {
         tokens_per_s: n as f64 / total,
         seconds_per_token: total / n as f64,
         per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
