@@ -1,0 +1,63 @@
+//! The prompt GEMM at the 2B-4T shapes, timed as the best of many short calls: on a shared host
+//! other tenants only ever add time, so the fastest call is the steadiest estimate of what the
+//! kernel itself does (criterion's means moved ±30 % between runs here; docs/benchmarks.md).
+//!
+//!     cargo run --release -p tern-runtime --example gemm_probe [TOKENS] [LAYOUT]
+//!
+//! One thread, 64 tokens (a prompt micro-batch) and I2_S unless told; prints G multiply-
+//! accumulates per second per shape and for a whole layer's mix. `TERN_KERNEL=avx2|avx512vnni`
+//! picks the kernel; `CALLS=N` the calls per shape (default 40).
+
+use std::time::{Duration, Instant};
+use tern_formats::Layout;
+use tern_runtime::cpu;
+use tern_runtime::kernels::layouts::{Acts, Packed, TableKey, Tables, gemm_rows};
+
+/// (rows, cols, name, matrices of this shape per layer)
+const SHAPES: [(usize, usize, &str, usize); 4] =
+    [(2560, 2560, "q/o", 2), (640, 2560, "k/v", 2), (6912, 2560, "gate/up", 2), (2560, 6912, "down", 1)];
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let tokens: usize = args.next().map(|s| s.parse().expect("TOKENS: a number")).unwrap_or(64);
+    let layout =
+        args.next().map(|s| Layout::from_name(&s).expect("LAYOUT: a layout name")).unwrap_or(Layout::I2S);
+    let calls: usize = std::env::var("CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let isa = cpu::selected();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    println!("{} {} tokens={tokens}, best of {calls} calls", layout.name(), isa.name());
+    let (mut layer_macs, mut layer_time) = (0f64, Duration::ZERO);
+    for (m, k, what, per_layer) in SHAPES {
+        let Some(tiles) = layout.fit(m, k) else { continue };
+        let codes: Vec<i8> = (0..m * k).map(|_| (next() % 3) as i8 - 1).collect();
+        let acts: Vec<i8> = (0..tokens * k).map(|_| (next() % 255) as i8).collect();
+        let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
+        let bytes = layout.pack(&codes, m, k, 1.0, tiles);
+        let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
+        let tables = w.table_key().map(|key: TableKey| Tables::build(key, &acts, k));
+        let mut out = vec![0i32; m * tokens];
+        let mut best = Duration::MAX;
+        for _ in 0..calls {
+            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref() };
+            let t = Instant::now();
+            gemm_rows(isa, &w, 0, m, a, &mut out);
+            best = best.min(t.elapsed());
+            std::hint::black_box(&out);
+        }
+        let macs = (m * k * tokens) as f64;
+        println!(
+            "{what:>8} {m}x{k}: {:7.1} GMAC/s  ({:.2} ms)",
+            macs / best.as_secs_f64() / 1e9,
+            best.as_secs_f64() * 1e3
+        );
+        layer_macs += macs * per_layer as f64;
+        layer_time += best * per_layer as u32;
+    }
+    println!("   layer mix: {:7.1} GMAC/s", layer_macs / layer_time.as_secs_f64() / 1e9);
+}
