@@ -93,6 +93,21 @@ impl QuantBatch {
 /// then take 320 KiB, within one core's L2 beside the v projection's 400 KiB streaming past.
 const KV_PREFETCH_BYTES: usize = 32 << 10;
 
+/// The token-major output of a prompt's BitLinear, shared by the tasks that each write their
+/// own rows of every token.
+struct TokenMajor(*mut f32);
+
+// SAFETY: the tasks write disjoint elements (see the use in `bitlinear`).
+unsafe impl Send for TokenMajor {}
+unsafe impl Sync for TokenMajor {}
+
+impl TokenMajor {
+    /// A method rather than the field, so closures capture the whole (Sync) wrapper.
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// Rows per band of a quarter-stream GEMV split across threads: small enough to balance two
 /// threads within a 640-row matrix, and the band boundaries cost nothing since consecutive
 /// bands continue the same streams (16 measured no worse than 64).
@@ -283,10 +298,10 @@ impl<'m> Session<'m> {
         let layer: &Layer = &self.model.layers[l];
         let h = self.time(Op::Norm, || rms_norm(x, &layer.attn_norm, c.rms_eps));
         let attn = self.attention_block(l, &h)?;
-        x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+        add_in_place(x, &attn, c.hidden);
         let h = self.time(Op::Norm, || rms_norm(x, &layer.ffn_norm, c.rms_eps));
         let mlp = self.mlp_block(l, &h);
-        x.iter_mut().zip(&mlp).for_each(|(a, b)| *a += b);
+        add_in_place(x, &mlp, c.hidden);
         Ok(())
     }
 
@@ -369,9 +384,16 @@ impl<'m> Session<'m> {
 
     /// [`Session::activate`] written over `gate`.
     fn activate_in_place(&self, gate: &mut [f32], up: &[f32]) {
-        match self.model.config.activation {
+        let activation = self.model.config.activation;
+        let act = |(gate, up): (&mut [f32], &[f32])| match activation {
             Activation::Relu2 => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = g.max(0.0) * g.max(0.0) * u),
             Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
+        };
+        let width = self.model.config.intermediate;
+        if gate.len() / width.max(1) >= PARALLEL_ROWS {
+            gate.par_chunks_mut(width).zip(up.par_chunks(width)).for_each(act);
+        } else {
+            act((gate, up));
         }
     }
 
@@ -425,52 +447,67 @@ impl<'m> Session<'m> {
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together). Chunks only balance
-        // threads, so one thread takes the whole matrix in one call (for TQ2_0 generation and
-        // I2_S prompts no slower, and the quarter-stream GEMV below needs long streams: tg with
-        // 1 thread 81 → 86 % of the ceiling; docs/benchmarks.md).
+        // threads, so one thread generating takes the whole matrix in one call (TQ2_0 no slower,
+        // and the quarter-stream GEMV below needs long streams: tg with 1 thread 81 → 86 % of the
+        // ceiling; docs/benchmarks.md). A prompt keeps its chunks even then: each chunk's output
+        // is scaled while it is in the cache.
         let group = w.row_group();
         let threads = rayon::current_num_threads();
-        let chunk_rows = if threads == 1 {
+        let chunk_rows = if threads == 1 && tokens == 1 {
             m.rows
         } else {
             (m.rows / (threads * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows)
         };
         let started = std::time::Instant::now();
-        let mut acc = vec![0i32; m.rows * tokens];
-        let acts = || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
-        if tokens == 1 && layouts::reads_quarters(isa, &w) && m.rows >= 4 {
-            // The kernel reads the four quarters of the matrix in lock step: threads take runs of
-            // bands, each run four unbroken streams (tg with 2 threads 90.9 → 93.1 % of the
-            // ceiling, 70 → 78 % when the host's bandwidth doubles; docs/benchmarks.md).
-            let quarter = m.rows / 4;
-            let band = if threads == 1 { quarter } else { QUARTER_BAND_ROWS };
-            let ([q0, q1, q2, q3], rest) = i2s::split_quarters(&mut acc, quarter);
-            let bands = q0.par_chunks_mut(band).zip(q1.par_chunks_mut(band));
-            let bands = bands.zip(q2.par_chunks_mut(band)).zip(q3.par_chunks_mut(band));
-            bands.enumerate().for_each(|(i, (((o0, o1), o2), o3))| {
-                layouts::gemv_quarters(isa, &w, quarter, i * band, acts(), [o0, o1, o2, o3]);
-            });
-            if !rest.is_empty() {
-                layouts::gemm_rows(isa, &w, 4 * quarter, m.rows, acts(), rest);
-            }
-        } else {
-            acc.par_chunks_mut(chunk_rows * tokens).enumerate().for_each(|(i, out)| {
-                let r0 = i * chunk_rows;
-                let r1 = r0 + out.len() / tokens;
-                layouts::gemm_rows(isa, &w, r0, r1, acts(), out);
-            });
-        }
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];
+        let acts = || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
         if tokens == 1 {
+            let mut acc = vec![0i32; m.rows];
+            if layouts::reads_quarters(isa, &w) && m.rows >= 4 {
+                // The kernel reads the four quarters of the matrix in lock step: threads take
+                // runs of bands, each run four unbroken streams (tg with 2 threads 90.9 → 93.1 %
+                // of the ceiling, 70 → 78 % when the host's bandwidth doubles;
+                // docs/benchmarks.md).
+                let quarter = m.rows / 4;
+                let band = if threads == 1 { quarter } else { QUARTER_BAND_ROWS };
+                let ([q0, q1, q2, q3], rest) = i2s::split_quarters(&mut acc, quarter);
+                let bands = q0.par_chunks_mut(band).zip(q1.par_chunks_mut(band));
+                let bands = bands.zip(q2.par_chunks_mut(band)).zip(q3.par_chunks_mut(band));
+                bands.enumerate().for_each(|(i, (((o0, o1), o2), o3))| {
+                    layouts::gemv_quarters(isa, &w, quarter, i * band, acts(), [o0, o1, o2, o3]);
+                });
+                if !rest.is_empty() {
+                    layouts::gemm_rows(isa, &w, 4 * quarter, m.rows, acts(), rest);
+                }
+            } else {
+                acc.par_chunks_mut(chunk_rows).enumerate().for_each(|(i, out)| {
+                    let r0 = i * chunk_rows;
+                    layouts::gemm_rows(isa, &w, r0, r0 + out.len(), acts(), out);
+                });
+            }
             for (o, &v) in y.iter_mut().zip(&acc) {
                 *o = v as f32 * factors[0];
             }
         } else {
-            // A prompt's outputs, token by token across threads (5 % of a prompt when serial).
-            y.par_chunks_mut(m.rows).zip(&factors).enumerate().for_each(|(t, (out, f))| {
-                for (r, o) in out.iter_mut().enumerate() {
-                    *o = acc[r * tokens + t] as f32 * f;
+            // A prompt: each task's rows come out row-major (`[row][token]`), and the task
+            // scales them into the token-major output while they are still in its cache. A
+            // separate pass over the whole product afterwards missed the cache on nearly every
+            // read (4.6 % of a prompt, 5.4 % read a few tokens at a time).
+            let rows = m.rows;
+            let y_rows = TokenMajor(y.as_mut_ptr());
+            (0..rows.div_ceil(chunk_rows)).into_par_iter().for_each(|i| {
+                let (r0, r1) = (i * chunk_rows, ((i + 1) * chunk_rows).min(rows));
+                let mut acc = vec![0i32; (r1 - r0) * tokens];
+                layouts::gemm_rows(isa, &w, r0, r1, acts(), &mut acc);
+                for (t, f) in factors.iter().enumerate() {
+                    // SAFETY: y holds tokens × rows floats; this task alone writes rows r0..r1
+                    // of each token (the tasks' row ranges are disjoint), and y outlives the
+                    // parallel loop.
+                    let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + r0), r1 - r0) };
+                    for (o, slots) in out.iter_mut().zip(acc.chunks_exact(tokens)) {
+                        *o = slots[t] as f32 * f;
+                    }
                 }
             });
         }
@@ -487,11 +524,17 @@ impl<'m> Session<'m> {
             RopePairing::HalfSplit => crate::rope::apply,
             RopePairing::Interleaved => crate::rope::apply_interleaved,
         };
-        for (i, token) in x.chunks_exact_mut(heads * d).enumerate() {
-            let p = (self.pos + i) * d;
+        let (cos, sin, pos) = (&self.rope_cos, &self.rope_sin, self.pos);
+        let rotate = |(i, token): (usize, &mut [f32])| {
+            let p = (pos + i) * d;
             for head in token.chunks_exact_mut(d) {
-                apply(head, &self.rope_cos[p..p + d], &self.rope_sin[p..p + d]);
+                apply(head, &cos[p..p + d], &sin[p..p + d]);
             }
+        };
+        if x.len() / (heads * d) >= PARALLEL_ROWS {
+            x.par_chunks_exact_mut(heads * d).enumerate().for_each(rotate);
+        } else {
+            x.chunks_exact_mut(heads * d).enumerate().for_each(rotate);
         }
     }
 
@@ -604,33 +647,60 @@ impl<'m> Session<'m> {
     }
 }
 
-/// RMSNorm of each `weight.len()`-wide row: `w · x / sqrt(mean(x²) + eps)`, in f32.
+/// RMSNorm of each `weight.len()`-wide row: `w · x / sqrt(mean(x²) + eps)`, in f32. A prompt's
+/// rows go across threads (each row's bits are the same either way: rows are independent).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let n = weight.len();
+    let mut out = vec![0f32; x.len()];
     #[cfg(target_arch = "x86_64")]
-    if matches!(cpu::selected(), Isa::Avx2 | Isa::Avx512Vnni) {
-        // SAFETY: the selected instruction set was detected (`cpu::selected`).
-        return unsafe { rms_norm_avx2(x, weight, eps) };
+    let simd = matches!(cpu::selected(), Isa::Avx2 | Isa::Avx512Vnni);
+    let norm = |(x, out): (&[f32], &mut [f32])| {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: the selected instruction set was detected (`cpu::selected`).
+            return unsafe { rms_norm_avx2(x, weight, eps, out) };
+        }
+        rms_norm_portable(x, weight, eps, out)
+    };
+    if x.len() / n.max(1) >= PARALLEL_ROWS {
+        x.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(norm);
+    } else {
+        norm((x, &mut out));
     }
-    rms_norm_portable(x, weight, eps)
+    out
 }
+
+/// Rows from which a prompt's per-token elementwise work (norms, RoPE, activation, residual
+/// adds) is split across threads; one generated token's is too small for a fork-join.
+const PARALLEL_ROWS: usize = 2;
 
 /// [`rms_norm_portable`] compiled with 256-bit vectors: the same operations lane for lane (no
 /// reassociation, no fused multiply-add), so the same bits in half the instructions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn rms_norm_avx2(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
-    rms_norm_portable(x, weight, eps)
+unsafe fn rms_norm_avx2(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_portable(x, weight, eps, out)
 }
 
 #[inline(always)]
-fn rms_norm_portable(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+fn rms_norm_portable(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
-    let mut out = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(n) {
+    for (row, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let inv = 1.0 / (sum_of_squares(row) / n as f32 + eps).sqrt();
-        out.extend(row.iter().zip(weight).map(|(v, w)| w * (v * inv)));
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            *o = w * (v * inv);
+        }
     }
-    out
+}
+
+/// `x += y` elementwise (a residual add), a prompt's rows across threads.
+fn add_in_place(x: &mut [f32], y: &[f32], width: usize) {
+    let add = |(x, y): (&mut [f32], &[f32])| x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    if x.len() / width.max(1) >= PARALLEL_ROWS {
+        x.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(add);
+    } else {
+        add((x, y));
+    }
 }
 
 /// `Σ v²` in 32 interleaved partial sums, folded in halves in a fixed order: the same bits for a
@@ -708,10 +778,11 @@ mod tests {
         for n in [1usize, 31, 32, 45, 2560, 6913] {
             let rows: Vec<f32> = (0..3 * n).map(|_| random()).collect();
             let weight: Vec<f32> = (0..n).map(|_| random()).collect();
-            let want: Vec<u32> =
-                rms_norm_portable(&rows, &weight, 1e-6).iter().map(|v| v.to_bits()).collect();
+            let (mut want, mut got) = (vec![0f32; 3 * n], vec![1f32; 3 * n]);
+            rms_norm_portable(&rows, &weight, 1e-6, &mut want);
+            let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
             // SAFETY: AVX2 was detected above.
-            let got = unsafe { rms_norm_avx2(&rows, &weight, 1e-6) };
+            unsafe { rms_norm_avx2(&rows, &weight, 1e-6, &mut got) };
             assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want, "width {n}");
         }
     }
