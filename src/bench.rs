@@ -4,9 +4,10 @@ use crate::common::{KvArgs, load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
-    Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes, prompt_profile,
-    prompt_rate, read_bandwidth, read_bandwidth_of, summary,
+    OpProfile, Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes,
+    prompt_profile, prompt_rate, read_bandwidth, read_bandwidth_of, summary,
 };
+use tern_runtime::model::Op;
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
 ///
@@ -25,7 +26,9 @@ use tern_runtime::bench::{
 /// after the runs instead.
 ///
 /// --profile runs one prompt (unless -p 0) and one generation per thread count with timers on
-/// every operation and prints where a token's time goes in each. --kv-type f16 halves the KV cache (and changes the logits).
+/// every operation and prints where a token's time goes in each; for generation also the rate
+/// at which the ternary matmuls and the output head stream their weights, and with --roofline
+/// the read bandwidth measured around that run to set them against. --kv-type f16 halves the KV cache (and changes the logits).
 ///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
@@ -143,15 +146,37 @@ pub fn run(args: Args) -> Result<()> {
         for &t in &args.threads {
             if args.prompt > 0 {
                 let p = with_threads(Some(t), || prompt_profile(&model, args.prompt, 1, kv))??;
-                profiles.push((t, format!("pp{}", args.prompt), p));
+                profiles.push((t, format!("pp{}", args.prompt), p, None));
             }
             let n = if args.generate == 0 && args.prompt == 0 { 32 } else { args.generate };
             if n > 0 {
-                let p = with_threads(Some(t), || generation_profile(&model, n, 1, kv))??;
-                profiles.push((t, format!("tg{n}"), p));
+                // With --roofline, the read bandwidth around this run too, so the matmuls' and
+                // the head's streaming rates can be set against it.
+                let bracket = args.roofline && stream_model;
+                let (p, bandwidth) = with_threads(Some(t), || {
+                    let before = bracket.then(file_bandwidth);
+                    let p = generation_profile(&model, n, 1, kv);
+                    (p, before.map(|b| (b + file_bandwidth()) / 2.0))
+                })?;
+                profiles.push((t, format!("tg{n}"), p?, bandwidth));
             }
         }
     }
+    // A generated token streams every ternary matrix and the head once: their rates per op.
+    let (ternary_bytes, head_bytes) = (model.ternary_bytes() as f64, model.head_bytes() as f64);
+    let streamed = |test: &str, p: &OpProfile| -> Vec<(Op, f64)> {
+        if !test.starts_with("tg") {
+            return Vec::new();
+        }
+        p.per_op
+            .iter()
+            .filter_map(|&(op, secs)| match op {
+                Op::Ternary if secs > 0.0 => Some((op, ternary_bytes / secs)),
+                Op::LmHead if secs > 0.0 => Some((op, head_bytes / secs)),
+                _ => None,
+            })
+            .collect()
+    };
     if args.json {
         let roofline: Vec<_> = roofs
             .iter()
@@ -171,15 +196,20 @@ pub fn run(args: Args) -> Result<()> {
             .collect();
         let profile: Vec<_> = profiles
             .iter()
-            .map(|(t, test, p)| {
+            .map(|(t, test, p, bandwidth)| {
                 let (rate, per_token) = (p.tokens_per_s, p.seconds_per_token);
                 let ops: serde_json::Map<String, serde_json::Value> = p
                     .per_op
                     .iter()
                     .map(|(op, secs)| (op.name().to_string(), serde_json::json!(secs)))
                     .collect();
+                let streamed: serde_json::Map<String, serde_json::Value> = streamed(test, p)
+                    .into_iter()
+                    .map(|(op, rate)| (op.name().to_string(), serde_json::json!(rate)))
+                    .collect();
                 serde_json::json!({"threads": t, "test": test, "tokens_per_s": rate,
-                    "seconds_per_token": per_token, "seconds_per_token_by_op": ops})
+                    "seconds_per_token": per_token, "seconds_per_token_by_op": ops,
+                    "read_bytes_per_s": bandwidth, "weight_bytes_per_s_by_op": streamed})
             })
             .collect();
         let v = serde_json::json!({
@@ -262,19 +292,34 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
-    for (t, test, p) in &profiles {
+    for (t, test, p, bandwidth) in &profiles {
         let (rate, per_token, ops) = (p.tokens_per_s, &p.seconds_per_token, &p.per_op);
+        let read =
+            bandwidth.map(|b| format!("; read bandwidth around it {:.1} GB/s", b / 1e9)).unwrap_or_default();
+        let streamed = streamed(test, p);
         text += &format!(
-            "\nprofile: {test}, {t} thread(s), {rate:.2} t/s, {:.2} ms per token\n| operation | ms/token | share |\n|---|---|---|\n",
+            "\nprofile: {test}, {t} thread(s), {rate:.2} t/s, {:.2} ms per token{read}\n| operation | ms/token | share | weights streamed |\n|---|---|---|---|\n",
             per_token * 1e3
         );
         let mut rest = *per_token;
         for (op, secs) in ops {
             rest -= secs;
-            text += &format!("| {} | {:.3} | {:.1} % |\n", op.name(), secs * 1e3, secs / per_token * 100.0);
+            let rate = match streamed.iter().find(|s| s.0 == *op) {
+                Some((_, r)) => match bandwidth {
+                    Some(b) => format!("{:.1} GB/s, {:.0} % of the read", r / 1e9, r / b * 100.0),
+                    None => format!("{:.1} GB/s", r / 1e9),
+                },
+                None => String::new(),
+            };
+            text += &format!(
+                "| {} | {:.3} | {:.1} % | {rate} |\n",
+                op.name(),
+                secs * 1e3,
+                secs / per_token * 100.0
+            );
         }
         text += &format!(
-            "| other (residual adds, argmax, allocation) | {:.3} | {:.1} % |\n",
+            "| other (residual adds, argmax, allocation) | {:.3} | {:.1} % | |\n",
             rest * 1e3,
             rest / per_token * 100.0
         );

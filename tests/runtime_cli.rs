@@ -394,5 +394,20 @@ fn bench_roofline_and_profile() {
         assert!(sum > 0.0 && sum <= per_token * 1.0001, "{sum} vs {per_token}");
         assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
         assert_eq!(ops["lookup tables (TL)"].as_f64().unwrap(), 0.0, "an I2_S model builds no tables");
+        // Generation streams every weight once per token: the ternary bytes and the head's over
+        // their ops' time. A prompt reads them once per batch, so it rates nothing.
+        let streamed = p["weight_bytes_per_s_by_op"].as_object().unwrap();
+        if p["test"] == "tg8" {
+            let head = 400.0 * 128.0 * 2.0;
+            let ternary = bpt - head;
+            let want = ternary / ops["ternary matmuls"].as_f64().unwrap();
+            assert!(close(streamed["ternary matmuls"].as_f64().unwrap(), want), "{streamed:?}");
+            let want = head / ops["output head"].as_f64().unwrap();
+            assert!(close(streamed["output head"].as_f64().unwrap(), want), "{streamed:?}");
+        } else {
+            assert!(streamed.is_empty(), "{streamed:?}");
+        }
+        // The tiny file is below the size the bandwidth is streamed through around each run.
+        assert!(p["read_bytes_per_s"].is_null());
     }
 }

@@ -7,7 +7,11 @@
 //! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order,
 //! one call per matrix (up to 8192 rows) as generation does with one thread, through the file's
 //! own map (`CHUNK=ROWS`: that many rows per call instead; `ONLY_MODEL=1`: only that part).
-//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel.
+//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel. `THREADS=2` runs the model part with two
+//! threads instead, each matrix a fork-join of its own as in generation: a read of the matrix in
+//! two halves, the GEMV in quarter bands (as `bitlinear` splits it) and in two halves.
+//! `GAP_US=N` spins N µs on the calling thread before each banded matrix (serial work between
+//! matmuls, during which the other worker idles) and rates the bands by their calls' time alone.
 
 use std::time::Instant;
 use tern_runtime::cpu;
@@ -85,6 +89,11 @@ fn model_sequence(path: &str, isa: cpu::Isa) {
     let act: Vec<i8> = (0..8192).map(|i| (i * 37 % 255) as i8).collect();
     let mut out = vec![0i32; 8192];
     let chunk: usize = std::env::var("CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(8192);
+    if let Some(threads) = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+        pool.install(|| model_sequence_threads(&mats, bytes, &act, isa));
+        return;
+    }
     for _ in 0..3 {
         let read = rate(bytes, || {
             for (d, cols, rows) in &mats {
@@ -100,6 +109,69 @@ fn model_sequence(path: &str, isa: cpu::Isa) {
             }
         });
         println!("model     read {read:5.1} GB/s  gemv {kernel:5.1} GB/s ({:.0} %)", 100.0 * kernel / read);
+    }
+}
+
+/// The model part with the current rayon pool: per matrix, a read split in halves, the GEMV in
+/// quarter bands of 16 rows, and the GEMV in halves.
+fn model_sequence_threads(mats: &[(&[u8], usize, usize)], bytes: usize, act: &[i8], isa: cpu::Isa) {
+    use rayon::prelude::*;
+    use tern_runtime::kernels::i2s::{QuarterBand, gemv_quarters, split_quarters};
+    let mut out = vec![0i32; 8192];
+    for _ in 0..3 {
+        let read = rate(bytes, || {
+            for (d, cols, rows) in mats {
+                let (a, b) = d[..rows * cols / 4].split_at(rows / 2 * cols / 4);
+                let (x, y) = rayon::join(|| sum_words(a), || sum_words(b));
+                std::hint::black_box(x ^ y);
+            }
+        });
+        let gap = std::time::Duration::from_micros(
+            std::env::var("GAP_US").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        );
+        let mut in_calls = std::time::Duration::ZERO;
+        let bands = rate(bytes, || {
+            for &(d, cols, rows) in mats {
+                let t = Instant::now();
+                while t.elapsed() < gap {}
+                let t = Instant::now();
+                let (rb, quarter) = (cols / 4, rows / 4);
+                let ([q0, q1, q2, q3], _) = split_quarters(&mut out[..rows], quarter);
+                let it = q0.par_chunks_mut(16).zip(q1.par_chunks_mut(16));
+                it.zip(q2.par_chunks_mut(16)).zip(q3.par_chunks_mut(16)).enumerate().for_each(
+                    |(i, (((o0, o1), o2), o3))| {
+                        let band = QuarterBand {
+                            rows: d,
+                            row_bytes: rb,
+                            quarter,
+                            first: i * 16,
+                            act: &act[..cols],
+                            act_sum: 0,
+                        };
+                        gemv_quarters(isa, band, [o0, o1, o2, o3]);
+                    },
+                );
+                in_calls += t.elapsed();
+            }
+        });
+        let bands = if gap.is_zero() { bands } else { bytes as f64 / in_calls.as_secs_f64() / 1e9 };
+        let halves = rate(bytes, || {
+            for &(d, cols, rows) in mats {
+                let rb = cols / 4;
+                let (oa, ob) = out[..rows].split_at_mut(rows / 2);
+                let (a, b) = d[..rows * rb].split_at(rows / 2 * rb);
+                rayon::join(
+                    || gemv(isa, a, rb, &act[..cols], 0, oa),
+                    || gemv(isa, b, rb, &act[..cols], 0, ob),
+                );
+            }
+        });
+        println!(
+            "model, {} threads: read {read:5.1} GB/s  bands {bands:5.1} GB/s ({:.0} %)  halves {halves:5.1} GB/s ({:.0} %)",
+            rayon::current_num_threads(),
+            100.0 * bands / read,
+            100.0 * halves / read
+        );
     }
 }
 

@@ -163,15 +163,24 @@ impl Model {
         self.bytes(m.offset + first * m.row_bytes(), count * m.row_bytes())
     }
 
-    /// Ternary parameters and weight bytes read per generated token (for benchmarks).
+    /// Weight bytes read per generated token (for benchmarks): every ternary matrix and the
+    /// output head once.
     pub fn bytes_per_token(&self) -> u64 {
-        let ternary: u64 = self
-            .layers
+        self.ternary_bytes() + self.head_bytes()
+    }
+
+    /// Bytes of the ternary matrices of every layer.
+    pub fn ternary_bytes(&self) -> u64 {
+        self.layers
             .iter()
             .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
             .map(|m| m.size as u64)
-            .sum();
-        ternary + (self.output.rows * self.output.row_bytes()) as u64
+            .sum()
+    }
+
+    /// Bytes of the output head.
+    pub fn head_bytes(&self) -> u64 {
+        (self.output.rows * self.output.row_bytes()) as u64
     }
 }
 
