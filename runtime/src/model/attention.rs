@@ -15,16 +15,26 @@ pub(super) struct HeadRows<'a> {
     pub offset: usize,
 }
 
-/// Softmax attention of query head `qh` (scaled by `scale`) over the first `len` cached
-/// positions of `head`, added into `o` (`qh.len()` long, zeroed by the caller).
-pub(super) fn attend_head(isa: Isa, qh: &[f32], head: &HeadRows, len: usize, scale: f32, o: &mut [f32]) {
+/// Softmax attention of the query heads in `qs` (each `d` long, all reading this KV head; scaled
+/// by `scale`) over the first `len` cached positions of `head`, added into `o` (as long as `qs`,
+/// zeroed by the caller). The heads of a group go together so each cached row is read once for
+/// all of them; each head's arithmetic is the same as alone, so the same bits (tested).
+pub(super) fn attend_heads(
+    isa: Isa,
+    qs: &[f32],
+    d: usize,
+    head: &HeadRows,
+    len: usize,
+    scale: f32,
+    o: &mut [f32],
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a session's instruction set is supported here, and both of these imply AVX2.
         Isa::Avx2 | Isa::Avx512Vnni if crate::kernels::float::f16_simd(isa) => unsafe {
-            attend_head_avx2(qh, head, len, scale, o)
+            attend_heads_avx2(qs, d, head, len, scale, o)
         },
-        _ => attend_head_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, qh, head, len, scale, o),
+        _ => attend_heads_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, qs, d, head, len, scale, o),
     }
 }
 
@@ -32,12 +42,13 @@ pub(super) fn attend_head(isa: Isa, qh: &[f32], head: &HeadRows, len: usize, sca
 /// attention took a tenth of a 128-token prompt on 2B-4T.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn attend_head_avx2(qh: &[f32], head: &HeadRows, len: usize, scale: f32, o: &mut [f32]) {
+unsafe fn attend_heads_avx2(qs: &[f32], d: usize, head: &HeadRows, len: usize, scale: f32, o: &mut [f32]) {
     // SAFETY: this function only runs where AVX2 and F16C are available.
-    attend_head_with(
+    attend_heads_with(
         |q, k| unsafe { dot4_f32_avx2(q, k) },
         |h, f| unsafe { f16_to_f32_f16c(h, f) },
-        qh,
+        qs,
+        d,
         head,
         len,
         scale,
@@ -69,57 +80,70 @@ unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
 
 /// Plain loops throughout: an iterator adapter here is instantiated as its own function, outside
 /// the AVX2 one, and loses the wide vectors. Keys go four at a time through `dot4` (four
-/// independent sums, so the adds' latency overlaps); values two at a time into `o`, which adds
-/// them in the same order as one at a time.
+/// independent sums, so the adds' latency overlaps) for every head before the next four; values
+/// two at a time into each head's `o`, which adds them in the same order as one at a time.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attend_head_with(
+fn attend_heads_with(
     dot4: impl Fn(&[f32], [&[f32]; 4]) -> [f32; 4],
     convert: impl Fn(&[f16], &mut [f32]) + Copy,
-    qh: &[f32],
+    qs: &[f32],
+    d: usize,
     head: &HeadRows,
     len: usize,
     scale: f32,
     o: &mut [f32],
 ) {
-    let d = qh.len();
+    let n = qs.len() / d;
     let at = |j: usize| j * head.stride + head.offset;
     let mut bufs: [Vec<f32>; 4] = Default::default();
-    let mut scores = vec![0f32; len];
+    let mut scores = vec![0f32; n * len];
     let mut j = 0;
     while j < len {
         let [b0, b1, b2, b3] = &mut bufs;
         // Past the end, repeat the last key: its duplicate sums are computed and dropped.
         let key = |i: usize, b| head.keys.row(at((j + i).min(len - 1)), d, b, convert);
-        let sums = dot4(qh, [key(0, b0), key(1, b1), key(2, b2), key(3, b3)]);
-        for (s, sum) in scores[j..].iter_mut().zip(sums) {
-            *s = sum * scale;
+        let keys = [key(0, b0), key(1, b1), key(2, b2), key(3, b3)];
+        for (q, scores) in qs.chunks_exact(d).zip(scores.chunks_exact_mut(len)) {
+            let sums = dot4(q, keys);
+            for (s, sum) in scores[j..].iter_mut().zip(sums) {
+                *s = sum * scale;
+            }
         }
         j += 4;
     }
-    let mut max = f32::NEG_INFINITY;
-    for &s in &scores {
-        max = max.max(s);
-    }
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = exp_or_zero(*s - max);
-        sum += *s;
+    let mut totals = vec![0f32; n];
+    for (scores, total) in scores.chunks_exact_mut(len).zip(&mut totals) {
+        let mut max = f32::NEG_INFINITY;
+        for &s in scores.iter() {
+            max = max.max(s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = exp_or_zero(*s - max);
+            sum += *s;
+        }
+        *total = sum;
     }
     let mut j = 0;
     while j + 2 <= len {
         let [b0, b1, ..] = &mut bufs;
         let (v0, v1) = (head.values.row(at(j), d, b0, convert), head.values.row(at(j + 1), d, b1, convert));
-        let (p0, p1) = (scores[j] / sum, scores[j + 1] / sum);
-        for ((a, &x), &y) in o.iter_mut().zip(v0).zip(v1) {
-            *a = (*a + p0 * x) + p1 * y;
+        for ((o, scores), &sum) in o.chunks_exact_mut(d).zip(scores.chunks_exact(len)).zip(&totals) {
+            let (p0, p1) = (scores[j] / sum, scores[j + 1] / sum);
+            for ((a, &x), &y) in o.iter_mut().zip(v0).zip(v1) {
+                *a = (*a + p0 * x) + p1 * y;
+            }
         }
         j += 2;
     }
     if j < len {
         let v = head.values.row(at(j), d, &mut bufs[0], convert);
-        let p = scores[j] / sum;
-        for (a, &x) in o.iter_mut().zip(v) {
-            *a += p * x;
+        for ((o, scores), &sum) in o.chunks_exact_mut(d).zip(scores.chunks_exact(len)).zip(&totals) {
+            let p = scores[j] / sum;
+            for (a, &x) in o.iter_mut().zip(v) {
+                *a += p * x;
+            }
         }
     }
 }
@@ -211,18 +235,18 @@ mod tests {
                 let q = random(d, &mut seed);
                 let head = HeadRows { keys: &keys, values: &values, stride: heads * d, offset: d };
                 let mut scalar = vec![0f32; d];
-                attend_head(Isa::Scalar, &q, &head, len, 3.0, &mut scalar);
+                attend_heads(Isa::Scalar, &q, d, &head, len, 3.0, &mut scalar);
                 // The same rows stored as f16 (an f16 cache): converted by each core its own way.
                 let (keys16, values16) = (LayerRows::F16(&keys16), LayerRows::F16(&values16));
                 let head16 = HeadRows { keys: &keys16, values: &values16, ..head };
                 let mut scalar16 = vec![0f32; d];
-                attend_head(Isa::Scalar, &q, &head16, len, 3.0, &mut scalar16);
+                attend_heads(Isa::Scalar, &q, d, &head16, len, 3.0, &mut scalar16);
                 // Every other instruction set here (on x86 AVX2 and AVX-512 take the AVX2 core).
                 for isa in crate::cpu::available() {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     for (rows, want) in [(&head, &scalar), (&head16, &scalar16)] {
                         let mut got = vec![0f32; d];
-                        attend_head(isa, &q, rows, len, 3.0, &mut got);
+                        attend_heads(isa, &q, d, rows, len, 3.0, &mut got);
                         assert_eq!(bits(want), bits(&got), "{} d {d}, len {len}", isa.name());
                     }
                 }
@@ -240,6 +264,42 @@ mod tests {
                 for (i, &got) in scalar.iter().enumerate() {
                     let want: f64 = (0..len).map(|j| e[j] / total * row(&values, j)[i] as f64).sum();
                     assert!((got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()), "d {d}, len {len}");
+                }
+            }
+        }
+    }
+
+    /// A group of query heads read together gives each head the bits it gets alone, on every
+    /// core, f32 and f16 rows, lengths with and without a tail of keys and values.
+    #[test]
+    fn heads_together_are_each_head_alone() {
+        let mut seed = 0x1234_5679;
+        let (d, n) = (24, 4);
+        for len in [1, 3, 4, 7, 12] {
+            let keys = random(len * d, &mut seed);
+            let values = random(len * d, &mut seed);
+            let half = |v: &[f32]| v.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>();
+            let (keys16, values16) = (half(&keys), half(&values));
+            let (keys, values) =
+                (LayerRows::F32(Cow::Borrowed(&keys)), LayerRows::F32(Cow::Borrowed(&values)));
+            let (keys16, values16) = (LayerRows::F16(&keys16), LayerRows::F16(&values16));
+            let qs = random(n * d, &mut seed);
+            for (k, v) in [(&keys, &values), (&keys16, &values16)] {
+                let head = HeadRows { keys: k, values: v, stride: d, offset: 0 };
+                for isa in crate::cpu::available() {
+                    let mut together = vec![0f32; n * d];
+                    attend_heads(isa, &qs, d, &head, len, 0.7, &mut together);
+                    for h in 0..n {
+                        let mut alone = vec![0f32; d];
+                        attend_heads(isa, &qs[h * d..(h + 1) * d], d, &head, len, 0.7, &mut alone);
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&alone),
+                            bits(&together[h * d..(h + 1) * d]),
+                            "{} len {len}",
+                            isa.name()
+                        );
+                    }
                 }
             }
         }

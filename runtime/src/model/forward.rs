@@ -4,7 +4,7 @@
 //! BitLinear: each token's input is quantised to int8 exactly as the reference does, the kernel
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
-use super::attention::{HeadRows, attend_head};
+use super::attention::{HeadRows, attend_heads};
 use super::kv::{KvStore, KvType, LayerSpan};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
@@ -566,16 +566,14 @@ impl<'m> Session<'m> {
         let isa = self.isa;
         // One task per KV group (the query heads reading the same cached rows) and token: the
         // rows come from memory once per task, and a generated token's 20 one-head tasks of about
-        // a microsecond each had cost more to hand out than they took.
-        out.par_chunks_mut(n_rep * d).enumerate().for_each(|(group, o)| {
-            for (r, o) in o.chunks_exact_mut(d).enumerate() {
-                let idx = group * n_rep + r;
-                let (i, h) = (idx / c.heads, idx % c.heads);
-                let head =
-                    HeadRows { keys: &keys, values: &values, stride: d, offset: (h / n_rep) * head_stride };
-                let qh = &q[idx * d..(idx + 1) * d];
-                attend_head(isa, qh, &head, self.pos + i + 1, scale, o);
-            }
+        // a microsecond each had cost more to hand out than they took. The group's heads go
+        // through the core together, so each row is read once for all of them, not once per head.
+        let groups = c.heads / n_rep;
+        out.par_chunks_mut(n_rep * d).enumerate().for_each(|(task, o)| {
+            let (i, g) = (task / groups, task % groups);
+            let head = HeadRows { keys: &keys, values: &values, stride: d, offset: g * head_stride };
+            let qs = &q[task * n_rep * d..(task + 1) * n_rep * d];
+            attend_heads(isa, qs, d, &head, self.pos + i + 1, scale, o);
         });
         out
     }
