@@ -8,20 +8,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use std::hint::black_box;
 use std::time::Duration;
 use tern_formats::Layout;
+use tern_runtime::bench::xorshift;
 use tern_runtime::kernels::layouts::{Acts, Packed, TableKey, Tables, gemm_rows};
 
 const SHAPES: [(usize, usize, &str); 4] =
     [(2560, 2560, "q/o"), (640, 2560, "k/v"), (6912, 2560, "gate/up"), (2560, 6912, "down")];
-
-fn stream(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed | 1;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
 
 fn ternary(c: &mut Criterion) {
     let isa = tern_runtime::cpu::selected();
@@ -29,7 +20,7 @@ fn ternary(c: &mut Criterion) {
         let mut g = c.benchmark_group(if tokens == 1 { "gemv" } else { "gemm32" });
         g.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
         for (m, k, what) in SHAPES {
-            let mut r = stream((m * k) as u64);
+            let mut r = xorshift((m * k) as u64);
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let acts: Vec<i8> = (0..tokens * k).map(|_| (r() % 255) as i8).collect();
             let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
@@ -60,7 +51,7 @@ fn ternary(c: &mut Criterion) {
 fn output_head(c: &mut Criterion) {
     let isa = tern_runtime::cpu::selected();
     let (vocab, hidden) = (128256usize, 2560usize);
-    let mut r = stream(7);
+    let mut r = xorshift(7);
     let rows: Vec<u8> = (0..vocab * hidden)
         .flat_map(|_| half::f16::from_f32((r() % 1000) as f32 / 1000.0 - 0.5).to_le_bytes())
         .collect();

@@ -24,13 +24,7 @@ fn main() {
         args.next().map(|s| Layout::from_name(&s).expect("LAYOUT: a layout name")).unwrap_or(Layout::I2S);
     let calls: usize = std::env::var("CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let isa = cpu::selected();
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
     println!("{} {} tokens={tokens}, best of {calls} calls", layout.name(), isa.name());
     let (mut layer_macs, mut layer_time) = (0f64, Duration::ZERO);
     for (m, k, what, per_layer) in SHAPES {

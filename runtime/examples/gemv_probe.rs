@@ -24,13 +24,7 @@ fn main() {
     let model = args.next();
     let isa = cpu::selected();
     let rb = cols / 4;
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
     let act_store: Vec<i8> = (0..cols + 64).map(|_| (next() % 255) as i8).collect();
     let skew: usize = std::env::var("SKEW").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let start = (64 - act_store.as_ptr() as usize % 64) % 64 + skew;

@@ -5,17 +5,22 @@ use crate::Result;
 use crate::model::{KvType, Model, Session, Want};
 use std::time::Instant;
 
+/// A deterministic pseudo-random stream (xorshift64) for benchmark inputs: fast, and the same
+/// on every run and machine.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed | 1;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}
+
 /// Deterministic pseudo-random token ids below `vocab`.
 pub fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % vocab as u64) as u32
-        })
-        .collect()
+    let mut next = xorshift(seed);
+    (0..n).map(|_| (next() % vocab as u64) as u32).collect()
 }
 
 /// Tokens per second of processing an `n`-token prompt.

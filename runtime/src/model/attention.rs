@@ -15,26 +15,28 @@ pub(super) struct HeadRows<'a> {
     pub offset: usize,
 }
 
-/// Softmax attention of the query heads in `qs` (each `d` long, all reading this KV head; scaled
-/// by `scale`) over the first `len` cached positions of `head`, added into `o` (as long as `qs`,
-/// zeroed by the caller). The heads of a group go together so each cached row is read once for
-/// all of them; each head's arithmetic is the same as alone, so the same bits (tested).
-pub(super) fn attend_heads(
-    isa: Isa,
-    qs: &[f32],
-    d: usize,
-    head: &HeadRows,
-    len: usize,
-    scale: f32,
-    o: &mut [f32],
-) {
+/// What one attention task computes: the query heads `qs` of one KV group (each `d` long)
+/// over the first `len` cached positions, scores scaled by `scale`.
+#[derive(Clone, Copy)]
+pub(super) struct Queries<'a> {
+    pub qs: &'a [f32],
+    pub d: usize,
+    pub len: usize,
+    pub scale: f32,
+}
+
+/// Softmax attention of `q`'s heads over their KV head's cached rows `head`, added into `o` (as
+/// long as `q.qs`, zeroed by the caller). The heads of a group go together so each cached row is
+/// read once for all of them; each head's arithmetic is the same as alone, so the same bits
+/// (tested).
+pub(super) fn attend_heads(isa: Isa, q: Queries, head: &HeadRows, o: &mut [f32]) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a session's instruction set is supported here, and both of these imply AVX2.
         Isa::Avx2 | Isa::Avx512Vnni if crate::kernels::float::f16_simd(isa) => unsafe {
-            attend_heads_avx2(qs, d, head, len, scale, o)
+            attend_heads_avx2(q, head, o)
         },
-        _ => attend_heads_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, qs, d, head, len, scale, o),
+        _ => attend_heads_with(|q, k| k.map(|k| dot_f32(q, k)), f16_to_f32, q, head, o),
     }
 }
 
@@ -42,16 +44,13 @@ pub(super) fn attend_heads(
 /// attention took a tenth of a 128-token prompt on 2B-4T.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn attend_heads_avx2(qs: &[f32], d: usize, head: &HeadRows, len: usize, scale: f32, o: &mut [f32]) {
+unsafe fn attend_heads_avx2(q: Queries, head: &HeadRows, o: &mut [f32]) {
     // SAFETY: this function only runs where AVX2 and F16C are available.
     attend_heads_with(
         |q, k| unsafe { dot4_f32_avx2(q, k) },
         |h, f| unsafe { f16_to_f32_f16c(h, f) },
-        qs,
-        d,
+        q,
         head,
-        len,
-        scale,
         o,
     )
 }
@@ -82,18 +81,15 @@ unsafe fn f16_to_f32_f16c(src: &[f16], dst: &mut [f32]) {
 /// the AVX2 one, and loses the wide vectors. Keys go four at a time through `dot4` (four
 /// independent sums, so the adds' latency overlaps) for every head before the next four; values
 /// two at a time into each head's `o`, which adds them in the same order as one at a time.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attend_heads_with(
     dot4: impl Fn(&[f32], [&[f32]; 4]) -> [f32; 4],
     convert: impl Fn(&[f16], &mut [f32]) + Copy,
-    qs: &[f32],
-    d: usize,
+    q: Queries,
     head: &HeadRows,
-    len: usize,
-    scale: f32,
     o: &mut [f32],
 ) {
+    let Queries { qs, d, len, scale } = q;
     let n = qs.len() / d;
     let at = |j: usize| j * head.stride + head.offset;
     let mut bufs: [Vec<f32>; 4] = Default::default();
@@ -233,20 +229,21 @@ mod tests {
                 let (keys, values) =
                     (LayerRows::F32(Cow::Borrowed(&keys)), LayerRows::F32(Cow::Borrowed(&values)));
                 let q = random(d, &mut seed);
+                let one = |qs| Queries { qs, d, len, scale: 3.0 };
                 let head = HeadRows { keys: &keys, values: &values, stride: heads * d, offset: d };
                 let mut scalar = vec![0f32; d];
-                attend_heads(Isa::Scalar, &q, d, &head, len, 3.0, &mut scalar);
+                attend_heads(Isa::Scalar, one(&q), &head, &mut scalar);
                 // The same rows stored as f16 (an f16 cache): converted by each core its own way.
                 let (keys16, values16) = (LayerRows::F16(&keys16), LayerRows::F16(&values16));
                 let head16 = HeadRows { keys: &keys16, values: &values16, ..head };
                 let mut scalar16 = vec![0f32; d];
-                attend_heads(Isa::Scalar, &q, d, &head16, len, 3.0, &mut scalar16);
+                attend_heads(Isa::Scalar, one(&q), &head16, &mut scalar16);
                 // Every other instruction set here (on x86 AVX2 and AVX-512 take the AVX2 core).
                 for isa in crate::cpu::available() {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     for (rows, want) in [(&head, &scalar), (&head16, &scalar16)] {
                         let mut got = vec![0f32; d];
-                        attend_heads(isa, &q, d, rows, len, 3.0, &mut got);
+                        attend_heads(isa, one(&q), rows, &mut got);
                         assert_eq!(bits(want), bits(&got), "{} d {d}, len {len}", isa.name());
                     }
                 }
@@ -288,10 +285,15 @@ mod tests {
                 let head = HeadRows { keys: k, values: v, stride: d, offset: 0 };
                 for isa in crate::cpu::available() {
                     let mut together = vec![0f32; n * d];
-                    attend_heads(isa, &qs, d, &head, len, 0.7, &mut together);
+                    attend_heads(isa, Queries { qs: &qs, d, len, scale: 0.7 }, &head, &mut together);
                     for h in 0..n {
                         let mut alone = vec![0f32; d];
-                        attend_heads(isa, &qs[h * d..(h + 1) * d], d, &head, len, 0.7, &mut alone);
+                        attend_heads(
+                            isa,
+                            Queries { qs: &qs[h * d..(h + 1) * d], d, len, scale: 0.7 },
+                            &head,
+                            &mut alone,
+                        );
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(
                             bits(&alone),

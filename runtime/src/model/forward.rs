@@ -4,7 +4,7 @@
 //! BitLinear: each token's input is quantised to int8 exactly as the reference does, the kernel
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
-use super::attention::{HeadRows, attend_heads};
+use super::attention::{HeadRows, Queries, attend_heads};
 use super::kv::{KvStore, KvType, LayerSpan};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
@@ -573,7 +573,7 @@ impl<'m> Session<'m> {
             let (i, g) = (task / groups, task % groups);
             let head = HeadRows { keys: &keys, values: &values, stride: d, offset: g * head_stride };
             let qs = &q[task * n_rep * d..(task + 1) * n_rep * d];
-            attend_heads(isa, qs, d, &head, self.pos + i + 1, scale, o);
+            attend_heads(isa, Queries { qs, d, len: self.pos + i + 1, scale }, &head, o);
         });
         out
     }
