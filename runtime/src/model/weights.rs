@@ -137,6 +137,11 @@ impl Model {
             });
         }
         let output_norm = l.norm("output_norm.weight", c.hidden)?;
+        // The loader has just read every ternary byte, so the map's pages are what the run will
+        // stream through: the AVX2 GEMV's prefetch pays only through 2 MiB pages.
+        if let Some((resident, huge)) = crate::bench::mapped_file_pages(&file.path) {
+            crate::kernels::i2s::set_weight_prefetch(resident == 0 || 2 * huge >= resident);
+        }
         Ok(Model { embed, output, tied, output_norm, layers, config, file })
     }
 

@@ -28,6 +28,16 @@ fn dot_fn(isa: Isa) -> DotFn {
     }
 }
 
+/// Whether the AVX2 GEMV asks for weight bytes ahead of its stream (a hint; on by default). The
+/// model loader turns it off when the page cache holds the weights in 4 KiB pages, where it costs
+/// more than it saves. Process-wide: the last model loaded decides.
+pub fn set_weight_prefetch(on: bool) {
+    #[cfg(target_arch = "x86_64")]
+    x86::WEIGHT_PREFETCH.store(on, std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = on;
+}
+
 /// Rows are whole 128-weight blocks (32 bytes each), and there is a whole number of them.
 fn check_rows(rows: &[u8], row_bytes: usize) {
     assert!(

@@ -17,6 +17,12 @@ use std::arch::x86_64::*;
 /// rows (which the kept probe reproduces).
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
+/// Whether the AVX2 GEMV asks for weight bytes [`GEMV_PREFETCH_AHEAD`] ahead. Through 2 MiB pages
+/// that gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages ahead, it
+/// cost 10-15 % (docs/benchmarks.md), so the model loader turns it off when the page cache holds
+/// most of the weights in 4 KiB pages (`super::set_weight_prefetch`).
+pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
 /// the invalid code 3 (bounds at [`row_sums`]).
 const GEMV_SPAN: usize = 5;
@@ -74,6 +80,7 @@ pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_su
 unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
     let (low2, high2) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
     let ones = _mm256_set1_epi16(1);
+    let prefetch = WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
     let mut acc = _mm256_setzero_si256();
     let mut b = 0;
     while b < blocks {
@@ -84,7 +91,9 @@ unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
             // prefetch is a hint, harmless past the end of the matrix.
             unsafe {
                 let packed = _mm256_loadu_si256(w.add(32 * b) as *const __m256i);
-                _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(32 * b + GEMV_PREFETCH_AHEAD) as *const i8);
+                if prefetch {
+                    _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(32 * b + GEMV_PREFETCH_AHEAD) as *const i8);
+                }
                 let q = |i: usize| _mm256_loadu_si256(a.add(128 * b + 32 * i) as *const __m256i);
                 let high = _mm256_srli_epi16(packed, 4);
                 // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
