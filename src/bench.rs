@@ -4,10 +4,11 @@ use crate::common::{KvArgs, load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
-    OpProfile, Roofline, generation_profile, generation_rate, mapped_file_pages, peak_rss_bytes,
-    prompt_profile, prompt_rate, read_bandwidth, read_bandwidth_of, summary,
+    OpProfile, Roofline, generation_profile, generation_rate, peak_rss_bytes, prompt_profile, prompt_rate,
+    read_bandwidth, read_bandwidth_of, summary,
 };
 use tern_runtime::model::Op;
+use tern_runtime::pages::mapped_file_pages;
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
 ///
@@ -83,6 +84,12 @@ pub fn run(args: Args) -> Result<()> {
     let mut paired: Vec<Vec<(f64, f64)>> = Vec::new();
     let mut bandwidths: Vec<Option<f64>> = Vec::new();
     let file_bandwidth = || read_bandwidth_of(model.file.as_bytes(), 3);
+    // Runs `f`, and with `measure` also the read bandwidth right before and after it (their mean).
+    let bracketed = |measure: bool, f: &mut dyn FnMut()| {
+        let before = measure.then(file_bandwidth);
+        f();
+        before.map(|b| (b + file_bandwidth()) / 2.0)
+    };
     for &t in &args.threads {
         let mut runs = Vec::new();
         for (test, n) in [("pp", args.prompt), ("tg", args.generate)] {
@@ -96,10 +103,12 @@ pub fn run(args: Args) -> Result<()> {
                         if test == "pp" {
                             return prompt_rate(&model, n, r as u64 + 1, kv);
                         }
-                        let before = bracket.then(file_bandwidth);
-                        let rate = generation_rate(&model, n, r as u64 + 1, kv)?;
-                        if let Some(before) = before {
-                            runs.push((rate, (before + file_bandwidth()) / 2.0));
+                        let mut rate = Ok(0.0);
+                        let around =
+                            bracketed(bracket, &mut || rate = generation_rate(&model, n, r as u64 + 1, kv));
+                        let rate = rate?;
+                        if let Some(bandwidth) = around {
+                            runs.push((rate, bandwidth));
                         }
                         Ok(rate)
                     })
@@ -154,9 +163,10 @@ pub fn run(args: Args) -> Result<()> {
                 // the head's streaming rates can be set against it.
                 let bracket = args.roofline && stream_model;
                 let (p, bandwidth) = with_threads(Some(t), || {
-                    let before = bracket.then(file_bandwidth);
-                    let p = generation_profile(&model, n, 1, kv);
-                    (p, before.map(|b| (b + file_bandwidth()) / 2.0))
+                    let mut p = None;
+                    let bandwidth =
+                        bracketed(bracket, &mut || p = Some(generation_profile(&model, n, 1, kv)));
+                    (p.expect("the run ran"), bandwidth)
                 })?;
                 profiles.push((t, format!("tg{n}"), p?, bandwidth));
             }

@@ -11,7 +11,8 @@
 use memmap2::{Advice, Mmap, MmapMut};
 use std::io::Write;
 use std::path::Path;
-use tern_runtime::bench::{mapped_file_pages, read_bandwidth_of};
+use tern_runtime::bench::read_bandwidth_of;
+use tern_runtime::pages::mapped_file_pages;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -100,35 +100,6 @@ pub fn read_bandwidth_of(bytes: &[u8], reps: usize) -> f64 {
     best
 }
 
-/// How much of the file at `path` this process has mapped in memory, and how much of that is
-/// mapped with 2 MiB pages (Linux `/proc/self/smaps`; `None` elsewhere). Weights read through
-/// 4 KiB pages streamed up to a third slower on this host, so `tern bench` reports it.
-pub fn mapped_file_pages(path: &std::path::Path) -> Option<(u64, u64)> {
-    let path = std::fs::canonicalize(path).ok()?;
-    let path = path.to_str()?;
-    let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-    let (mut rss, mut huge, mut inside) = (0u64, 0u64, false);
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            // A mapping's header: "start-end perms offset dev inode path".
-            inside = line.ends_with(&format!(" {path}"));
-            continue;
-        }
-        if !inside {
-            continue;
-        }
-        let kib = || fields.clone().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
-        match first {
-            "Rss:" => rss += kib(),
-            "FilePmdMapped:" => huge += kib(),
-            _ => {}
-        }
-    }
-    Some((rss, huge))
-}
-
 /// Sum with four independent accumulators, so loads, not the add chain, set the pace.
 fn sum_words(c: &[u64]) -> u64 {
     let mut acc = [0u64; 4];
@@ -189,6 +160,17 @@ pub struct OpProfile {
     pub per_op: Vec<(crate::model::Op, f64)>,
 }
 
+impl OpProfile {
+    /// `n` tokens that took `total` seconds, with `profile`'s times per operation.
+    fn per_token(profile: &crate::model::Profile, n: usize, total: f64) -> OpProfile {
+        OpProfile {
+            tokens_per_s: n as f64 / total,
+            seconds_per_token: total / n as f64,
+            per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
+        }
+    }
+}
+
 /// One prompt of `n` random tokens from an empty cache with a profile attached (as the pp test
 /// runs it: micro-batches, logits of the last position only).
 pub fn prompt_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<OpProfile> {
@@ -198,12 +180,7 @@ pub fn prompt_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Result<
     s.profile = Some(profile.clone());
     let t = Instant::now();
     s.forward(&tokens, Want::Last, None)?;
-    let total = t.elapsed().as_secs_f64();
-    Ok(OpProfile {
-        tokens_per_s: n as f64 / total,
-        seconds_per_token: total / n as f64,
-        per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
-    })
+    Ok(OpProfile::per_token(&profile, n, t.elapsed().as_secs_f64()))
 }
 
 /// One generation run of `n` tokens with a profile attached.
@@ -217,12 +194,7 @@ pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Res
         let next = crate::parity::argmax(&logits) as u32;
         logits = s.forward(&[next], Want::Last, None)?;
     }
-    let total = t.elapsed().as_secs_f64();
-    Ok(OpProfile {
-        tokens_per_s: n as f64 / total,
-        seconds_per_token: total / n as f64,
-        per_op: profile.totals().into_iter().map(|(op, secs)| (op, secs / n as f64)).collect(),
-    })
+    Ok(OpProfile::per_token(&profile, n, t.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]
@@ -247,24 +219,5 @@ mod tests {
         assert!((r.fraction - 0.75).abs() < 1e-12, "{}", r.fraction);
         assert!(read_bandwidth(1 << 20, 1) > 0.0);
         assert!(read_bandwidth_of(&[1, 2, 3], 1) > 0.0);
-    }
-
-    /// The smaps reading finds a file this process maps, counts what is resident, and nothing
-    /// for a file it does not map.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn mapped_file_pages_sees_this_process_maps() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("weights.bin");
-        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        // SAFETY: a private read-only map of a file this test owns.
-        let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
-        assert_eq!(map.iter().map(|&b| b as u64).sum::<u64>(), 7 << 20);
-        let (rss, huge) = mapped_file_pages(&path).unwrap();
-        assert!(rss >= 1 << 20 && huge <= rss, "rss {rss}, huge {huge}");
-        let other = dir.path().join("other.bin");
-        std::fs::write(&other, b"x").unwrap();
-        assert_eq!(mapped_file_pages(&other).unwrap(), (0, 0));
     }
 }

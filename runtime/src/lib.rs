@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod generate;
 pub mod kernels;
 pub mod model;
+pub mod pages;
 pub mod parity;
 pub mod reference;
 pub mod rope;

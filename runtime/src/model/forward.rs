@@ -384,17 +384,18 @@ impl<'m> Session<'m> {
 
     /// [`Session::activate`] written over `gate`.
     fn activate_in_place(&self, gate: &mut [f32], up: &[f32]) {
-        let activation = self.model.config.activation;
-        let act = |(gate, up): (&mut [f32], &[f32])| match activation {
-            Activation::Relu2 => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = g.max(0.0) * g.max(0.0) * u),
-            Activation::Silu => gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u),
-        };
-        let width = self.model.config.intermediate;
-        if gate.len() / width.max(1) >= PARALLEL_ROWS {
-            gate.par_chunks_mut(width).zip(up.par_chunks(width)).for_each(act);
-        } else {
-            act((gate, up));
-        }
+        let (activation, width) = (self.model.config.activation, self.model.config.intermediate);
+        for_each_row(gate, width, |i, gate| {
+            let up = &up[i * width..];
+            match activation {
+                Activation::Relu2 => {
+                    gate.iter_mut().zip(up).for_each(|(g, &u)| *g = g.max(0.0) * g.max(0.0) * u)
+                }
+                Activation::Silu => {
+                    gate.iter_mut().zip(up).for_each(|(g, &u)| *g = *g / (1.0 + (-*g).exp()) * u)
+                }
+            }
+        });
     }
 
     /// The MLP block of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.
@@ -525,17 +526,12 @@ impl<'m> Session<'m> {
             RopePairing::Interleaved => crate::rope::apply_interleaved,
         };
         let (cos, sin, pos) = (&self.rope_cos, &self.rope_sin, self.pos);
-        let rotate = |(i, token): (usize, &mut [f32])| {
+        for_each_row(x, heads * d, |i, token| {
             let p = (pos + i) * d;
             for head in token.chunks_exact_mut(d) {
                 apply(head, &cos[p..p + d], &sin[p..p + d]);
             }
-        };
-        if x.len() / (heads * d) >= PARALLEL_ROWS {
-            x.par_chunks_exact_mut(heads * d).enumerate().for_each(rotate);
-        } else {
-            x.chunks_exact_mut(heads * d).enumerate().for_each(rotate);
-        }
+        });
     }
 
     /// Where position `p` of KV head `g` of layer `l` starts in a cache: layer by layer, head by
@@ -652,25 +648,32 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     #[cfg(target_arch = "x86_64")]
     let simd = matches!(cpu::selected(), Isa::Avx2 | Isa::Avx512Vnni);
-    let norm = |(x, out): (&[f32], &mut [f32])| {
+    for_each_row(&mut out, n, |i, out| {
+        let x = &x[i * n..(i + 1) * n];
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: the selected instruction set was detected (`cpu::selected`).
             return unsafe { rms_norm_avx2(x, weight, eps, out) };
         }
         rms_norm_portable(x, weight, eps, out)
-    };
-    if x.len() / n.max(1) >= PARALLEL_ROWS {
-        x.par_chunks(n).zip(out.par_chunks_mut(n)).for_each(norm);
-    } else {
-        norm((x, &mut out));
-    }
+    });
     out
 }
 
 /// Rows from which a prompt's per-token elementwise work (norms, RoPE, activation, residual
 /// adds) is split across threads; one generated token's is too small for a fork-join.
 const PARALLEL_ROWS: usize = 2;
+
+/// `f(i, row)` for each `width`-wide row of `x`: a prompt's rows across threads, one token's on
+/// this thread.
+fn for_each_row(x: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let width = width.max(1);
+    if x.len() / width >= PARALLEL_ROWS {
+        x.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        x.chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}
 
 /// [`rms_norm_portable`] compiled with 256-bit vectors: the same operations lane for lane (no
 /// reassociation, no fused multiply-add), so the same bits in half the instructions.
@@ -693,12 +696,7 @@ fn rms_norm_portable(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// `x += y` elementwise (a residual add), a prompt's rows across threads.
 fn add_in_place(x: &mut [f32], y: &[f32], width: usize) {
-    let add = |(x, y): (&mut [f32], &[f32])| x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-    if x.len() / width.max(1) >= PARALLEL_ROWS {
-        x.par_chunks_mut(width).zip(y.par_chunks(width)).for_each(add);
-    } else {
-        add((x, y));
-    }
+    for_each_row(x, width, |i, x| x.iter_mut().zip(&y[i * width..]).for_each(|(a, b)| *a += b));
 }
 
 /// `Σ v²` in 32 interleaved partial sums, folded in halves in a fixed order: the same bits for a

@@ -139,8 +139,15 @@ impl Model {
         let output_norm = l.norm("output_norm.weight", c.hidden)?;
         // The loader has just read every ternary byte, so the map's pages are what the run will
         // stream through: the AVX2 GEMV's prefetch pays only through 2 MiB pages.
-        if let Some((resident, huge)) = crate::bench::mapped_file_pages(&file.path) {
-            crate::kernels::i2s::set_weight_prefetch(resident == 0 || 2 * huge >= resident);
+        // `TERN_WEIGHT_PREFETCH=on|off` overrides the choice (to measure either way).
+        let choice = match std::env::var("TERN_WEIGHT_PREFETCH").as_deref() {
+            Ok("on") => Some(true),
+            Ok("off") => Some(false),
+            _ => crate::pages::mapped_file_pages(&file.path)
+                .map(|(resident, huge)| resident == 0 || 2 * huge >= resident),
+        };
+        if let Some(on) = choice {
+            crate::kernels::i2s::set_weight_prefetch(on);
         }
         Ok(Model { embed, output, tied, output_norm, layers, config, file })
     }
