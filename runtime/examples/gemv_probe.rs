@@ -8,8 +8,11 @@
 //! one call per matrix (up to 8192 rows) as generation does with one thread, through the file's
 //! own map (`CHUNK=ROWS`: that many rows per call instead; `ONLY_MODEL=1`: only that part).
 //! `TERN_KERNEL=avx2|avx512vnni` picks the kernel. `THREADS=2` runs the model part with two
-//! threads instead, each matrix a fork-join of its own as in generation: a read of the matrix in
-//! two halves, the GEMV in quarter bands (as `bitlinear` splits it) and in two halves.
+//! threads instead, four ways: a fork-join per matrix of runs of 16-row quarter bands (how
+//! `bitlinear` split a matrix until 2026-11-26) and of two halves (how it splits one now), and two
+//! threads started once for the whole sequence that each take the same half of every matrix,
+//! with a spinning barrier after each matrix ("team", a persistent team as generation could run
+//! one) or none ("no barrier"). All against a read of each matrix in two halves.
 //! `GAP_US=N` spins N µs on the calling thread before each banded matrix (serial work between
 //! matmuls, during which the other worker idles) and rates the bands by their calls' time alone.
 
@@ -107,7 +110,7 @@ fn model_sequence(path: &str, isa: cpu::Isa) {
 }
 
 /// The model part with the current rayon pool: per matrix, a read split in halves, the GEMV in
-/// quarter bands of 16 rows, and the GEMV in halves.
+/// quarter bands of 16 rows and in halves; then the two-thread team with and without barriers.
 fn model_sequence_threads(mats: &[(&[u8], usize, usize)], bytes: usize, act: &[i8], isa: cpu::Isa) {
     use rayon::prelude::*;
     use tern_runtime::kernels::i2s::{QuarterBand, gemv_quarters, split_quarters};
@@ -160,13 +163,58 @@ fn model_sequence_threads(mats: &[(&[u8], usize, usize)], bytes: usize, act: &[i
                 );
             }
         });
+        let team = rate(bytes, || team_halves(mats, act, isa, true));
+        let free = rate(bytes, || team_halves(mats, act, isa, false));
         println!(
-            "model, {} threads: read {read:5.1} GB/s  bands {bands:5.1} GB/s ({:.0} %)  halves {halves:5.1} GB/s ({:.0} %)",
+            "model, {} threads: read {read:5.1} GB/s  bands {bands:5.1} GB/s ({:.0} %)  halves {halves:5.1} GB/s ({:.0} %)  team {team:5.1} GB/s ({:.0} %)  no barrier {free:5.1} GB/s ({:.0} %)",
             rayon::current_num_threads(),
             100.0 * bands / read,
-            100.0 * halves / read
+            100.0 * halves / read,
+            100.0 * team / read,
+            100.0 * free / read
         );
     }
+}
+
+/// Two threads started once for the whole sequence, each taking the same half of every quarter of
+/// every matrix, with a spinning barrier after each matrix (`barrier`: as a persistent team would
+/// run generation) or none at all (the streams never wait: the most two threads can stream).
+fn team_halves(mats: &[(&[u8], usize, usize)], act: &[i8], isa: cpu::Isa, barrier: bool) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tern_runtime::kernels::i2s::{QuarterBand, gemv_quarters};
+    let arrived = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            let arrived = &arrived;
+            s.spawn(move || {
+                let mut out = vec![0i32; 4 * 8192];
+                for (m, &(d, cols, rows)) in mats.iter().enumerate() {
+                    let quarter = rows / 4;
+                    let (first, last) = (t * quarter / 2, (t + 1) * quarter / 2);
+                    let n = last - first;
+                    let (o0, rest) = out.split_at_mut(n);
+                    let (o1, rest) = rest.split_at_mut(n);
+                    let (o2, rest) = rest.split_at_mut(n);
+                    let band = QuarterBand {
+                        rows: d,
+                        row_bytes: cols / 4,
+                        quarter,
+                        first,
+                        act: &act[..cols],
+                        act_sum: 0,
+                    };
+                    gemv_quarters(isa, band, [o0, o1, o2, &mut rest[..n]]);
+                    if barrier {
+                        arrived.fetch_add(1, Ordering::AcqRel);
+                        while arrived.load(Ordering::Acquire) < 2 * (m + 1) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                }
+                std::hint::black_box(&out);
+            });
+        }
+    });
 }
 
 fn rate(bytes: usize, f: impl FnOnce()) -> f64 {

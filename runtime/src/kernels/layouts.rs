@@ -96,22 +96,6 @@ pub struct Acts<'a> {
     pub tables: Option<&'a Tables>,
 }
 
-/// Whether a one-token product with `w` on `isa` reads rows in lock step from the four quarters
-/// of the matrix: then threads split it into bands of the quarters ([`gemv_quarters`]), which
-/// keep each thread's four streams unbroken, instead of into row chunks ([`gemm_rows`]).
-pub fn reads_quarters(isa: Isa, w: &Packed) -> bool {
-    w.layout == Layout::I2S && i2s::reads_quarters(isa)
-}
-
-/// One band of such a product: `out[q][i] = Σ_k t[r,k]·q[k]` for rows r = q·quarter + first + i.
-pub fn gemv_quarters(isa: Isa, w: &Packed, quarter: usize, first: usize, a: Acts, out: [&mut [i32]; 4]) {
-    assert!(w.layout == Layout::I2S && a.sums.len() == 1, "quarter bands are one-token I2_S products");
-    let rb = i2s_format::row_bytes(w.cols);
-    let rows = &w.bytes[..w.rows * rb];
-    let band = i2s::QuarterBand { rows, row_bytes: rb, quarter, first, act: a.codes, act_sum: a.sums[0] };
-    i2s::gemv_quarters(isa, band, out);
-}
-
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).
 pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut [i32]) {
     let (acts, sums) = (a.codes, a.sums);

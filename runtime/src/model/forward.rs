@@ -9,11 +9,11 @@ use super::kv::{KvStore, KvType, LayerSpan};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
-use crate::kernels::{act, float, head, i2s, layouts};
+use crate::kernels::{act, float, head, layouts};
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
-use tern_formats::{TensorType, float_blocks};
+use tern_formats::{Layout, TensorType, float_blocks};
 
 /// Prompt tokens per forward pass: longer prompts run in batches of this many, which bounds the
 /// activations held at once (0.16 MiB per token on 2B-4T). Each batch reads the weights once
@@ -107,11 +107,6 @@ impl TokenMajor {
         self.0.wrapping_add(i)
     }
 }
-
-/// Rows per band of a quarter-stream GEMV split across threads: small enough to balance two
-/// threads within a 640-row matrix, and the band boundaries cost nothing since consecutive
-/// bands continue the same streams (16 measured no worse than 64).
-const QUARTER_BAND_ROWS: usize = 16;
 
 /// int8 codes starting on a 64-byte boundary, so a kernel's 32-byte activation loads never
 /// straddle two cache lines. Left to `malloc`'s 16-byte alignment, half of them did whenever the
@@ -449,13 +444,19 @@ impl<'m> Session<'m> {
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together). Chunks only balance
         // threads, so one thread generating takes the whole matrix in one call (TQ2_0 no slower,
-        // and the quarter-stream GEMV below needs long streams: tg with 1 thread 81 → 86 % of the
+        // and the quarter-stream GEMV needs long streams: tg with 1 thread 81 → 86 % of the
         // ceiling; docs/benchmarks.md). A prompt keeps its chunks even then: each chunk's output
         // is scaled while it is in the cache.
         let group = w.row_group();
         let threads = rayon::current_num_threads();
         let chunk_rows = if threads == 1 && tokens == 1 {
             m.rows
+        } else if tokens == 1 && w.layout == Layout::I2S {
+            // Generating, each thread takes one unbroken part of an I2_S matrix in one call (the
+            // VNNI GEMV reads it as four quarter streams). Against runs of 16-row bands of the
+            // matrix's quarters, tg with 2 threads 91 → 92 % of the ceiling, and 72.5 → 76 % when
+            // the host's bandwidth doubles; AVX2 the same as 256-row chunks (docs/benchmarks.md).
+            m.rows.div_ceil(threads).next_multiple_of(group).min(m.rows)
         } else {
             (m.rows / (threads * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows)
         };
@@ -465,28 +466,10 @@ impl<'m> Session<'m> {
         let acts = || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
         if tokens == 1 {
             let mut acc = vec![0i32; m.rows];
-            if layouts::reads_quarters(isa, &w) && m.rows >= 4 {
-                // The kernel reads the four quarters of the matrix in lock step: threads take
-                // runs of bands, each run four unbroken streams (tg with 2 threads 90.9 → 93.1 %
-                // of the ceiling, 70 → 78 % when the host's bandwidth doubles;
-                // docs/benchmarks.md).
-                let quarter = m.rows / 4;
-                let band = if threads == 1 { quarter } else { QUARTER_BAND_ROWS };
-                let ([q0, q1, q2, q3], rest) = i2s::split_quarters(&mut acc, quarter);
-                let bands = q0.par_chunks_mut(band).zip(q1.par_chunks_mut(band));
-                let bands = bands.zip(q2.par_chunks_mut(band)).zip(q3.par_chunks_mut(band));
-                bands.enumerate().for_each(|(i, (((o0, o1), o2), o3))| {
-                    layouts::gemv_quarters(isa, &w, quarter, i * band, acts(), [o0, o1, o2, o3]);
-                });
-                if !rest.is_empty() {
-                    layouts::gemm_rows(isa, &w, 4 * quarter, m.rows, acts(), rest);
-                }
-            } else {
-                acc.par_chunks_mut(chunk_rows).enumerate().for_each(|(i, out)| {
-                    let r0 = i * chunk_rows;
-                    layouts::gemm_rows(isa, &w, r0, r0 + out.len(), acts(), out);
-                });
-            }
+            acc.par_chunks_mut(chunk_rows).enumerate().for_each(|(i, out)| {
+                let r0 = i * chunk_rows;
+                layouts::gemm_rows(isa, &w, r0, r0 + out.len(), acts(), out);
+            });
             for (o, &v) in y.iter_mut().zip(&acc) {
                 *o = v as f32 * factors[0];
             }

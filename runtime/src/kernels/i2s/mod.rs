@@ -63,14 +63,6 @@ pub fn gemv(isa: Isa, rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, o
     gemm(isa, rows, row_bytes, act, &[act_sum], out);
 }
 
-/// Whether a one-token [`gemm`] on `isa` reads the rows in lock step from the four quarters of
-/// the call (AVX-512 VNNI: four rows share every activation load, and four rows far apart are
-/// four streams the hardware prefetcher follows). Threads then split a matrix with
-/// [`gemv_quarters`] into bands of the quarters, not into row chunks.
-pub fn reads_quarters(isa: Isa) -> bool {
-    isa == Isa::Avx512Vnni
-}
-
 /// One band of a one-token GEMV read as four quarter streams: rows `q·quarter + first + i` of
 /// `rows` (each `row_bytes`) for q in 0..4 against `act` (Σ = `act_sum`).
 #[derive(Clone, Copy)]
@@ -85,8 +77,10 @@ pub struct QuarterBand<'a> {
 
 /// `out[q][i] = Σ t·q` of row `q·quarter + first + i` of the band, for the four equally long
 /// `out[q]`. Consecutive bands continue the same four streams, so a thread taking a run of them
-/// reads four unbroken streams. On an instruction set that does not read quarters
-/// ([`reads_quarters`]), four plain GEMVs.
+/// reads four unbroken streams. On AVX-512 VNNI the one-token [`gemm`] reads its rows this way
+/// (one band of all of them); on other instruction sets, four plain GEMVs. Generation gives each
+/// thread one unbroken part of a matrix instead of runs of bands, which streamed faster;
+/// `runtime/examples/gemv_probe.rs` (`THREADS=2`) still compares the two.
 pub fn gemv_quarters(isa: Isa, band: QuarterBand, out: [&mut [i32]; 4]) {
     let QuarterBand { rows, row_bytes, quarter, first, act, act_sum } = band;
     let n = out[0].len();
