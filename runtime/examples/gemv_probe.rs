@@ -7,7 +7,8 @@
 //! one. With a 2B-4T-shaped I2_S file it also runs the model's ternary matrices in file order,
 //! one call per matrix (up to 8192 rows) as generation does with one thread, through the file's
 //! own map (`CHUNK=ROWS`: that many rows per call instead; `ONLY_MODEL=1`: only that part).
-//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel. `THREADS=2` runs the model part with two
+//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel; `TERN_WEIGHT_PREFETCH=off` turns the AVX2
+//! GEMV's software prefetch off (the model loader does when the weights are in 4 KiB pages). `THREADS=2` runs the model part with two
 //! threads instead, four ways: a fork-join per matrix of runs of 16-row quarter bands (how
 //! `bitlinear` split a matrix until 2026-11-26) and of two halves (how it splits one now), and two
 //! threads started once for the whole sequence that each take the same half of every matrix,
@@ -26,6 +27,10 @@ fn main() {
     assert!(cols.is_multiple_of(128), "COLS: a multiple of 128");
     let model = args.next();
     let isa = cpu::selected();
+    // As the model loader does: `TERN_WEIGHT_PREFETCH=off` turns the AVX2 GEMV's prefetch off.
+    if std::env::var("TERN_WEIGHT_PREFETCH").is_ok_and(|v| v == "off") {
+        tern_runtime::kernels::i2s::set_weight_prefetch(false);
+    }
     let rb = cols / 4;
     let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
     let act_store: Vec<i8> = (0..cols + 64).map(|_| (next() % 255) as i8).collect();

@@ -28,9 +28,10 @@ fn dot_fn(isa: Isa) -> DotFn {
     }
 }
 
-/// Whether the AVX2 GEMV asks for weight bytes ahead of its stream (a hint; on by default). The
-/// model loader turns it off when the page cache holds the weights in 4 KiB pages, where it costs
-/// more than it saves. Process-wide: the last model loaded decides.
+/// Whether the AVX2 GEMV asks for weight bytes ahead of one row stream (on by default), or reads
+/// four quarter streams with no prefetch. The model loader turns it off when the page cache holds
+/// the weights in 4 KiB pages, where the prefetch costs more than it saves and four streams read
+/// faster. Process-wide: the last model loaded decides; either way the results are the same bits.
 pub fn set_weight_prefetch(on: bool) {
     #[cfg(target_arch = "x86_64")]
     x86::WEIGHT_PREFETCH.store(on, std::sync::atomic::Ordering::Relaxed);
@@ -276,6 +277,36 @@ mod tests {
                 }
             }
             println!("checked {}", isa.name());
+        }
+    }
+
+    /// Both ways the AVX2 GEMV streams its rows (one prefetched stream, or four quarter streams:
+    /// the model loader picks by page size) equal the scalar GEMV bit for bit, including rows
+    /// left after the quarters and the int8 extremes. Called directly: the process-wide choice
+    /// may be flipped by any model a concurrent test loads.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_streams_both_equal_scalar() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        for (i, &(rows, cols)) in
+            [(1, 128), (4, 2560), (7, 384), (19, 6912), (64, 256), (3, 96)].iter().enumerate()
+        {
+            for extreme in [false, true] {
+                let (_, packed, act) = random_case(rows, cols, 300 + i as u64, extreme);
+                let rb = i2s::row_bytes(cols);
+                let w = &packed[..rows * rb];
+                let sum = act.iter().map(|&a| a as i32).sum();
+                let mut want = vec![0; rows];
+                gemv(Isa::Scalar, w, rb, &act, sum, &mut want);
+                for one_stream in [true, false] {
+                    let mut got = vec![0; rows];
+                    // SAFETY: AVX2 is supported (checked above); sizes as gemv asserts them.
+                    unsafe { x86::gemv_avx2_streams(w, rb, &act, sum, &mut got, one_stream) };
+                    assert_eq!(got, want, "{rows}x{cols} extreme={extreme} one_stream={one_stream}");
+                }
+            }
         }
     }
 

@@ -17,10 +17,12 @@ use std::arch::x86_64::*;
 /// rows (which the kept probe reproduces).
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
-/// Whether the AVX2 GEMV asks for weight bytes [`GEMV_PREFETCH_AHEAD`] ahead. Through 2 MiB pages
-/// that gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages ahead, it
-/// cost 10-15 % (docs/benchmarks.md), so the model loader turns it off when the page cache holds
-/// most of the weights in 4 KiB pages (`super::set_weight_prefetch`).
+/// Whether the AVX2 GEMV asks for weight bytes [`GEMV_PREFETCH_AHEAD`] ahead of one row stream,
+/// or reads four quarter streams with no prefetch ([`gemv_avx2`]). Through 2 MiB pages the
+/// prefetch gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages
+/// ahead, it cost 10-15 % (docs/benchmarks.md), and four streams beat one, so the model loader
+/// turns it off when the page cache holds most of the weights in 4 KiB pages
+/// (`super::set_weight_prefetch`).
 pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
@@ -40,27 +42,69 @@ unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
     unsafe { hsum256(row_sums(row.as_ptr(), row.len() / 32, act.as_ptr())) }
 }
 
-/// GEMV over consecutive rows of `row_bytes`: `out[r] = Σ t·q` (codes · activations − `act_sum`).
-/// Rows go one at a time through [`row_sums`] (the memory access is one forward stream); four
-/// rows' lanes are reduced together.
+/// GEMV over consecutive rows of `row_bytes`: `out[r] = Σ t·q` (codes · activations − `act_sum`),
+/// streaming the weights one of two ways, as the page cache's page size favours
+/// ([`WEIGHT_PREFETCH`], which the model loader sets from it):
+/// - 2 MiB pages: rows one after another, one forward stream with a software prefetch ahead of
+///   it; four rows' lanes are reduced together;
+/// - 4 KiB pages (no prefetch): four rows in lock step from the four quarters of the call (r,
+///   r + n/4, r + n/2, r + 3n/4), four streams the hardware prefetcher follows across page
+///   boundaries, sharing each activation load, as the VNNI GEMV does; the last `n mod 4` rows
+///   one at a time. On the model's matrices in file order: 15-18 → 20-21 GB/s through 4 KiB
+///   pages, while through 2 MiB pages the one prefetched stream stays ahead (27 GB/s against
+///   22 with the prefetch, 25-26 without; docs/benchmarks.md).
 ///
 /// # Safety
 /// The CPU must support AVX2; `rows.len() == out.len() * row_bytes`, `act.len() == 4 * row_bytes`,
 /// `row_bytes` a multiple of 32.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
+    let one_stream = WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: forwarded from the caller.
+    unsafe { gemv_avx2_streams(rows, row_bytes, act, act_sum, out, one_stream) }
+}
+
+/// [`gemv_avx2`] with the way of streaming given: one prefetched stream or four quarter streams.
+///
+/// # Safety
+/// As [`gemv_avx2`].
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gemv_avx2_streams(
+    rows: &[u8],
+    row_bytes: usize,
+    act: &[i8],
+    act_sum: i32,
+    out: &mut [i32],
+    one_stream: bool,
+) {
     debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
-    let blocks = row_bytes / 32;
-    for (quad, o) in rows.chunks(4 * row_bytes).zip(out.chunks_mut(4)) {
-        let mut acc = [_mm256_setzero_si256(); 4];
-        for (i, acc) in acc.iter_mut().enumerate().take(o.len()) {
-            // SAFETY: row i of this group is within rows; the caller's length relation.
-            *acc = unsafe { row_sums(quad.as_ptr().add(i * row_bytes), blocks, act.as_ptr()) };
+    let (w, blocks, a) = (rows.as_ptr(), row_bytes / 32, act.as_ptr());
+    if one_stream {
+        for (quad, o) in rows.chunks(4 * row_bytes).zip(out.chunks_mut(4)) {
+            let mut acc = [_mm256_setzero_si256(); 4];
+            for (i, acc) in acc.iter_mut().enumerate().take(o.len()) {
+                // SAFETY: row i of this group is within rows; the caller's length relation.
+                *acc =
+                    unsafe { rows_sums_spans::<1, true>([quad.as_ptr().add(i * row_bytes)], blocks, a)[0] };
+            }
+            for (o, s) in o.iter_mut().zip(hsum256x4(acc)) {
+                *o = s - act_sum;
+            }
         }
-        let sums = hsum256x4(acc);
-        for (o, s) in o.iter_mut().zip(sums) {
-            *o = s - act_sum;
+        return;
+    }
+    let quarter = out.len() / 4;
+    for i in 0..quarter {
+        let index = [0, 1, 2, 3].map(|q| q * quarter + i);
+        // SAFETY: every index is below 4·quarter ≤ out.len(), so its row is within rows.
+        let acc = unsafe { rows_sums_spans::<4, false>(index.map(|r| w.add(r * row_bytes)), blocks, a) };
+        for (r, s) in index.into_iter().zip(hsum256x4(acc)) {
+            out[r] = s - act_sum;
         }
+    }
+    for (r, o) in out.iter_mut().enumerate().skip(4 * quarter) {
+        // SAFETY: row r < out.len() is within rows.
+        *o = unsafe { hsum256(rows_sums_spans::<1, false>([w.add(r * row_bytes)], blocks, a)[0]) } - act_sum;
     }
 }
 
@@ -85,79 +129,92 @@ unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
     // SAFETY: forwarded from the caller.
     unsafe {
         if WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed) {
-            row_sums_spans::<true>(w, blocks, a)
+            rows_sums_spans::<1, true>([w], blocks, a)[0]
         } else {
-            row_sums_spans::<false>(w, blocks, a)
+            rows_sums_spans::<1, false>([w], blocks, a)[0]
         }
     }
 }
 
-/// [`row_sums`] with the prefetch fixed at compile time.
+/// [`row_sums`] with the prefetch fixed at compile time, for `N` rows in lock step (one stream
+/// each) sharing the activation loads.
 ///
 /// # Safety
-/// As [`row_sums`].
+/// As [`row_sums`], for every `w[r]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn row_sums_spans<const PREFETCH: bool>(mut w: *const u8, blocks: usize, mut a: *const i8) -> __m256i {
+unsafe fn rows_sums_spans<const N: usize, const PREFETCH: bool>(
+    mut w: [*const u8; N],
+    blocks: usize,
+    mut a: *const i8,
+) -> [__m256i; N] {
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_si256();
+    let mut acc = [_mm256_setzero_si256(); N];
     let mut left = blocks;
     while left > 0 {
-        let (mut times4, mut times1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        let mut sums = [(_mm256_setzero_si256(), _mm256_setzero_si256()); N];
         let n = left.min(GEMV_SPAN);
-        let mut sums = (&mut times4, &mut times1);
-        // SAFETY: n ≤ left blocks remain at w and a (the caller's contract).
+        // SAFETY: n ≤ left blocks remain at every w[r] and at a (the caller's contract).
         unsafe {
             if n == GEMV_SPAN {
                 // A span is 160 bytes: prefetching at blocks 0, 2 and 4 touches every line.
-                block_sums::<PREFETCH>(w, a, &mut sums);
-                block_sums::<false>(w.add(32), a.add(128), &mut sums);
-                block_sums::<PREFETCH>(w.add(64), a.add(256), &mut sums);
-                block_sums::<false>(w.add(96), a.add(384), &mut sums);
-                block_sums::<PREFETCH>(w.add(128), a.add(512), &mut sums);
+                block_sums::<N, PREFETCH>(w, a, 0, &mut sums);
+                block_sums::<N, false>(w, a, 1, &mut sums);
+                block_sums::<N, PREFETCH>(w, a, 2, &mut sums);
+                block_sums::<N, false>(w, a, 3, &mut sums);
+                block_sums::<N, PREFETCH>(w, a, 4, &mut sums);
             } else {
                 for i in 0..n {
-                    block_sums::<PREFETCH>(w.add(32 * i), a.add(128 * i), &mut sums);
+                    block_sums::<N, PREFETCH>(w, a, i, &mut sums);
                 }
             }
-            w = w.add(32 * n);
+            w = w.map(|p| p.add(32 * n));
             a = a.add(128 * n);
         }
         left -= n;
-        let s = _mm256_add_epi16(times1, _mm256_srai_epi16(times4, 2));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s, ones));
+        for (acc, (times4, times1)) in acc.iter_mut().zip(sums) {
+            let s = _mm256_add_epi16(times1, _mm256_srai_epi16(times4, 2));
+            *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(s, ones));
+        }
     }
     acc
 }
 
-/// One block of [`row_sums`] into its (×4, ×1) i16 sums. Always inlined into the AVX2 caller
-/// (a `target_feature` function cannot be `inline(always)`, and a call per block would cost
-/// more than the block).
+/// Block `i` of `N` rows of [`rows_sums_spans`] into their (×4, ×1) i16 sums, each activation
+/// load shared by the rows. Always inlined into the AVX2 caller (a `target_feature` function
+/// cannot be `inline(always)`, and a call per block would cost more than the block).
 ///
 /// # Safety
-/// The CPU must support AVX2; 32 readable bytes at `w`, 128 at `a`.
+/// The CPU must support AVX2; 32 readable bytes at `w[r] + 32·i`, 128 at `a + 128·i`.
 #[inline(always)]
-unsafe fn block_sums<const PREFETCH: bool>(
-    w: *const u8,
+unsafe fn block_sums<const N: usize, const PREFETCH: bool>(
+    w: [*const u8; N],
     a: *const i8,
-    sums: &mut (&mut __m256i, &mut __m256i),
+    i: usize,
+    sums: &mut [(__m256i, __m256i); N],
 ) {
     // SAFETY: the caller's contract; the prefetch is a hint, harmless past the end of the matrix.
     unsafe {
         let (low2, high2) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
-        let packed = _mm256_loadu_si256(w as *const __m256i);
+        let packed: [__m256i; N] =
+            std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * i) as *const __m256i));
         if PREFETCH {
-            _mm_prefetch::<_MM_HINT_T1>(w.wrapping_add(GEMV_PREFETCH_AHEAD) as *const i8);
+            for p in w {
+                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(32 * i + GEMV_PREFETCH_AHEAD) as *const i8);
+            }
         }
-        let q = |i: usize| _mm256_loadu_si256(a.add(32 * i) as *const __m256i);
-        let high = _mm256_srli_epi16(packed, 4);
+        let high = packed.map(|p| _mm256_srli_epi16(p, 4));
+        let q = |j: usize| _mm256_loadu_si256(a.add(128 * i + 32 * j) as *const __m256i);
         // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
-        let w0 = _mm256_maddubs_epi16(_mm256_and_si256(high, high2), q(0));
-        let w1 = _mm256_maddubs_epi16(_mm256_and_si256(high, low2), q(1));
-        let w2 = _mm256_maddubs_epi16(_mm256_and_si256(packed, high2), q(2));
-        let w3 = _mm256_maddubs_epi16(_mm256_and_si256(packed, low2), q(3));
-        *sums.0 = _mm256_add_epi16(*sums.0, _mm256_add_epi16(w0, w2));
-        *sums.1 = _mm256_add_epi16(*sums.1, _mm256_add_epi16(w1, w3));
+        let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
+        for r in 0..N {
+            let w0 = _mm256_maddubs_epi16(_mm256_and_si256(high[r], high2), q0);
+            let w1 = _mm256_maddubs_epi16(_mm256_and_si256(high[r], low2), q1);
+            let w2 = _mm256_maddubs_epi16(_mm256_and_si256(packed[r], high2), q2);
+            let w3 = _mm256_maddubs_epi16(_mm256_and_si256(packed[r], low2), q3);
+            sums[r].0 = _mm256_add_epi16(sums[r].0, _mm256_add_epi16(w0, w2));
+            sums[r].1 = _mm256_add_epi16(sums[r].1, _mm256_add_epi16(w1, w3));
+        }
     }
 }
 
