@@ -310,7 +310,7 @@ mod tests {
         }
     }
 
-    /// A GEMV cut into quarter bands (as threads cut it) and the rows left after the quarters
+    /// A GEMV cut into quarter bands (as `gemv_probe` cuts it) and the rows left after the quarters
     /// equals the scalar GEMV, on every instruction set, for band sizes that do and do not
     /// divide the quarter.
     #[test]
