@@ -19,8 +19,9 @@ use tern_runtime::pages::mapped_file_pages;
 /// --roofline also measures this machine's streaming read bandwidth with each thread count and
 /// compares generation with the ceiling it sets: every generated token reads every ternary
 /// weight and the whole output head once (the file's bytes per token), so tg ≤ bandwidth /
-/// bytes per token. The test streams through the model file's own mapped bytes (best of three
-/// passes) right before and right after every tg run, so each run is compared with what the
+/// bytes per token. The test streams through the model file's own mapped bytes (the best of
+/// three passes each of one stream and of four streams per thread: cores differ in which reads
+/// faster) right before and right after every tg run, so each run is compared with what the
 /// machine could read in its own seconds, through the same pages, under the same load from
 /// other processes; "of ceiling" is the median of the runs' own fractions. A file under 256 MiB
 /// could sit in the caches, so then the test streams through a fresh --roofline-mib buffer

@@ -79,3 +79,39 @@ pub fn selected() -> Isa {
         }
     })
 }
+
+/// How many weight streams each thread of a one-token matmul keeps in flight: 4 (rows taken in
+/// lock step from four far-apart places, each with a short software prefetch) or 1 (one forward
+/// stream). One core of the 2026-12 Intel Xeon host streams an F16 head at 5-6 GB/s through one
+/// stream and 10-14 GB/s through four, while on the AMD EPYC host four head streams were slower
+/// than one (docs/benchmarks.md), so the choice follows the CPU's vendor: 4 on Intel, 1
+/// elsewhere. `TERN_STREAMS=1|4` overrides it (to measure either way); the bits are the same.
+pub fn weight_streams() -> usize {
+    static CHOICE: OnceLock<usize> = OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("TERN_STREAMS").ok().as_deref() {
+        Some("1") => 1,
+        Some("4") => 4,
+        Some(other) => {
+            eprintln!("warning: TERN_STREAMS={other} is not 1 or 4; using the CPU's default");
+            default_weight_streams()
+        }
+        None => default_weight_streams(),
+    })
+}
+
+fn default_weight_streams() -> usize {
+    if cpu_vendor().as_deref() == Some("GenuineIntel") { 4 } else { 1 }
+}
+
+/// The CPUID vendor string (x86-64), e.g. "GenuineIntel" or "AuthenticAMD".
+pub fn cpu_vendor() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 0 exists on every x86-64 CPU.
+        let r = std::arch::x86_64::__cpuid(0);
+        let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx].iter().flat_map(|w| w.to_le_bytes()).collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}

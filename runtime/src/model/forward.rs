@@ -579,6 +579,7 @@ impl<'m> Session<'m> {
             (None, Vec::new())
         };
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
+        let four_streams = cpu::weight_streams() == 4;
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
             if m.ty == TensorType::F16 {
                 // The chunk's rows are consecutive in the map: one call per position for them all.
@@ -586,7 +587,11 @@ impl<'m> Session<'m> {
                 let rows = self.model.float_rows(m, chunk * 64, count);
                 let mut dots = [0f32; 64];
                 for (p, xp) in h.chunks_exact(c.hidden).enumerate() {
-                    float::dot_f16_rows(isa, rows, xp, &mut dots[..count]);
+                    if four_streams {
+                        float::dot_f16_rows_four_streams(isa, rows, xp, &mut dots[..count]);
+                    } else {
+                        float::dot_f16_rows(isa, rows, xp, &mut dots[..count]);
+                    }
                     for (slot, &d) in o.chunks_exact_mut(n).zip(&dots[..count]) {
                         slot[p] = d;
                     }
@@ -594,7 +599,9 @@ impl<'m> Session<'m> {
                 return;
             }
             let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
-            for (i, slot) in o.chunks_exact_mut(n).enumerate() {
+            let mut slots: Vec<&mut [f32]> = o.chunks_exact_mut(n).collect();
+            for i in quarter_order(slots.len(), four_streams) {
+                let slot = &mut *slots[i];
                 let row = self.model.float_row(m, chunk * 64 + i);
                 if let Some(dot) = head_dot {
                     for (s, acts) in slot.iter_mut().zip(&head_acts) {
@@ -622,6 +629,14 @@ impl<'m> Session<'m> {
         }
         out
     }
+}
+
+/// The order in which to read `count` consecutive head rows: as they come, or, for four streams,
+/// the first row of each quarter, then the second of each, and so on (any rows past the four
+/// quarters last), so four places of the matrix are read at once.
+fn quarter_order(count: usize, four_streams: bool) -> impl Iterator<Item = usize> {
+    let quarter = if four_streams { count / 4 } else { 0 };
+    (0..quarter).flat_map(move |i| (0..4).map(move |q| q * quarter + i)).chain(4 * quarter..count)
 }
 
 /// RMSNorm of each `weight.len()`-wide row: `w · x / sqrt(mean(x²) + eps)`, in f32. A prompt's
@@ -719,6 +734,19 @@ mod tests {
             x ^= x >> 17;
             x ^= x << 5;
             (x % (span * 1000 + 1)) as f32 / 1000.0 - span as f32 / 2.0
+        }
+    }
+
+    /// The four-stream head order visits every row once: quarters interleaved, then the rest.
+    #[test]
+    fn quarter_order_visits_every_row_once() {
+        assert_eq!(quarter_order(9, true).collect::<Vec<_>>(), [0, 2, 4, 6, 1, 3, 5, 7, 8]);
+        assert_eq!(quarter_order(3, true).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(quarter_order(5, false).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+        for count in [0, 1, 4, 63, 64, 67] {
+            let mut seen: Vec<usize> = quarter_order(count, true).collect();
+            seen.sort();
+            assert_eq!(seen, (0..count).collect::<Vec<_>>(), "{count} rows");
         }
     }
 
