@@ -37,7 +37,7 @@ fn ternary(c: &mut Criterion) {
                 let mut out = vec![0i32; m * tokens];
                 g.bench_function(BenchmarkId::new(layout.name(), format!("{m}x{k} {what}")), |b| {
                     b.iter(|| {
-                        let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref() };
+                        let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: None };
                         gemm_rows(isa, &w, 0, m, a, &mut out);
                         black_box(&out);
                     })

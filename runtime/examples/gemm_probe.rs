@@ -38,7 +38,7 @@ fn main() {
         let mut out = vec![0i32; m * tokens];
         let mut best = Duration::MAX;
         for _ in 0..calls {
-            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref() };
+            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: None };
             let t = Instant::now();
             gemm_rows(isa, &w, 0, m, a, &mut out);
             best = best.min(t.elapsed());

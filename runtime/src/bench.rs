@@ -124,6 +124,7 @@ fn sum_words(c: &[u64]) -> u64 {
 /// host, against 0.5-16 KiB).
 fn sum_words_four_streams(c: &[u64]) -> u64 {
     const LINE: usize = 8;
+    #[cfg(target_arch = "x86_64")]
     const AHEAD: usize = 1024 / 8;
     let quarter = c.len() / 4 / LINE * LINE;
     let mut acc = [0u64; LINE];

@@ -115,3 +115,48 @@ pub fn cpu_vendor() -> Option<String> {
     #[cfg(not(target_arch = "x86_64"))]
     None
 }
+
+/// Whether the prompt GEMM runs on AMX-INT8 tiles (`kernels::i2s::amx`): the CPU has AMX-TILE
+/// and AMX-INT8, Linux granted this process the tile data state (`arch_prctl`
+/// `ARCH_REQ_XCOMP_PERM`, once), and the selected instruction set is AVX-512 VNNI (forcing
+/// `TERN_KERNEL=avx2` measures the AVX2 path alone). `TERN_AMX=off` turns it off.
+pub fn amx_int8() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        selected() == Isa::Avx512Vnni
+            && std::env::var("TERN_AMX").as_deref() != Ok("off")
+            && amx_int8_granted()
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn amx_int8_granted() -> bool {
+    let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+    let (tile, int8) = (leaf7.edx & (1 << 24) != 0, leaf7.edx & (1 << 25) != 0);
+    if !(tile && int8) {
+        return false;
+    }
+    const ARCH_PRCTL: usize = 158;
+    const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+    const XFEATURE_XTILEDATA: usize = 18;
+    let ret: isize;
+    // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) only asks the kernel to let this
+    // process use the AMX tile state; it reads and writes no memory of ours.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") ARCH_PRCTL as isize => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret == 0
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn amx_int8_granted() -> bool {
+    false
+}

@@ -94,6 +94,28 @@ pub struct Acts<'a> {
     pub sums: &'a [i32],
     /// Tables of this input (built inside when missing or of another kind).
     pub tables: Option<&'a Tables>,
+    /// This input as AMX tiles (built inside, per call, when missing and AMX runs).
+    pub panel: Option<&'a TilePanel>,
+}
+
+/// A prompt's activations laid out as AMX tiles (`i2s::amx`), built once per input so that
+/// every row chunk, thread and matrix reading it shares one; only on x86-64.
+#[cfg(target_arch = "x86_64")]
+pub use super::i2s::amx::Panel as TilePanel;
+/// A prompt's activations as AMX tiles: none exist off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+pub enum TilePanel {}
+
+/// The AMX tile panel of `tokens = sums.len()` rows of `k` activations when a product of
+/// `layout` on `isa` would run on AMX tiles (`cpu::amx_int8`, enough tokens, a layout whose rows
+/// unpack to codes), else `None`.
+pub fn tile_panel(isa: Isa, layout: Layout, acts: &[i8], sums: &[i32], k: usize) -> Option<TilePanel> {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(layout, Layout::I2S | Layout::TQ2_0 | Layout::TQ1_0) && i2s::runs_on_amx(isa, sums.len(), k) {
+        return Some(TilePanel::new(acts, sums, k));
+    }
+    let _ = (isa, layout, acts, sums, k);
+    None
 }
 
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).
@@ -111,17 +133,17 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
     match w.layout {
         Layout::I2S => {
             let rb = i2s_format::row_bytes(w.cols);
-            i2s::gemm(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, out);
+            i2s::gemm_with_panel(isa, &w.bytes[r0 * rb..r1 * rb], rb, acts, sums, a.panel, out);
         }
         Layout::TQ2_0 => {
             let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
             let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq2_kernels::dot, tq2_kernels::UNPACK);
-            i2s::gemm_decoded(isa, rows, rb, k, acts, sums, out, dot, unpack);
+            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, unpack);
         }
         Layout::TQ1_0 => {
             let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
             let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq1_kernels::dot, tq1_kernels::UNPACK);
-            i2s::gemm_decoded(isa, rows, rb, k, acts, sums, out, dot, unpack);
+            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, unpack);
         }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");
@@ -194,10 +216,24 @@ mod tests {
         let what = format!("{} {m}x{k} {tiles:?}", layout.name());
         for isa in crate::cpu::available() {
             let mut out = vec![0; m * tokens];
-            gemm_rows(isa, &w, 0, m, Acts { codes: &padded, sums: &sums, tables: None }, &mut out);
+            gemm_rows(
+                isa,
+                &w,
+                0,
+                m,
+                Acts { codes: &padded, sums: &sums, tables: None, panel: None },
+                &mut out,
+            );
             assert_eq!(out, want, "{what} {}", isa.name());
             out.fill(0);
-            gemm_rows(isa, &w, 0, m, Acts { codes: &padded, sums: &sums, tables: tables.as_ref() }, &mut out);
+            gemm_rows(
+                isa,
+                &w,
+                0,
+                m,
+                Acts { codes: &padded, sums: &sums, tables: tables.as_ref(), panel: None },
+                &mut out,
+            );
             assert_eq!(out, want, "{what} {} (shared tables)", isa.name());
             let g = w.row_group();
             if 2 * g <= m {
@@ -207,7 +243,7 @@ mod tests {
                     &w,
                     g,
                     2 * g,
-                    Acts { codes: &padded, sums: &sums, tables: tables.as_ref() },
+                    Acts { codes: &padded, sums: &sums, tables: tables.as_ref(), panel: None },
                     &mut part,
                 );
                 assert_eq!(

@@ -41,6 +41,9 @@ struct QuantBatch {
     /// Lookup tables built from these activations, kept for the next matrix of the same kind
     /// (q/k/v and gate/up read one input).
     tables: Vec<layouts::Tables>,
+    /// These activations as AMX tiles, built on first use by a product that runs on them and
+    /// kept for the next matrices of this input.
+    panel: Option<layouts::TilePanel>,
 }
 
 impl QuantBatch {
@@ -58,7 +61,7 @@ impl QuantBatch {
             x.chunks_exact(width).zip(codes.as_mut_slice().chunks_exact_mut(padded)).map(quantise).collect()
         };
         let (scales, sums) = per_token.into_iter().unzip();
-        QuantBatch { codes, scales, sums, padded, tables: Vec::new() }
+        QuantBatch { codes, scales, sums, padded, tables: Vec::new(), panel: None }
     }
 
     /// The same codes with each token padded to `padded` instead (the first `width` are real).
@@ -69,7 +72,14 @@ impl QuantBatch {
         {
             dst[..width].copy_from_slice(&src[..width]);
         }
-        QuantBatch { codes, scales: self.scales.clone(), sums: self.sums.clone(), padded, tables: Vec::new() }
+        QuantBatch {
+            codes,
+            scales: self.scales.clone(),
+            sums: self.sums.clone(),
+            padded,
+            tables: Vec::new(),
+            panel: None,
+        }
     }
 
     /// The tables of kind `key` over these activations, built on first use.
@@ -80,6 +90,13 @@ impl QuantBatch {
                 self.tables.push(layouts::Tables::build(key, self.codes.as_slice(), self.padded));
                 self.tables.last().expect("just pushed")
             }
+        }
+    }
+
+    /// Builds the AMX tiles of these activations if a product of `layout` on `isa` runs on them.
+    fn prepare_panel(&mut self, isa: Isa, layout: Layout) {
+        if self.panel.is_none() {
+            self.panel = layouts::tile_panel(isa, layout, self.codes.as_slice(), &self.sums, self.padded);
         }
     }
 
@@ -439,6 +456,9 @@ impl<'m> Session<'m> {
                 a.tables(key);
             });
         }
+        if tokens > 1 {
+            a.prepare_panel(isa, w.layout);
+        }
         let a = &*a;
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
@@ -463,7 +483,8 @@ impl<'m> Session<'m> {
         let started = std::time::Instant::now();
         let factors: Vec<f32> = a.scales.iter().map(|&s| m.scale / s).collect();
         let mut y = vec![0f32; tokens * m.rows];
-        let acts = || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables };
+        let acts =
+            || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables, panel: a.panel.as_ref() };
         if tokens == 1 {
             let mut acc = vec![0i32; m.rows];
             acc.par_chunks_mut(chunk_rows).enumerate().for_each(|(i, out)| {

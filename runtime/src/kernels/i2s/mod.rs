@@ -5,6 +5,8 @@
 //! multiply the unsigned codes c = t + 1 ∈ {0,1,2} by the activations (`maddubs` / `vpdpbusd` /
 //! `smull`) and subtract Σq, which is exact because c·q stays far from i16/i32 limits.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod arm;
 mod scalar;
@@ -119,7 +121,23 @@ pub fn split_quarters(out: &mut [i32], quarter: usize) -> ([&mut [i32]; 4], &mut
 /// one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from the four quarters
 /// of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the hardware prefetcher.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
+    gemm_with_panel(isa, rows, row_bytes, acts, act_sums, None, out)
+}
+
+/// [`gemm`] with the activations' AMX tiles when the caller built them once for many calls
+/// (`layouts::tile_panel`); without, an AMX run builds its own.
+pub fn gemm_with_panel(
+    isa: Isa,
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[i8],
+    act_sums: &[i32],
+    panel: Option<&crate::kernels::layouts::TilePanel>,
+    out: &mut [i32],
+) {
     check_rows(rows, row_bytes);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = panel;
     let k = row_bytes * 4;
     let tokens = act_sums.len();
     assert_eq!(acts.len(), tokens * k);
@@ -141,10 +159,10 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
             return;
         }
         (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
-            // SAFETY: AVX2 was checked (VNNI's support includes it); sizes asserted above.
+            // SAFETY: AVX2 was checked (VNNI's support includes it); sizes asserted above; the
+            // unpacker fills k codes per row.
             done = unsafe {
-                let vnni = isa == Isa::Avx512Vnni;
-                x86::gemm_unpacked_rows(rows, row_bytes, k, acts, act_sums, out, x86::unpack_codes_avx2, vnni)
+                gemm_unpacked(isa, rows, row_bytes, k, (acts, act_sums, panel), out, x86::unpack_codes_avx2)
             };
         }
         _ => {}
@@ -156,6 +174,53 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
             *slot = f(row, act, sum);
         }
     }
+}
+
+/// Tokens from which a prompt GEMM runs on AMX tiles: one 16-token tile's worth (fewer would
+/// leave most of each tile padding).
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_TOKENS: usize = 16;
+
+/// The several-token GEMM over unpacked codes: the first 16·⌊rows/16⌋ rows on AMX tiles when the
+/// CPU has them ([`crate::cpu::amx_int8`]) and there are enough tokens, then the rest (or all)
+/// through `x86::gemm_unpacked_rows`. Returns the rows done, as that does.
+///
+/// # Safety
+/// As `x86::gemm_unpacked_rows`, with `isa` AVX2 or AVX-512 VNNI and supported.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gemm_unpacked(
+    isa: Isa,
+    rows: &[u8],
+    row_bytes: usize,
+    k: usize,
+    (acts, sums, panel): (&[i8], &[i32], Option<&amx::Panel>),
+    out: &mut [i32],
+    unpack: Unpack,
+) -> usize {
+    let tokens = sums.len();
+    let vnni = isa == Isa::Avx512Vnni;
+    let mut done = 0;
+    if runs_on_amx(isa, tokens, k) {
+        let own;
+        let panel = match panel.filter(|p| p.fits(tokens, k)) {
+            Some(p) => p,
+            None => {
+                own = amx::Panel::new(acts, sums, k);
+                &own
+            }
+        };
+        // SAFETY: AMX was granted; the caller's contract on sizes and unpack.
+        done = unsafe { amx::gemm_rows(rows, row_bytes, panel, out, unpack) };
+    }
+    let (rows, out) = (&rows[done * row_bytes..], &mut out[done * tokens..]);
+    // SAFETY: forwarded from the caller, on the rows left.
+    done + unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack, vnni) }
+}
+
+/// Whether a several-token product of `tokens` rows of `k` activations on `isa` runs on AMX tiles.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn runs_on_amx(isa: Isa, tokens: usize, k: usize) -> bool {
+    isa == Isa::Avx512Vnni && tokens >= AMX_MIN_TOKENS && k.is_multiple_of(64) && crate::cpu::amx_int8()
 }
 
 /// Unpacks one row into its unsigned codes (t + 1) in activation order (`unsafe`: AVX2).
@@ -171,8 +236,7 @@ pub(crate) fn gemm_decoded(
     rows: &[u8],
     row_bytes: usize,
     k: usize,
-    acts: &[i8],
-    sums: &[i32],
+    (acts, sums, panel): (&[i8], &[i32], Option<&crate::kernels::layouts::TilePanel>),
     out: &mut [i32],
     dot: fn(Isa, &[u8], &[i8], i32) -> i32,
     unpack: Option<Unpack>,
@@ -187,8 +251,7 @@ pub(crate) fn gemm_decoded(
         unpack.filter(|_| matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() && tokens > 1)
     {
         // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
-        let vnni = isa == Isa::Avx512Vnni;
-        done = unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack, vnni) };
+        done = unsafe { gemm_unpacked(isa, rows, row_bytes, k, (acts, sums, panel), out, unpack) };
     }
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
     for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
