@@ -15,7 +15,9 @@
 //! and nothing else in the process touches them between blocks (Rust never emits AMX code).
 
 use crate::cpu;
+use rayon::prelude::*;
 use std::arch::asm;
+use std::cell::RefCell;
 
 /// Weight rows per A tile and tokens per B tile.
 const TILE: usize = 16;
@@ -40,14 +42,16 @@ impl Panel {
         let groups = tokens.div_ceil(TILE);
         let steps = k / K_STEP;
         let mut bytes = vec![0i8; groups * steps * TILE * K_STEP];
-        for (t, act) in acts.chunks_exact(k).enumerate() {
-            let (g, n) = (t / TILE, t % TILE);
-            for (q, quad) in act.chunks_exact(4).enumerate() {
-                let (step, i) = (q / TILE, q % TILE);
-                let at = ((g * steps + step) * TILE + i) * K_STEP + 4 * n;
-                bytes[at..at + 4].copy_from_slice(quad);
+        // One task per group of 16 tokens: a prompt's panel is built before its first product,
+        // while the other threads would wait.
+        bytes.par_chunks_mut(steps * TILE * K_STEP).enumerate().for_each(|(g, group)| {
+            for (n, act) in acts.chunks_exact(k).skip(g * TILE).take(TILE).enumerate() {
+                for (q, quad) in act.chunks_exact(4).enumerate() {
+                    let at = q * K_STEP + 4 * n;
+                    group[at..at + 4].copy_from_slice(quad);
+                }
             }
-        }
+        });
         let mut neg_sums = vec![0i32; groups * TILE];
         for (slot, &s) in neg_sums.iter_mut().zip(sums) {
             *slot = -s;
@@ -106,12 +110,38 @@ pub(crate) unsafe fn gemm_rows(
     unpack: super::Unpack,
 ) -> usize {
     debug_assert!(cpu::amx_int8());
+    debug_assert_eq!(out.len(), rows.len() / row_bytes * panel.tokens);
+    let k = panel.k;
+    thread_local! {
+        /// Each thread's code rows, kept between calls: zeroing a fresh 80-220 KiB buffer per
+        /// row chunk cost 5 % of a prompt (`memset` in `perf`); every byte used is unpacked first.
+        static CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    CODES.with_borrow_mut(|codes| {
+        if codes.len() < 2 * TILE * k {
+            codes.resize(2 * TILE * k, 0);
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { gemm_rows_with(rows, row_bytes, panel, out, unpack, &mut codes[..2 * TILE * k]) }
+    })
+}
+
+/// [`gemm_rows`] with its code buffer (two 16-row blocks of k codes).
+///
+/// # Safety
+/// As [`gemm_rows`].
+unsafe fn gemm_rows_with(
+    rows: &[u8],
+    row_bytes: usize,
+    panel: &Panel,
+    out: &mut [i32],
+    unpack: super::Unpack,
+    codes: &mut [u8],
+) -> usize {
     let (k, tokens) = (panel.k, panel.tokens);
     let blocks = rows.len() / row_bytes / TILE;
-    debug_assert_eq!(out.len(), rows.len() / row_bytes * tokens);
     // Two row blocks of codes at a time; a lone last block is paired with itself (its second
     // results are dropped).
-    let mut codes = vec![0u8; 2 * TILE * k];
     let mut c_tile = [0i32; TILE * TILE];
     // SAFETY: the caller checked AMX (and the OS's permission); CONFIG describes eight valid
     // 16 × 64-byte tiles.
@@ -197,6 +227,35 @@ pub(crate) unsafe fn gemm_rows(
     blocks * TILE
 }
 
+/// Unpacks an I2_S row into its codes as `x86::unpack_codes_avx2` does (the same bytes), with
+/// 512-bit shifts: a block's 32 bytes twice in one register, each half shifted by its own count,
+/// give 64 codes per `and` and store (8 operations per block instead of 13). AMX hosts have
+/// AVX-512; the AMX GEMM unpacks every row once per prompt micro-batch, and with the AVX2
+/// unpacker that took 10 % of a prompt (`perf`).
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW; `out.len() == row.len() * 4`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn unpack_i2s_codes_avx512(row: &[u8], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(out.len(), row.len() * 4);
+    let mask = _mm512_set1_epi8(3);
+    // Per 16-bit lane: the low 256 bits shift by the first count, the high by the second.
+    let shifts = |lo: i16, hi: i16| _mm512_inserti64x4::<1>(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi));
+    let (first, second) = (shifts(6, 4), shifts(2, 0));
+    for b in 0..row.len() / 32 {
+        // SAFETY: 32 bytes of row and 128 of out for block b, in bounds.
+        unsafe {
+            let p = _mm256_loadu_si256(row.as_ptr().add(32 * b) as *const __m256i);
+            let twice = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(p), p);
+            let c0 = _mm512_and_si512(_mm512_srlv_epi16(twice, first), mask);
+            let c1 = _mm512_and_si512(_mm512_srlv_epi16(twice, second), mask);
+            _mm512_storeu_si512(out.as_mut_ptr().add(128 * b) as *mut __m512i, c0);
+            _mm512_storeu_si512(out.as_mut_ptr().add(128 * b + 64) as *mut __m512i, c1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +283,20 @@ mod tests {
             let done =
                 unsafe { gemm_rows(&packed, rb, &panel, &mut got, super::super::x86::unpack_codes_avx2) };
             assert_eq!(done, rows / 16 * 16);
+            // The AVX-512 unpacker gives the AVX2 one's bytes, and the GEMM the same sums with it.
+            let (mut a, mut b) = (vec![0u8; k], vec![0u8; k]);
+            for row in packed.chunks_exact(rb) {
+                // SAFETY: AMX hosts have AVX2 and AVX-512F/BW; k = 4·rb codes each.
+                unsafe {
+                    super::super::x86::unpack_codes_avx2(row, &mut a);
+                    unpack_i2s_codes_avx512(row, &mut b);
+                }
+                assert_eq!(a, b);
+            }
+            let mut again = vec![i32::MIN; rows * tokens];
+            // SAFETY: as above.
+            unsafe { gemm_rows(&packed, rb, &panel, &mut again, unpack_i2s_codes_avx512) };
+            assert_eq!(again[..done * tokens], got[..done * tokens]);
             for r in 0..done {
                 for t in 0..tokens {
                     let want = super::super::scalar::dot(

@@ -159,11 +159,15 @@ pub fn gemm_with_panel(
             return;
         }
         (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
-            // SAFETY: AVX2 was checked (VNNI's support includes it); sizes asserted above; the
-            // unpacker fills k codes per row.
-            done = unsafe {
-                gemm_unpacked(isa, rows, row_bytes, k, (acts, act_sums, panel), out, x86::unpack_codes_avx2)
+            // On AMX hosts (AVX-512 too) the codes unpack with 512-bit shifts.
+            let unpack: Unpack = if runs_on_amx(isa, tokens, k) {
+                amx::unpack_i2s_codes_avx512
+            } else {
+                x86::unpack_codes_avx2
             };
+            // SAFETY: AVX2 was checked (VNNI's support includes it), and AVX-512 where AMX runs;
+            // sizes asserted above; the unpacker fills k codes per row.
+            done = unsafe { gemm_unpacked(isa, rows, row_bytes, k, (acts, act_sums, panel), out, unpack) };
         }
         _ => {}
     }
