@@ -92,6 +92,36 @@ pub fn dot_fn(isa: Isa, ty: TensorType) -> HeadDot {
     }
 }
 
+/// Four rows' dots at once: the rows' bytes, each result the bits [`HeadDot`] gives that row.
+pub type HeadDot4 = fn([&[u8]; 4], &HeadActs) -> [f32; 4];
+
+/// The four-row dot for `ty` on `isa` where one exists (x86-64 with AVX2: `vpdpbusd` on AVX-512
+/// VNNI, `maddubs` + `madd` on AVX2). Four rows share each block's activation load, offsets and
+/// scale, and read four streams at once with a prefetch each: a one-row Q4_0 dot computes about
+/// 5 GB/s on one core of the 2026-12 Intel host, below what the core can stream
+/// (docs/benchmarks.md).
+pub fn dot4_fn(isa: Isa, ty: TensorType) -> Option<HeadDot4> {
+    let q4 = match ty {
+        TensorType::Q8_0 => false,
+        TensorType::Q4_0 => true,
+        _ => return None,
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+            Some(if q4 { x86::dot4_q4_0_vnni } else { x86::dot4_q8_0_vnni })
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.supported() && is_x86_feature_detected!("f16c") => {
+            Some(if q4 { x86::dot4_q4_0 } else { x86::dot4_q8_0 })
+        }
+        _ => {
+            let _ = q4;
+            None
+        }
+    }
+}
+
 /// `Σ w·x` of one row of the head (`row`: that row's bytes) against `acts`.
 pub fn dot(isa: Isa, ty: TensorType, row: &[u8], acts: &HeadActs) -> f32 {
     dot_fn(isa, ty)(row, acts)
@@ -244,6 +274,126 @@ mod x86 {
         sum_lanes(_mm256_add_ps(even, odd))
     }
 
+    /// How far ahead of each of the four rows the four-row dots ask for bytes (once per four
+    /// blocks): the F16 head's best distance on the Intel host.
+    const AHEAD: usize = 512;
+
+    /// [`quads`] with `vpdpbusd`: one instruction for `maddubs` + `madd`, the same exact sums
+    /// (no pair sum saturates in `maddubs`: |w| ≤ 128 or codes ≤ 15, against |x| ≤ 127).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    unsafe fn quads_vnni<const Q4: bool>(b: *const u8, x: __m256i, offsets: *const i32) -> __m256i {
+        let zero = _mm256_setzero_si256();
+        // SAFETY: the caller passes a whole block and its 8 offsets.
+        unsafe {
+            if Q4 {
+                let sums = _mm256_dpbusd_epi32(zero, q4_codes(b), x);
+                _mm256_sub_epi32(sums, _mm256_loadu_si256(offsets as *const __m256i))
+            } else {
+                let w = q8_weights(b);
+                _mm256_dpbusd_epi32(zero, _mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+            }
+        }
+    }
+
+    /// Four rows of [`dot_blocks`] in lock step, each with its own even and odd accumulators, so
+    /// each result has that function's bits; the activation load, the offsets and `d_x` are
+    /// shared. `$quads` is [`quads_loaded`] (AVX2) or [`quads_vnni`] (then `$features` name VNNI).
+    macro_rules! dot_blocks4 {
+        ($name:ident, $features:literal, $quads:expr) => {
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn $name<const Q4: bool>(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+                let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+                // Even and odd blocks in separately named accumulators: indexed by i % 2 they
+                // would live in memory.
+                let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+                let n = acts.d.len();
+                let (x, o) = (acts.q.as_ptr(), acts.offset_quads.as_ptr());
+                let w = rows.map(|r| r.as_ptr());
+                let mut i = 0;
+                while i < n {
+                    // SAFETY: blocks i and i + 1 (when < n) lie inside every row, their
+                    // activations and offsets inside `acts`; a prefetch is only a hint
+                    // (wrapping_add: never dereferenced).
+                    unsafe {
+                        let xi = _mm256_loadu_si256(x.add(i * 32) as *const __m256i);
+                        for r in 0..4 {
+                            let b = w[r].add(i * bytes);
+                            if i % 4 == 0 {
+                                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD) as *const i8);
+                            }
+                            let q = $quads(b, xi, o.add(i * 8));
+                            even[r] = accumulate(q, block_scale(b, acts.d[i]), even[r]);
+                        }
+                        if i + 1 < n {
+                            let xi = _mm256_loadu_si256(x.add((i + 1) * 32) as *const __m256i);
+                            for r in 0..4 {
+                                let b = w[r].add((i + 1) * bytes);
+                                let q = $quads(b, xi, o.add((i + 1) * 8));
+                                odd[r] = accumulate(q, block_scale(b, acts.d[i + 1]), odd[r]);
+                            }
+                        }
+                    }
+                    i += 2;
+                }
+                std::array::from_fn(|r| sum_lanes(_mm256_add_ps(even[r], odd[r])))
+            }
+        };
+    }
+
+    /// [`quads`] with the activations already loaded.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn quads_loaded<const Q4: bool>(b: *const u8, x: __m256i, offsets: *const i32) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        // SAFETY: the caller passes a whole block and its 8 offsets.
+        unsafe {
+            if Q4 {
+                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q4_codes(b), x), ones);
+                _mm256_sub_epi32(sums, _mm256_loadu_si256(offsets as *const __m256i))
+            } else {
+                let w = q8_weights(b);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones)
+            }
+        }
+    }
+
+    dot_blocks4!(dot_blocks4_avx2, "avx2,fma,f16c", quads_loaded::<Q4>);
+    dot_blocks4!(dot_blocks4_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", quads_vnni::<Q4>);
+
+    fn check4(rows: &[&[u8]; 4], acts: &HeadActs, bytes: usize) {
+        rows.iter().for_each(|r| check_len(r, acts, bytes));
+    }
+
+    /// Only handed out by `dot4_fn` once AVX2, FMA and F16C were detected.
+    pub(super) fn dot4_q8_0(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, Q8_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
+        unsafe { dot_blocks4_avx2::<false>(rows, acts) }
+    }
+
+    /// Only handed out by `dot4_fn` once AVX2, FMA and F16C were detected.
+    pub(super) fn dot4_q4_0(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, Q4_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
+        unsafe { dot_blocks4_avx2::<true>(rows, acts) }
+    }
+
+    /// Only handed out by `dot4_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were detected.
+    pub(super) fn dot4_q8_0_vnni(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, Q8_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
+        unsafe { dot_blocks4_vnni::<false>(rows, acts) }
+    }
+
+    /// Only handed out by `dot4_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were detected.
+    pub(super) fn dot4_q4_0_vnni(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, Q4_0_BYTES);
+        // SAFETY: the features were detected (see above); lengths checked.
+        unsafe { dot_blocks4_vnni::<true>(rows, acts) }
+    }
+
     /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
     pub(super) fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
         check_len(row, acts, Q8_0_BYTES);
@@ -367,6 +517,33 @@ mod tests {
                 for isa in crate::cpu::available() {
                     let got = dot(isa, ty, &row, &acts);
                     assert_eq!(got.to_bits(), scalar.to_bits(), "{ty} {} blocks on {}", blocks, isa.name());
+                }
+                // Four rows at once: this row among three others (one its negation, one zero
+                // scales), each result the one-row bits.
+                let mut negated = row.clone();
+                let block_bytes = block_bytes(ty).unwrap();
+                for b in negated.chunks_exact_mut(block_bytes) {
+                    let d = -f16::from_le_bytes([b[0], b[1]]);
+                    b[..2].copy_from_slice(&d.to_le_bytes());
+                }
+                let mut zero_scales = row.clone();
+                for b in zero_scales.chunks_exact_mut(block_bytes) {
+                    b[..2].copy_from_slice(&[0, 0]);
+                }
+                let four = [&negated[..], &row[..], &zero_scales[..], &row[..]];
+                for isa in crate::cpu::available() {
+                    if let Some(dot4) = dot4_fn(isa, ty) {
+                        let got = dot4(four, &acts);
+                        for (j, r) in four.iter().enumerate() {
+                            let want = dot_scalar(r, &acts, ty == TensorType::Q4_0);
+                            assert_eq!(
+                                got[j].to_bits(),
+                                want.to_bits(),
+                                "{ty} {blocks} blocks, row {j} of four on {}",
+                                isa.name()
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -601,6 +601,7 @@ impl<'m> Session<'m> {
         };
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         let four_streams = cpu::weight_streams() == 4;
+        let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
         by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
             if m.ty == TensorType::F16 {
                 // The chunk's rows are consecutive in the map: one call per position for them all.
@@ -621,7 +622,24 @@ impl<'m> Session<'m> {
             }
             let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
             let mut slots: Vec<&mut [f32]> = o.chunks_exact_mut(n).collect();
-            for i in quarter_order(slots.len(), four_streams) {
+            // Four streams on an integer head: the quarters' rows four at a time in one call.
+            let quarter = match head_dot4 {
+                Some(dot4) => {
+                    let quarter = slots.len() / 4;
+                    for i in 0..quarter {
+                        let index = [0, 1, 2, 3].map(|q| q * quarter + i);
+                        let rows = index.map(|r| self.model.float_row(m, chunk * 64 + r));
+                        for (p, acts) in head_acts.iter().enumerate() {
+                            for (r, d) in index.into_iter().zip(dot4(rows, acts)) {
+                                slots[r][p] = d;
+                            }
+                        }
+                    }
+                    quarter
+                }
+                None => 0,
+            };
+            for i in quarter_order(slots.len(), four_streams).filter(|&i| i >= 4 * quarter) {
                 let slot = &mut *slots[i];
                 let row = self.model.float_row(m, chunk * 64 + i);
                 if let Some(dot) = head_dot {
