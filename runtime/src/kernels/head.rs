@@ -109,11 +109,11 @@ pub fn dot4_fn(isa: Isa, ty: TensorType) -> Option<HeadDot4> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
-            Some(if q4 { x86::dot4_q4_0_vnni } else { x86::dot4_q8_0_vnni })
+            Some(if q4 { x86::dot4_vnni::<true> } else { x86::dot4_vnni::<false> })
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.supported() && is_x86_feature_detected!("f16c") => {
-            Some(if q4 { x86::dot4_q4_0 } else { x86::dot4_q8_0 })
+            Some(if q4 { x86::dot4::<true> } else { x86::dot4::<false> })
         }
         _ => {
             let _ = q4;
@@ -234,18 +234,8 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quads<const Q4: bool>(b: *const u8, x: *const i8, offsets: *const i32) -> __m256i {
-        let ones = _mm256_set1_epi16(1);
         // SAFETY: the caller passes a whole block, its 32 activations and their 8 offsets.
-        unsafe {
-            let x = _mm256_loadu_si256(x as *const __m256i);
-            if Q4 {
-                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(q4_codes(b), x), ones);
-                _mm256_sub_epi32(sums, _mm256_loadu_si256(offsets as *const __m256i))
-            } else {
-                let w = q8_weights(b);
-                _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w)), ones)
-            }
-        }
+        unsafe { quads_loaded::<Q4>(b, _mm256_loadu_si256(x as *const __m256i), offsets) }
     }
 
     #[inline]
@@ -367,31 +357,17 @@ mod x86 {
     }
 
     /// Only handed out by `dot4_fn` once AVX2, FMA and F16C were detected.
-    pub(super) fn dot4_q8_0(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
-        check4(&rows, acts, Q8_0_BYTES);
+    pub(super) fn dot4<const Q4: bool>(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, if Q4 { Q4_0_BYTES } else { Q8_0_BYTES });
         // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks4_avx2::<false>(rows, acts) }
-    }
-
-    /// Only handed out by `dot4_fn` once AVX2, FMA and F16C were detected.
-    pub(super) fn dot4_q4_0(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
-        check4(&rows, acts, Q4_0_BYTES);
-        // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks4_avx2::<true>(rows, acts) }
+        unsafe { dot_blocks4_avx2::<Q4>(rows, acts) }
     }
 
     /// Only handed out by `dot4_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were detected.
-    pub(super) fn dot4_q8_0_vnni(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
-        check4(&rows, acts, Q8_0_BYTES);
+    pub(super) fn dot4_vnni<const Q4: bool>(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
+        check4(&rows, acts, if Q4 { Q4_0_BYTES } else { Q8_0_BYTES });
         // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks4_vnni::<false>(rows, acts) }
-    }
-
-    /// Only handed out by `dot4_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were detected.
-    pub(super) fn dot4_q4_0_vnni(rows: [&[u8]; 4], acts: &HeadActs) -> [f32; 4] {
-        check4(&rows, acts, Q4_0_BYTES);
-        // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks4_vnni::<true>(rows, acts) }
+        unsafe { dot_blocks4_vnni::<Q4>(rows, acts) }
     }
 
     /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
