@@ -32,9 +32,15 @@ use tern_runtime::pages::mapped_file_pages;
 /// at which the ternary matmuls and the output head stream their weights, and with --roofline
 /// the read bandwidth measured around that run to set them against. --kv-type f16 halves the KV cache (and changes the logits).
 ///
+/// Environment, to compare paths on one machine (the results are the same bits either way):
+/// TERN_KERNEL=scalar|avx2|avx512vnni|neon forces an instruction set; TERN_AMX=off runs prompts
+/// on the VNNI GEMM where AMX-INT8 tiles would run them; TERN_STREAMS=1|4 sets how many weight
+/// streams each generating thread reads (default: 4 on Intel, 1 elsewhere).
+///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
 ///   tern bench model-i2_s.gguf -p 0 -n 64 --roofline --profile
+///   TERN_AMX=off tern bench model-i2_s.gguf -p 128 -n 0
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

@@ -74,9 +74,10 @@ pub fn dot_f16_rows_four_streams(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f3
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_four_rows_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    /// How far ahead each stream asks for its bytes: 512 read fastest on the Intel host
-    /// (against 0, 1, 2 and 4 KiB; a C probe of this loop).
-    const AHEAD: usize = 512;
+    /// How far ahead each stream asks for its bytes. A C probe of this loop on one Intel host
+    /// read fastest at 512 (against 0, 1, 2 and 4 KiB); in the whole generation on a quieter
+    /// one, 2 KiB ran the head 9 % faster than 512 and 1 KiB, 4 KiB slower (docs/benchmarks.md).
+    const AHEAD: usize = 2048;
     let n = x.len();
     let xp = x.as_ptr();
     let w = rows.map(|r| r.as_ptr());

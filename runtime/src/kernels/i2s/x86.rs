@@ -25,6 +25,13 @@ const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 /// (`super::set_weight_prefetch`).
 pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
+/// How far ahead of each of its streams the VNNI GEMV asks for weight bytes, into L1, once per
+/// 64-byte line. The hardware prefetcher alone kept four quarter streams at 13.5 GB/s on an
+/// Intel Xeon (Sapphire Rapids class) where a plain read streams 17-18 GB/s; 1-4 KiB ahead gave
+/// 15.5-16.6 GB/s with one thread and 26 → 32 GB/s with two (`gemv_probe`, docs/benchmarks.md),
+/// 256-512 bytes too little and 8 KiB too much, and T1 no better than T0.
+const VNNI_PREFETCH_AHEAD: usize = 2 << 10;
+
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
 /// the invalid code 3 (bounds at [`row_sums`]).
 const GEMV_SPAN: usize = 5;
@@ -272,8 +279,9 @@ pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 /// which the hardware prefetcher follows: on a 2B-4T-shaped file, rows one after another in one
 /// stream can't keep up, and four adjacent rows per pass (four interleaved strands 640 bytes
 /// apart) defeat the prefetcher — 6-7 GB/s without software prefetch, 80-85 % of a plain read
-/// with it; four quarters without software prefetch stream at 89-95 % (docs/benchmarks.md).
-/// The last `n mod 4` rows go one at a time.
+/// with it; four quarters without software prefetch stream at 89-95 % on an AMD host
+/// (docs/benchmarks.md), while an Intel one needs a software prefetch on each quarter as well
+/// ([`VNNI_PREFETCH_AHEAD`]). The last `n mod 4` rows go one at a time.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; `rows.len() == out.len() * row_bytes`,
@@ -327,7 +335,9 @@ pub(super) unsafe fn gemv_vnni_quarters(band: super::QuarterBand, out: [&mut [i3
 /// accumulator per scale and row (|lane| grows by at most 4 · 192 · 128 per block: i32 holds
 /// 21 000 blocks, 2.7 M weights per row). Each scaled sum is a multiple of its scale, so the final
 /// shifts are exact. Per block and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are
-/// shared by the rows (AVX2 needs 13 operations and its own loads per row).
+/// shared by the rows (AVX2 needs 13 operations and its own loads per row). Each stream is
+/// prefetched [`VNNI_PREFETCH_AHEAD`] ahead. (512-bit vectors, on activations re-ordered so one
+/// load covers two blocks' pieces, computed cached rows only 5 % faster and streamed none faster.)
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; each `w[r]` must point to `32 · blocks`
@@ -339,8 +349,14 @@ unsafe fn rows_sums_vnni<const N: usize>(w: [*const u8; N], blocks: usize, a: *c
     let masks = [0xc0u8, 0x30, 0x0c, 0x03].map(|m| _mm256_set1_epi8(m as i8));
     let mut acc = [[_mm256_setzero_si256(); 4]; N];
     for b in 0..blocks {
-        // SAFETY: block b < blocks is in bounds of every row and of a (the caller's contract).
+        // SAFETY: block b < blocks is in bounds of every row and of a (the caller's contract);
+        // the prefetch is a hint, harmless past the end of the matrix.
         unsafe {
+            if b % 2 == 0 {
+                for p in w {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * b + VNNI_PREFETCH_AHEAD) as *const i8);
+                }
+            }
             let packed: [__m256i; N] =
                 std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * b) as *const __m256i));
             for (piece, mask) in masks.iter().enumerate() {
