@@ -4,7 +4,8 @@
 //! - [`reference`]: transformers' `BitNetForCausalLM` forward in f32 on candle-core, straight from
 //!   a Hugging Face checkpoint — the yardstick.
 //! - [`parity`]: how two sets of logits are compared (rel-L2, max abs, top-1, KL).
-//! - [`cpu`], [`kernels`]: instruction-set dispatch and the integer/float kernels.
+//! - [`cpu`], [`kernels`]: instruction-set dispatch and the integer/float kernels; [`team`]: the
+//!   spinning threads a generated token's parallel operations run on.
 //! - [`model`]: GGUF models and the forward pass with a KV cache.
 //! - [`tokenizer`], [`sampler`], [`generate`]: text in, tokens out.
 //! - [`verify`]: parity of a packed model against the reference; [`bench`]: speed.
@@ -19,6 +20,7 @@ pub mod parity;
 pub mod reference;
 pub mod rope;
 pub mod sampler;
+pub mod team;
 pub mod tokenizer;
 pub mod verify;
 

@@ -10,6 +10,7 @@ use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
 use crate::kernels::{act, float, head, layouts};
+use crate::team::Team;
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
 use tern_converters::model::{Activation, RopePairing};
@@ -166,6 +167,9 @@ pub struct Session<'m> {
     rope_sin: Vec<f32>,
     /// When set, every operation's wall time is added to it (`tern bench --profile`).
     pub profile: Option<std::sync::Arc<Profile>>,
+    /// As many threads as the rayon pool the session was made in: one token's parallel
+    /// operations run on it, a prompt's on rayon (`crate::team`).
+    team: Team,
 }
 
 /// Receives the residual stream entering each layer (`residual.{l}`) and after the last one.
@@ -196,6 +200,24 @@ impl<'m> Session<'m> {
             rope_cos,
             rope_sin,
             profile: None,
+            team: Team::new(rayon::current_num_threads()),
+        }
+    }
+
+    /// `f(i, chunk)` for each `chunk`-long piece of `data`, across threads: on the session's
+    /// spinning team when the operation is one generated token's (short, many per token), on
+    /// rayon when it is a prompt's.
+    fn for_each_chunk<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        one_token: bool,
+        f: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) {
+        if one_token {
+            self.team.for_each_chunk_mut(data, chunk, f);
+        } else {
+            data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
         }
     }
 
@@ -468,7 +490,7 @@ impl<'m> Session<'m> {
         // ceiling; docs/benchmarks.md). A prompt keeps its chunks even then: each chunk's output
         // is scaled while it is in the cache.
         let group = w.row_group();
-        let threads = rayon::current_num_threads();
+        let threads = if tokens == 1 { self.team.threads() } else { rayon::current_num_threads() };
         let chunk_rows = if threads == 1 && tokens == 1 {
             m.rows
         } else if tokens == 1 && w.layout == Layout::I2S {
@@ -487,7 +509,7 @@ impl<'m> Session<'m> {
             || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables, panel: a.panel.as_ref() };
         if tokens == 1 {
             let mut acc = vec![0i32; m.rows];
-            acc.par_chunks_mut(chunk_rows).enumerate().for_each(|(i, out)| {
+            self.for_each_chunk(&mut acc, chunk_rows, true, |i, out| {
                 let r0 = i * chunk_rows;
                 layouts::gemm_rows(isa, &w, r0, r0 + out.len(), acts(), out);
             });
@@ -569,7 +591,7 @@ impl<'m> Session<'m> {
         // a microsecond each had cost more to hand out than they took. The group's heads go
         // through the core together, so each row is read once for all of them, not once per head.
         let groups = c.heads / n_rep;
-        out.par_chunks_mut(n_rep * d).enumerate().for_each(|(task, o)| {
+        self.for_each_chunk(&mut out, n_rep * d, t == 1, |task, o| {
             let (i, g) = (task / groups, task % groups);
             let head = HeadRows { keys: &keys, values: &values, stride: d, offset: g * head_stride };
             let qs = &q[task * n_rep * d..(task + 1) * n_rep * d];
@@ -602,7 +624,7 @@ impl<'m> Session<'m> {
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         let four_streams = cpu::weight_streams() == 4;
         let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
-        by_vocab.par_chunks_mut(n * 64).enumerate().for_each(|(chunk, o)| {
+        self.for_each_chunk(&mut by_vocab, n * 64, n == 1, |chunk, o| {
             if m.ty == TensorType::F16 {
                 // The chunk's rows are consecutive in the map: one call per position for them all.
                 let count = o.len() / n;
