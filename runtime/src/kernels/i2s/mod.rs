@@ -347,13 +347,14 @@ mod tests {
         }
     }
 
-    /// Both ways the AVX2 GEMV streams its rows (one prefetched stream, or four quarter streams:
-    /// the model loader picks by page size) equal the scalar GEMV bit for bit, including rows
+    /// Every way the AVX2 GEMV streams its rows (one prefetched stream, or four quarter streams
+    /// with or without a prefetch: the CPU's vendor and the page size pick) equals the scalar
+    /// GEMV bit for bit, including rows
     /// left after the quarters and the int8 extremes. Called directly: the process-wide choice
     /// may be flipped by any model a concurrent test loads.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx2_streams_both_equal_scalar() {
+    fn avx2_streams_all_equal_scalar() {
         if !Isa::Avx2.supported() {
             return;
         }
@@ -367,11 +368,12 @@ mod tests {
                 let sum = act.iter().map(|&a| a as i32).sum();
                 let mut want = vec![0; rows];
                 gemv(Isa::Scalar, w, rb, &act, sum, &mut want);
-                for one_stream in [true, false] {
+                use x86::Avx2Streams::*;
+                for streams in [OnePrefetched, Quarters, QuartersPrefetched] {
                     let mut got = vec![0; rows];
                     // SAFETY: AVX2 is supported (checked above); sizes as gemv asserts them.
-                    unsafe { x86::gemv_avx2_streams(w, rb, &act, sum, &mut got, one_stream) };
-                    assert_eq!(got, want, "{rows}x{cols} extreme={extreme} one_stream={one_stream}");
+                    unsafe { x86::gemv_avx2_streams(w, rb, &act, sum, &mut got, streams) };
+                    assert_eq!(got, want, "{rows}x{cols} extreme={extreme} {streams:?}");
                 }
             }
         }

@@ -18,19 +18,20 @@ use std::arch::x86_64::*;
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
 /// Whether the AVX2 GEMV asks for weight bytes [`GEMV_PREFETCH_AHEAD`] ahead of one row stream,
-/// or reads four quarter streams with no prefetch ([`gemv_avx2`]). Through 2 MiB pages the
-/// prefetch gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages
-/// ahead, it cost 10-15 % (docs/benchmarks.md), and four streams beat one, so the model loader
-/// turns it off when the page cache holds most of the weights in 4 KiB pages
+/// or reads four quarter streams with no prefetch ([`gemv_avx2`]), where the CPU is not one that
+/// wants four prefetched streams (`cpu::weight_streams`). Through 2 MiB pages the prefetch
+/// gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages ahead, it
+/// cost 10-15 % (docs/benchmarks.md), and four streams beat one, so the model loader turns it
+/// off when the page cache holds most of the weights in 4 KiB pages
 /// (`super::set_weight_prefetch`).
 pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// How far ahead of each of its streams the VNNI GEMV asks for weight bytes, into L1, once per
-/// 64-byte line. The hardware prefetcher alone kept four quarter streams at 13.5 GB/s on an
+/// How far ahead of each of its four quarter streams the VNNI GEMV (and the AVX2 one where the
+/// CPU wants four streams) asks for weight bytes, into L1, once per 64-byte line. The hardware prefetcher alone kept four quarter streams at 13.5 GB/s on an
 /// Intel Xeon (Sapphire Rapids class) where a plain read streams 17-18 GB/s; 1-4 KiB ahead gave
 /// 15.5-16.6 GB/s with one thread and 26 → 32 GB/s with two (`gemv_probe`, docs/benchmarks.md),
 /// 256-512 bytes too little and 8 KiB too much, and T1 no better than T0.
-const VNNI_PREFETCH_AHEAD: usize = 2 << 10;
+const QUARTERS_PREFETCH_AHEAD: usize = 2 << 10;
 
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
 /// the invalid code 3 (bounds at [`row_sums`]).
@@ -49,8 +50,23 @@ unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
     unsafe { hsum256(row_sums(row.as_ptr(), row.len() / 32, act.as_ptr())) }
 }
 
+/// How the AVX2 GEMV reads its rows (every way gives the same bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Avx2Streams {
+    /// Rows one after another, prefetched [`GEMV_PREFETCH_AHEAD`] ahead into L2.
+    OnePrefetched,
+    /// Four quarter streams, left to the hardware prefetcher.
+    Quarters,
+    /// Four quarter streams, each prefetched [`QUARTERS_PREFETCH_AHEAD`] ahead into L1: on the
+    /// Intel Xeon host 14.7-15.2 GB/s (one prefetched stream) → 16.2-16.5 GB/s on the model's
+    /// matrices, where four streams without the prefetch read 12.6 (`gemv_probe`); 1 and 4 KiB
+    /// ahead did no better.
+    QuartersPrefetched,
+}
+
 /// GEMV over consecutive rows of `row_bytes`: `out[r] = Σ t·q` (codes · activations − `act_sum`),
-/// streaming the weights one of two ways, as the page cache's page size favours
+/// streaming the weights four prefetched quarter streams on a CPU that wants them
+/// (`cpu::weight_streams`), otherwise one of two ways, as the page cache's page size favours
 /// ([`WEIGHT_PREFETCH`], which the model loader sets from it):
 /// - 2 MiB pages: rows one after another, one forward stream with a software prefetch ahead of
 ///   it; four rows' lanes are reduced together;
@@ -66,12 +82,18 @@ unsafe fn dot_avx2_impl(row: &[u8], act: &[i8]) -> i32 {
 /// `row_bytes` a multiple of 32.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn gemv_avx2(rows: &[u8], row_bytes: usize, act: &[i8], act_sum: i32, out: &mut [i32]) {
-    let one_stream = WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed);
+    let streams = if crate::cpu::weight_streams() == 4 {
+        Avx2Streams::QuartersPrefetched
+    } else if WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed) {
+        Avx2Streams::OnePrefetched
+    } else {
+        Avx2Streams::Quarters
+    };
     // SAFETY: forwarded from the caller.
-    unsafe { gemv_avx2_streams(rows, row_bytes, act, act_sum, out, one_stream) }
+    unsafe { gemv_avx2_streams(rows, row_bytes, act, act_sum, out, streams) }
 }
 
-/// [`gemv_avx2`] with the way of streaming given: one prefetched stream or four quarter streams.
+/// [`gemv_avx2`] with the way of streaming given.
 ///
 /// # Safety
 /// As [`gemv_avx2`].
@@ -82,17 +104,16 @@ pub(super) unsafe fn gemv_avx2_streams(
     act: &[i8],
     act_sum: i32,
     out: &mut [i32],
-    one_stream: bool,
+    streams: Avx2Streams,
 ) {
     debug_assert!(rows.len() == out.len() * row_bytes && act.len() == 4 * row_bytes);
     let (w, blocks, a) = (rows.as_ptr(), row_bytes / 32, act.as_ptr());
-    if one_stream {
+    if streams == Avx2Streams::OnePrefetched {
         for (quad, o) in rows.chunks(4 * row_bytes).zip(out.chunks_mut(4)) {
             let mut acc = [_mm256_setzero_si256(); 4];
             for (i, acc) in acc.iter_mut().enumerate().take(o.len()) {
                 // SAFETY: row i of this group is within rows; the caller's length relation.
-                *acc =
-                    unsafe { rows_sums_spans::<1, true>([quad.as_ptr().add(i * row_bytes)], blocks, a)[0] };
+                *acc = unsafe { rows_sums_spans::<1, FAR>([quad.as_ptr().add(i * row_bytes)], blocks, a)[0] };
             }
             for (o, s) in o.iter_mut().zip(hsum256x4(acc)) {
                 *o = s - act_sum;
@@ -104,14 +125,21 @@ pub(super) unsafe fn gemv_avx2_streams(
     for i in 0..quarter {
         let index = [0, 1, 2, 3].map(|q| q * quarter + i);
         // SAFETY: every index is below 4·quarter ≤ out.len(), so its row is within rows.
-        let acc = unsafe { rows_sums_spans::<4, false>(index.map(|r| w.add(r * row_bytes)), blocks, a) };
+        let acc = unsafe {
+            let rows = index.map(|r| w.add(r * row_bytes));
+            if streams == Avx2Streams::QuartersPrefetched {
+                rows_sums_spans::<4, NEAR>(rows, blocks, a)
+            } else {
+                rows_sums_spans::<4, NONE>(rows, blocks, a)
+            }
+        };
         for (r, s) in index.into_iter().zip(hsum256x4(acc)) {
             out[r] = s - act_sum;
         }
     }
     for (r, o) in out.iter_mut().enumerate().skip(4 * quarter) {
         // SAFETY: row r < out.len() is within rows.
-        *o = unsafe { hsum256(rows_sums_spans::<1, false>([w.add(r * row_bytes)], blocks, a)[0]) } - act_sum;
+        *o = unsafe { hsum256(rows_sums_spans::<1, NONE>([w.add(r * row_bytes)], blocks, a)[0]) } - act_sum;
     }
 }
 
@@ -136,12 +164,18 @@ unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
     // SAFETY: forwarded from the caller.
     unsafe {
         if WEIGHT_PREFETCH.load(std::sync::atomic::Ordering::Relaxed) {
-            rows_sums_spans::<1, true>([w], blocks, a)[0]
+            rows_sums_spans::<1, FAR>([w], blocks, a)[0]
         } else {
-            rows_sums_spans::<1, false>([w], blocks, a)[0]
+            rows_sums_spans::<1, NONE>([w], blocks, a)[0]
         }
     }
 }
+
+/// Software prefetch of the AVX2 row sums, fixed at compile time: none, [`GEMV_PREFETCH_AHEAD`]
+/// into L2 (one stream), or [`QUARTERS_PREFETCH_AHEAD`] into L1 (four streams).
+const NONE: u8 = 0;
+const FAR: u8 = 1;
+const NEAR: u8 = 2;
 
 /// [`row_sums`] with the prefetch fixed at compile time, for `N` rows in lock step (one stream
 /// each) sharing the activation loads.
@@ -150,7 +184,7 @@ unsafe fn row_sums(w: *const u8, blocks: usize, a: *const i8) -> __m256i {
 /// As [`row_sums`], for every `w[r]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn rows_sums_spans<const N: usize, const PREFETCH: bool>(
+unsafe fn rows_sums_spans<const N: usize, const PREFETCH: u8>(
     mut w: [*const u8; N],
     blocks: usize,
     mut a: *const i8,
@@ -166,9 +200,9 @@ unsafe fn rows_sums_spans<const N: usize, const PREFETCH: bool>(
             if n == GEMV_SPAN {
                 // A span is 160 bytes: prefetching at blocks 0, 2 and 4 touches every line.
                 block_sums::<N, PREFETCH>(w, a, 0, &mut sums);
-                block_sums::<N, false>(w, a, 1, &mut sums);
+                block_sums::<N, NONE>(w, a, 1, &mut sums);
                 block_sums::<N, PREFETCH>(w, a, 2, &mut sums);
-                block_sums::<N, false>(w, a, 3, &mut sums);
+                block_sums::<N, NONE>(w, a, 3, &mut sums);
                 block_sums::<N, PREFETCH>(w, a, 4, &mut sums);
             } else {
                 for i in 0..n {
@@ -194,7 +228,7 @@ unsafe fn rows_sums_spans<const N: usize, const PREFETCH: bool>(
 /// # Safety
 /// The CPU must support AVX2; 32 readable bytes at `w[r] + 32·i`, 128 at `a + 128·i`.
 #[inline(always)]
-unsafe fn block_sums<const N: usize, const PREFETCH: bool>(
+unsafe fn block_sums<const N: usize, const PREFETCH: u8>(
     w: [*const u8; N],
     a: *const i8,
     i: usize,
@@ -205,9 +239,13 @@ unsafe fn block_sums<const N: usize, const PREFETCH: bool>(
         let (low2, high2) = (_mm256_set1_epi8(0x03), _mm256_set1_epi8(0x0c));
         let packed: [__m256i; N] =
             std::array::from_fn(|r| _mm256_loadu_si256(w[r].add(32 * i) as *const __m256i));
-        if PREFETCH {
-            for p in w {
-                _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(32 * i + GEMV_PREFETCH_AHEAD) as *const i8);
+        for p in w {
+            match PREFETCH {
+                FAR => _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(32 * i + GEMV_PREFETCH_AHEAD) as *const i8),
+                NEAR => {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * i + QUARTERS_PREFETCH_AHEAD) as *const i8)
+                }
+                _ => {}
             }
         }
         let high = packed.map(|p| _mm256_srli_epi16(p, 4));
@@ -281,7 +319,7 @@ pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 /// apart) defeat the prefetcher — 6-7 GB/s without software prefetch, 80-85 % of a plain read
 /// with it; four quarters without software prefetch stream at 89-95 % on an AMD host
 /// (docs/benchmarks.md), while an Intel one needs a software prefetch on each quarter as well
-/// ([`VNNI_PREFETCH_AHEAD`]). The last `n mod 4` rows go one at a time.
+/// ([`QUARTERS_PREFETCH_AHEAD`]). The last `n mod 4` rows go one at a time.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; `rows.len() == out.len() * row_bytes`,
@@ -336,7 +374,7 @@ pub(super) unsafe fn gemv_vnni_quarters(band: super::QuarterBand, out: [&mut [i3
 /// 21 000 blocks, 2.7 M weights per row). Each scaled sum is a multiple of its scale, so the final
 /// shifts are exact. Per block and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are
 /// shared by the rows (AVX2 needs 13 operations and its own loads per row). Each stream is
-/// prefetched [`VNNI_PREFETCH_AHEAD`] ahead. (512-bit vectors, on activations re-ordered so one
+/// prefetched [`QUARTERS_PREFETCH_AHEAD`] ahead. (512-bit vectors, on activations re-ordered so one
 /// load covers two blocks' pieces, computed cached rows only 5 % faster and streamed none faster.)
 ///
 /// # Safety
@@ -354,7 +392,7 @@ unsafe fn rows_sums_vnni<const N: usize>(w: [*const u8; N], blocks: usize, a: *c
         unsafe {
             if b % 2 == 0 {
                 for p in w {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * b + VNNI_PREFETCH_AHEAD) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * b + QUARTERS_PREFETCH_AHEAD) as *const i8);
                 }
             }
             let packed: [__m256i; N] =
