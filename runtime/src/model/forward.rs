@@ -18,9 +18,11 @@ use tern_formats::{Layout, TensorType, float_blocks};
 
 /// Prompt tokens per forward pass: longer prompts run in batches of this many, which bounds the
 /// activations held at once (0.16 MiB per token on 2B-4T). Each batch reads the weights once
-/// more, small beside its arithmetic: on 2B-4T pp128 is 1-3 % slower than in one pass and peaks
-/// 11 MiB lower, and pp512 is faster (65 vs 53 t/s, 2 threads) at 70 MiB less.
-pub const MICRO_BATCH: usize = 64;
+/// more, small beside its arithmetic: on 2B-4T (AMD host, 64-token batches) pp128 was 1-3 %
+/// slower than in one pass and peaked 11 MiB lower, and pp512 faster (65 vs 53 t/s, 2 threads)
+/// at 70 MiB less. 128 rather than 64 on the Intel host: AMX prompts with 2 threads pp128 241 →
+/// 308-330 t/s and pp512 197 → 221, AVX2 the same, peak RSS of pp512 the same (1.20 GiB).
+pub const MICRO_BATCH: usize = 128;
 
 /// Which positions' logits a forward call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
