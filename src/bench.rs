@@ -57,6 +57,12 @@ pub struct Args {
     /// Repetitions per test.
     #[arg(short, long, default_value_t = 3)]
     pub reps: usize,
+    /// Do not run each test once, untimed, before its repetitions. The warm-up keeps one-off
+    /// costs out of the first sample (mapping the model's pages into this process, first use of
+    /// the AMX tiles, thread start): on the Intel host the first 128-token prompt after loading
+    /// ran at a third to half the speed of the next ones in about half of the runs.
+    #[arg(long)]
+    pub no_warmup: bool,
     /// Measure the read bandwidth and show tg as a share of the bandwidth ceiling.
     #[arg(long)]
     pub roofline: bool,
@@ -105,6 +111,14 @@ pub fn run(args: Args) -> Result<()> {
             }
             let bracket = test == "tg" && args.roofline && stream_model;
             let samples: Vec<f64> = with_threads(Some(t), || {
+                if !args.no_warmup {
+                    // A few generated tokens read every weight as often as a long run needs to.
+                    if test == "pp" {
+                        prompt_rate(&model, n, 0, kv)?;
+                    } else {
+                        generation_rate(&model, n.min(4), 0, kv)?;
+                    }
+                }
                 (0..args.reps.max(1))
                     .map(|r| {
                         if test == "pp" {
