@@ -138,12 +138,13 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
         Layout::TQ2_0 => {
             let rb = w.cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
             let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq2_kernels::dot, tq2_kernels::UNPACK);
-            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, unpack);
+            let dot4 = Some(tq2_kernels::dot4 as i2s::Dot4);
+            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, dot4, unpack);
         }
         Layout::TQ1_0 => {
             let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
             let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq1_kernels::dot, tq1_kernels::UNPACK);
-            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, unpack);
+            i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, None, unpack);
         }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");

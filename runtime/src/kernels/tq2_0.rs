@@ -29,6 +29,23 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
+/// Σ t·q of four rows at once, each exactly [`dot`]'s. With AVX2 the rows go in lock step,
+/// each a weight stream prefetched ahead: `i2s::gemm_decoded` hands it rows from the four
+/// quarters of a one-token GEMV where the CPU wants four streams (`cpu::weight_streams`), as the
+/// I2_S GEMV reads its rows.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub fn dot4(isa: Isa, rows: [&[u8]; 4], act: &[i8], act_sum: i32) -> [i32; 4] {
+    for row in rows {
+        assert_eq!(row.len() / BLOCK_BYTES * BLOCK, act.len(), "activations must cover the row");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() {
+        // SAFETY: AVX2 was detected (Isa::supported); lengths checked above.
+        return unsafe { x86::dot4_avx2(rows, act) }.map(|d| d - act_sum);
+    }
+    rows.map(|row| dot(isa, row, act, act_sum))
+}
+
 /// The row unpacker of the prompt GEMM (`i2s::gemm_decoded`): codes in activation order, once
 /// per block of rows.
 #[cfg(target_arch = "x86_64")]
@@ -80,6 +97,38 @@ mod x86 {
             }
         }
         crate::kernels::i2s::x86::hsum256(acc)
+    }
+
+    /// [`dot_avx2`] of four rows in lock step, each row's sums in its own accumulator (so each
+    /// result is that function's), every line of each row asked for [`PREFETCH_AHEAD`] ahead.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; every row covers `act.len() / 256` blocks.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot4_avx2(rows: [&[u8]; 4], act: &[i8]) -> [i32; 4] {
+        let mask = _mm256_set1_epi8(3);
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for b in 0..act.len() / BLOCK {
+            for (acc, row) in acc.iter_mut().zip(rows) {
+                // SAFETY: block b lies within every row (the caller's contract) and its
+                // activations within act; a 66-byte block spans at most two lines past the
+                // prefetch point, and a prefetch is only a hint.
+                unsafe {
+                    let block = row.as_ptr().add(BLOCK_BYTES * b);
+                    _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + 64) as *const i8);
+                    for h in 0..2 {
+                        let packed = _mm256_loadu_si256(block.add(32 * h) as *const __m256i);
+                        let q = act.as_ptr().add(BLOCK * b + 128 * h);
+                        let codes = [0, 2, 4, 6].map(|shift| {
+                            _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask)
+                        });
+                        *acc = crate::kernels::i2s::x86::madd_codes4(*acc, codes, q);
+                    }
+                }
+            }
+        }
+        acc.map(|a| crate::kernels::i2s::x86::hsum256(a))
     }
 
     /// A row's unsigned codes (0..2) in activation order: byte `qs[32h + m]` bits 2l give
@@ -139,5 +188,48 @@ mod arm {
             }
         }
         vaddvq_s32(acc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four rows at once equal four single-row dots and the decoded product, on every
+    /// instruction set this CPU has, with the int8 extremes among the activations.
+    #[test]
+    fn dot4_is_four_dots() {
+        let mut x = 0x2545_f491u32;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for k in [256usize, 512, 2560, 6912] {
+            let codes: Vec<i8> = (0..4 * k).map(|_| (next() % 3) as i8 - 1).collect();
+            let packed = tern_formats::tq2_0::pack(&codes, 4, k, 1.0);
+            let rb = k / BLOCK * BLOCK_BYTES;
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &packed[r * rb..(r + 1) * rb]);
+            let act: Vec<i8> = (0..k)
+                .map(|i| {
+                    if i % 13 == 0 {
+                        -128
+                    } else if i % 7 == 0 {
+                        127
+                    } else {
+                        next() as i8
+                    }
+                })
+                .collect();
+            let sum: i32 = act.iter().map(|&a| a as i32).sum();
+            let want: [i32; 4] = std::array::from_fn(|r| {
+                codes[r * k..(r + 1) * k].iter().zip(&act).map(|(&t, &q)| t as i32 * q as i32).sum()
+            });
+            for isa in crate::cpu::available() {
+                assert_eq!(dot4(isa, rows, &act, sum), want, "{} k={k}", isa.name());
+                assert_eq!(rows.map(|r| dot(isa, r, &act, sum)), want, "{} k={k}", isa.name());
+            }
+        }
     }
 }

@@ -230,9 +230,14 @@ pub(crate) fn runs_on_amx(isa: Isa, tokens: usize, k: usize) -> bool {
 /// Unpacks one row into its unsigned codes (t + 1) in activation order (`unsafe`: AVX2).
 pub(crate) type Unpack = unsafe fn(&[u8], &mut [u8]);
 
+/// Four rows' dots at once: `(isa, rows, activations, Σ activations)`.
+pub(crate) type Dot4 = fn(Isa, [&[u8]; 4], &[i8], i32) -> [i32; 4];
+
 /// The prompt GEMM of the layouts whose rows unpack to 2-bit-style codes (TQ2_0, TQ1_0):
 /// `out[r·tokens + t]`, through `unpack` and the decode-free AVX2 dots when there are several
-/// tokens, else `dot` row by row. `k` weights per row of `row_bytes`.
+/// tokens, else `dot` row by row — or, for one token where the CPU wants four weight streams
+/// (`cpu::weight_streams`) and the layout has `dot4`, rows from the call's four quarters in
+/// lock step, as the I2_S GEMV reads them. `k` weights per row of `row_bytes`.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) fn gemm_decoded(
@@ -243,6 +248,7 @@ pub(crate) fn gemm_decoded(
     (acts, sums, panel): (&[i8], &[i32], Option<&crate::kernels::layouts::TilePanel>),
     out: &mut [i32],
     dot: fn(Isa, &[u8], &[i8], i32) -> i32,
+    dot4: Option<Dot4>,
     unpack: Option<Unpack>,
 ) {
     let tokens = sums.len();
@@ -256,6 +262,17 @@ pub(crate) fn gemm_decoded(
     {
         // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
         done = unsafe { gemm_unpacked(isa, rows, row_bytes, k, (acts, sums, panel), out, unpack) };
+    }
+    if let Some(dot4) = dot4.filter(|_| tokens == 1 && crate::cpu::weight_streams() == 4) {
+        let quarter = rows.len() / row_bytes / 4;
+        let row = |r: usize| &rows[r * row_bytes..(r + 1) * row_bytes];
+        for i in 0..quarter {
+            let index = [0, 1, 2, 3].map(|q| q * quarter + i);
+            for (r, d) in index.into_iter().zip(dot4(isa, index.map(row), acts, sums[0])) {
+                out[r] = d;
+            }
+        }
+        done = 4 * quarter;
     }
     let rest = rows[done * row_bytes..].chunks_exact(row_bytes);
     for (row, o) in rest.zip(out[done * tokens..].chunks_exact_mut(tokens.max(1))) {
