@@ -627,12 +627,12 @@ impl<'m> Session<'m> {
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         let four_streams = cpu::weight_streams() == 4;
         let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
-        self.for_each_chunk(&mut by_vocab, n * 64, n == 1, |chunk, o| {
+        self.for_each_chunk(&mut by_vocab, n * HEAD_CHUNK_ROWS, n == 1, |chunk, o| {
             if m.ty == TensorType::F16 {
                 // The chunk's rows are consecutive in the map: one call per position for them all.
                 let count = o.len() / n;
-                let rows = self.model.float_rows(m, chunk * 64, count);
-                let mut dots = [0f32; 64];
+                let rows = self.model.float_rows(m, chunk * HEAD_CHUNK_ROWS, count);
+                let mut dots = [0f32; HEAD_CHUNK_ROWS];
                 for (p, xp) in h.chunks_exact(c.hidden).enumerate() {
                     if four_streams {
                         float::dot_f16_rows_four_streams(isa, rows, xp, &mut dots[..count]);
@@ -653,7 +653,7 @@ impl<'m> Session<'m> {
                     let quarter = slots.len() / 4;
                     for i in 0..quarter {
                         let index = [0, 1, 2, 3].map(|q| q * quarter + i);
-                        let rows = index.map(|r| self.model.float_row(m, chunk * 64 + r));
+                        let rows = index.map(|r| self.model.float_row(m, chunk * HEAD_CHUNK_ROWS + r));
                         for (p, acts) in head_acts.iter().enumerate() {
                             for (r, d) in index.into_iter().zip(dot4(rows, acts)) {
                                 slots[r][p] = d;
@@ -666,7 +666,7 @@ impl<'m> Session<'m> {
             };
             for i in quarter_order(slots.len(), four_streams).filter(|&i| i >= 4 * quarter) {
                 let slot = &mut *slots[i];
-                let row = self.model.float_row(m, chunk * 64 + i);
+                let row = self.model.float_row(m, chunk * HEAD_CHUNK_ROWS + i);
                 if let Some(dot) = head_dot {
                     for (s, acts) in slot.iter_mut().zip(&head_acts) {
                         *s = dot(row, acts);
@@ -721,6 +721,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     });
     out
 }
+
+/// Output-head rows per task; on Intel each task reads them as four quarter streams. 256 rather
+/// than 64 (longer streams, fewer tasks), interleaved on the Intel host: F16 head tg 92 → 93-95 %
+/// of the ceiling with 1 thread, 86-89 → 89-90 % with 2; Q8_0 with 2 threads 79 → 83 %, Q4_0
+/// 75-78 → 78-80 % (docs/benchmarks.md).
+const HEAD_CHUNK_ROWS: usize = 256;
 
 /// Rows from which a prompt's per-token elementwise work (norms, RoPE, activation, residual
 /// adds) is split across threads; one generated token's is too small for a fork-join.
