@@ -86,10 +86,15 @@ impl Team {
     /// `f(member)` on every member at once (`member` in `0..threads()`, 0 on this thread);
     /// returns when all have finished. A panic in any member's part is raised here.
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
-        let Ok(_running) = self.running.try_lock() else {
-            // Another job is running on this team: do this one alone rather than wait or nest.
-            (0..self.threads()).for_each(f);
-            return;
+        let _running = match self.running.try_lock() {
+            Ok(guard) => guard,
+            // A job that panicked earlier left the lock poisoned; the team itself is intact.
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                // Another job is running on this team: do this one alone rather than wait or nest.
+                (0..self.threads()).for_each(f);
+                return;
+            }
         };
         if self.workers.is_empty() {
             return f(0);
@@ -253,10 +258,14 @@ mod tests {
             })
         }));
         assert!(result.is_err());
-        let hits = AtomicUsize::new(0);
-        team.run(&|_| {
-            hits.fetch_add(1, Ordering::Relaxed);
+        // Both members still take part (not the caller alone, as for a team already busy).
+        let members = Mutex::new(Vec::new());
+        team.run(&|member| {
+            members.lock().unwrap().push((member, std::thread::current().id()));
         });
-        assert_eq!(hits.into_inner(), 2);
+        let mut members = members.into_inner().unwrap();
+        members.sort_by_key(|m| m.0);
+        assert_eq!(members.iter().map(|m| m.0).collect::<Vec<_>>(), [0, 1]);
+        assert_ne!(members[0].1, members[1].1, "the worker ran its part on its own thread");
     }
 }
