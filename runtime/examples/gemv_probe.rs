@@ -8,7 +8,9 @@
 //! one call per matrix (up to 8192 rows) as generation does with one thread, through the file's
 //! own map (`CHUNK=ROWS`: that many rows per call instead; `ONLY_MODEL=1`: only that part).
 //! `TERN_KERNEL=avx2|avx512vnni` picks the kernel; `TERN_WEIGHT_PREFETCH=off` turns the AVX2
-//! GEMV's software prefetch off (the model loader does when the weights are in 4 KiB pages). `THREADS=2` runs the model part with two
+//! GEMV's one-stream prefetch off (the model loader does when the weights are in 4 KiB pages),
+//! which matters only off Intel or with `TERN_STREAMS=1`: on Intel the AVX2 GEMV reads four
+//! prefetched quarter streams either way. `THREADS=2` runs the model part with two
 //! threads instead, four ways: a fork-join per matrix of runs of 16-row quarter bands (how
 //! `bitlinear` split a matrix until 2026-11-26) and of two halves (how it splits one now), and two
 //! threads started once for the whole sequence that each take the same half of every matrix,

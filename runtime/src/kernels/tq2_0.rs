@@ -78,25 +78,35 @@ mod x86 {
     /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot_avx2(row: &[u8], act: &[i8]) -> i32 {
-        let mask = _mm256_set1_epi8(3);
         let mut acc = _mm256_setzero_si256();
         for (b, block) in row.chunks_exact(BLOCK_BYTES).enumerate() {
             // A hint: past the row it reaches the next one, or nothing.
             _mm_prefetch::<_MM_HINT_T0>(block.as_ptr().wrapping_add(PREFETCH_AHEAD) as *const i8);
-            for h in 0..2 {
-                // SAFETY: 32 bytes at block[32h] lie within the 66-byte block; 128 activations
-                // at act[256b + 128h] lie within act (the caller checked the lengths).
-                unsafe {
-                    let packed = _mm256_loadu_si256(block.as_ptr().add(32 * h) as *const __m256i);
-                    let q = act.as_ptr().add(BLOCK * b + 128 * h);
-                    let codes = [0, 2, 4, 6].map(|shift| {
-                        _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask)
-                    });
-                    acc = crate::kernels::i2s::x86::madd_codes4(acc, codes, q);
-                }
-            }
+            // SAFETY: the 66-byte block, and its 256 activations at act[256b..] (the caller
+            // checked the lengths).
+            acc = unsafe { block_sums(acc, block.as_ptr(), act.as_ptr().add(BLOCK * b)) };
         }
         crate::kernels::i2s::x86::hsum256(acc)
+    }
+
+    /// `acc` plus Σ c·q of one block (`qs` at `block`) against its 256 activations at `q`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; 64 readable bytes at `block`, 256 at `q`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block_sums(mut acc: __m256i, block: *const u8, q: *const i8) -> __m256i {
+        let mask = _mm256_set1_epi8(3);
+        for h in 0..2 {
+            // SAFETY: 32 bytes at block + 32h and 128 activations at q + 128h, as promised.
+            unsafe {
+                let packed = _mm256_loadu_si256(block.add(32 * h) as *const __m256i);
+                let codes = [0, 2, 4, 6]
+                    .map(|shift| _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask));
+                acc = crate::kernels::i2s::x86::madd_codes4(acc, codes, q.add(128 * h));
+            }
+        }
+        acc
     }
 
     /// [`dot_avx2`] of four rows in lock step, each row's sums in its own accumulator (so each
@@ -106,7 +116,6 @@ mod x86 {
     /// The CPU must support AVX2; every row covers `act.len() / 256` blocks.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot4_avx2(rows: [&[u8]; 4], act: &[i8]) -> [i32; 4] {
-        let mask = _mm256_set1_epi8(3);
         let mut acc = [_mm256_setzero_si256(); 4];
         for b in 0..act.len() / BLOCK {
             for (acc, row) in acc.iter_mut().zip(rows) {
@@ -117,14 +126,7 @@ mod x86 {
                     let block = row.as_ptr().add(BLOCK_BYTES * b);
                     _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + 64) as *const i8);
-                    for h in 0..2 {
-                        let packed = _mm256_loadu_si256(block.add(32 * h) as *const __m256i);
-                        let q = act.as_ptr().add(BLOCK * b + 128 * h);
-                        let codes = [0, 2, 4, 6].map(|shift| {
-                            _mm256_and_si256(_mm256_srl_epi16(packed, _mm_cvtsi32_si128(shift)), mask)
-                        });
-                        *acc = crate::kernels::i2s::x86::madd_codes4(*acc, codes, q);
-                    }
+                    *acc = block_sums(*acc, block, act.as_ptr().add(BLOCK * b));
                 }
             }
         }

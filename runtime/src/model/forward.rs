@@ -512,7 +512,7 @@ impl<'m> Session<'m> {
             || layouts::Acts { codes: a.codes.as_slice(), sums: &a.sums, tables, panel: a.panel.as_ref() };
         if tokens == 1 {
             let mut acc = vec![0i32; m.rows];
-            self.for_each_chunk(&mut acc, chunk_rows, true, |i, out| {
+            self.team.for_each_chunk_mut(&mut acc, chunk_rows, |i, out| {
                 let r0 = i * chunk_rows;
                 layouts::gemm_rows(isa, &w, r0, r0 + out.len(), acts(), out);
             });

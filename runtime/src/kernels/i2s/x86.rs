@@ -27,8 +27,8 @@ const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// How far ahead of each of its four quarter streams the VNNI GEMV (and the AVX2 one where the
-/// CPU wants four streams) asks for weight bytes, into L1, once per 64-byte line. The hardware prefetcher alone kept four quarter streams at 13.5 GB/s on an
-/// Intel Xeon (Sapphire Rapids class) where a plain read streams 17-18 GB/s; 1-4 KiB ahead gave
+/// CPU wants four streams) asks for weight bytes, into L1, once per 64-byte line. The hardware
+/// prefetcher alone kept four quarter streams at 13.5 GB/s on an Intel Xeon (Sapphire Rapids class) where a plain read streams 17-18 GB/s; 1-4 KiB ahead gave
 /// 15.5-16.6 GB/s with one thread and 26 → 32 GB/s with two (`gemv_probe`, docs/benchmarks.md),
 /// 256-512 bytes too little and 8 KiB too much, and T1 no better than T0.
 const QUARTERS_PREFETCH_AHEAD: usize = 2 << 10;
