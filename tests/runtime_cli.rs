@@ -393,7 +393,10 @@ fn bench_roofline_and_profile() {
         let sum: f64 = ops.values().map(|v| v.as_f64().unwrap()).sum();
         assert!(sum > 0.0 && sum <= per_token * 1.0001, "{sum} vs {per_token}");
         assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
-        assert_eq!(ops["lookup tables (TL)"].as_f64().unwrap(), 0.0, "an I2_S model builds no tables");
+        // An I2_S model builds no TL tables; a prompt may lay its activations out as a panel
+        // for the prompt GEMM (AMX tiles, AVX2 lookup columns), generation never does.
+        let layout = ops["activation layout (TL tables, panels)"].as_f64().unwrap();
+        assert!(if p["test"] == "tg8" { layout == 0.0 } else { layout >= 0.0 }, "{layout}");
         // Generation streams every weight once per token: the ternary bytes and the head's over
         // their ops' time. A prompt reads them once per batch, so it rates nothing.
         let streamed = p["weight_bytes_per_s_by_op"].as_object().unwrap();

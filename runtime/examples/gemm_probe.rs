@@ -6,12 +6,13 @@
 //!
 //! One thread, 64 tokens (a prompt micro-batch) and I2_S unless told; prints G multiply-
 //! accumulates per second per shape and for a whole layer's mix. `TERN_KERNEL=avx2|avx512vnni`
-//! picks the kernel; `CALLS=N` the calls per shape (default 40).
+//! picks the kernel; `CALLS=N` the calls per shape (default 40); `CHUNK_ROWS=N` makes each call
+//! a run of N rows, as a prompt's tasks are (default: the whole matrix in one call).
 
 use std::time::{Duration, Instant};
 use tern_formats::Layout;
 use tern_runtime::cpu;
-use tern_runtime::kernels::layouts::{Acts, Packed, TableKey, Tables, gemm_rows};
+use tern_runtime::kernels::layouts::{self, Acts, Packed, TableKey, Tables, gemm_rows};
 
 /// (rows, cols, name, matrices of this shape per layer)
 const SHAPES: [(usize, usize, &str, usize); 4] =
@@ -23,6 +24,7 @@ fn main() {
     let layout =
         args.next().map(|s| Layout::from_name(&s).expect("LAYOUT: a layout name")).unwrap_or(Layout::I2S);
     let calls: usize = std::env::var("CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let chunk_rows: Option<usize> = std::env::var("CHUNK_ROWS").ok().and_then(|v| v.parse().ok());
     let isa = cpu::selected();
     let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
     println!("{} {} tokens={tokens}, best of {calls} calls", layout.name(), isa.name());
@@ -35,12 +37,17 @@ fn main() {
         let bytes = layout.pack(&codes, m, k, 1.0, tiles);
         let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
         let tables = w.table_key().map(|key: TableKey| Tables::build(key, &acts, k));
+        // Built once per input, as the forward pass does.
+        let panel = layouts::panel(isa, layout, &acts, &sums, k);
         let mut out = vec![0i32; m * tokens];
+        let step = chunk_rows.unwrap_or(m).next_multiple_of(w.row_group()).min(m);
         let mut best = Duration::MAX;
         for _ in 0..calls {
-            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: None };
+            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: panel.as_ref() };
             let t = Instant::now();
-            gemm_rows(isa, &w, 0, m, a, &mut out);
+            for (i, o) in out.chunks_mut(step * tokens).enumerate() {
+                gemm_rows(isa, &w, i * step, i * step + o.len() / tokens, a, o);
+            }
             best = best.min(t.elapsed());
             std::hint::black_box(&out);
         }

@@ -209,30 +209,38 @@ fn f16_kv_cache_attention_equals_a_naive_core_on_rounded_keys_and_values() {
 fn every_instruction_set_gives_identical_hidden_states() {
     let tmp = tempfile::tempdir().unwrap();
     let model = Model::load(convert("odd/packed", tmp.path())).unwrap();
-    let tokens = &golden("odd/packed").0[0];
-    let mut reference: Option<Vec<f32>> = None;
-    let mut isas = tern_runtime::cpu::available();
-    // Scalar first: every other path is compared with it.
-    isas.sort_by_key(|&i| i != tern_runtime::cpu::Isa::Scalar);
-    for isa in isas {
-        let mut s = Session::new(&model, 64);
-        s.isa = isa;
-        // The f16 lm_head dot reorders float sums per ISA; compare the integer-path output
-        // through the final hidden state instead, which every ISA must reproduce exactly.
-        let mut last = Vec::new();
-        s.forward(
-            tokens,
-            Want::None,
-            Some(&mut |name: &str, x: &[f32]| {
-                if name == "residual.3" {
-                    last = x.to_vec();
+    let golden_tokens = &golden("odd/packed").0[0];
+    // And a 40-token prompt: enough for the prompt GEMMs that need many tokens (AVX2's lookup
+    // tables from 24, AMX tiles from 16), with a part-filled last chunk.
+    let long: Vec<u32> = golden_tokens.iter().copied().cycle().take(40).collect();
+    for tokens in [golden_tokens, &long] {
+        let mut reference: Option<Vec<f32>> = None;
+        let mut isas = tern_runtime::cpu::available();
+        // Scalar first: every other path is compared with it.
+        isas.sort_by_key(|&i| i != tern_runtime::cpu::Isa::Scalar);
+        for isa in isas {
+            let mut s = Session::new(&model, 64);
+            s.isa = isa;
+            // The f16 lm_head dot reorders float sums per ISA; compare the integer-path output
+            // through the final hidden state instead, which every ISA must reproduce exactly.
+            let mut last = Vec::new();
+            s.forward(
+                tokens,
+                Want::None,
+                Some(&mut |name: &str, x: &[f32]| {
+                    if name == "residual.3" {
+                        last = x.to_vec();
+                    }
+                }),
+            )
+            .unwrap();
+            assert_eq!(last.len(), tokens.len() * model.config.hidden, "one hidden state per token");
+            match &reference {
+                None => reference = Some(last),
+                Some(r) => {
+                    assert!(r == &last, "{} differs from scalar ({} tokens)", isa.name(), tokens.len())
                 }
-            }),
-        )
-        .unwrap();
-        match &reference {
-            None => reference = Some(last),
-            Some(r) => assert!(r == &last, "{} differs from scalar", isa.name()),
+            }
         }
     }
 }

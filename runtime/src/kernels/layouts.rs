@@ -94,28 +94,31 @@ pub struct Acts<'a> {
     pub sums: &'a [i32],
     /// Tables of this input (built inside when missing or of another kind).
     pub tables: Option<&'a Tables>,
-    /// This input as AMX tiles (built inside, per call, when missing and AMX runs).
-    pub panel: Option<&'a TilePanel>,
+    /// This input laid out for the prompt GEMM (built inside, per call, when missing).
+    pub panel: Option<&'a Panel>,
 }
 
-/// A prompt's activations laid out as AMX tiles (`i2s::amx`), built once per input so that
-/// every row chunk, thread and matrix reading it shares one; only on x86-64.
-#[cfg(target_arch = "x86_64")]
-pub use super::i2s::amx::Panel as TilePanel;
-/// A prompt's activations as AMX tiles: none exist off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-pub enum TilePanel {}
+pub use super::i2s::Panel;
 
-/// The AMX tile panel of `tokens = sums.len()` rows of `k` activations when a product of
-/// `layout` on `isa` would run on AMX tiles (`cpu::amx_int8`, enough tokens, a layout whose rows
-/// unpack to codes), else `None`.
-pub fn tile_panel(isa: Isa, layout: Layout, acts: &[i8], sums: &[i32], k: usize) -> Option<TilePanel> {
-    #[cfg(target_arch = "x86_64")]
-    if matches!(layout, Layout::I2S | Layout::TQ2_0 | Layout::TQ1_0) && i2s::runs_on_amx(isa, sums.len(), k) {
-        return Some(TilePanel::new(acts, sums, k));
+/// The [`Panel`] of `tokens = sums.len()` rows of `k` activations when a product of `layout` on
+/// `isa` would read one (AMX tiles for the layouts whose rows unpack to codes, the AVX2 lookup
+/// GEMM's columns for I2_S), else `None`.
+pub fn panel(isa: Isa, layout: Layout, acts: &[i8], sums: &[i32], k: usize) -> Option<Panel> {
+    if !matches!(layout, Layout::I2S | Layout::TQ2_0 | Layout::TQ1_0) {
+        return None;
     }
-    let _ = (isa, layout, acts, sums, k);
-    None
+    Panel::for_product(isa, layout == Layout::I2S, acts, sums, k)
+}
+
+/// Whether a product of `layout` over `tokens` tokens on `isa` wants each task to bring as many
+/// rows as it can: the AVX2 lookup GEMM builds its tables once per call.
+pub fn wants_long_calls(isa: Isa, layout: Layout, tokens: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if layout == Layout::I2S {
+        return i2s::runs_on_tables(isa, tokens);
+    }
+    let _ = (isa, layout, tokens);
+    false
 }
 
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).

@@ -46,7 +46,7 @@ struct QuantBatch {
     tables: Vec<layouts::Tables>,
     /// These activations as AMX tiles, built on first use by a product that runs on them and
     /// kept for the next matrices of this input.
-    panel: Option<layouts::TilePanel>,
+    panel: Option<layouts::Panel>,
 }
 
 impl QuantBatch {
@@ -96,10 +96,11 @@ impl QuantBatch {
         }
     }
 
-    /// Builds the AMX tiles of these activations if a product of `layout` on `isa` runs on them.
+    /// Lays these activations out for the prompt GEMM if a product of `layout` on `isa` reads
+    /// them so (`layouts::panel`).
     fn prepare_panel(&mut self, isa: Isa, layout: Layout) {
         if self.panel.is_none() {
-            self.panel = layouts::tile_panel(isa, layout, self.codes.as_slice(), &self.sums, self.padded);
+            self.panel = layouts::panel(isa, layout, self.codes.as_slice(), &self.sums, self.padded);
         }
     }
 
@@ -112,6 +113,10 @@ impl QuantBatch {
 /// of its attention: all of 64 positions of 128 f32, and 2B-4T's five heads' keys and values
 /// then take 320 KiB, within one core's L2 beside the v projection's 400 KiB streaming past.
 const KV_PREFETCH_BYTES: usize = 32 << 10;
+
+/// Rows of a prompt's BitLinear sums scaled into the token-major output together: 64 rows of
+/// 128 tokens are 32 KiB of i32, within L1.
+const SCALE_BAND_ROWS: usize = 64;
 
 /// The token-major output of a prompt's BitLinear, shared by the tasks that each write their
 /// own rows of every token.
@@ -481,7 +486,7 @@ impl<'m> Session<'m> {
             });
         }
         if tokens > 1 {
-            a.prepare_panel(isa, w.layout);
+            self.time(Op::Tables, || a.prepare_panel(isa, w.layout));
         }
         let a = &*a;
         let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
@@ -501,6 +506,10 @@ impl<'m> Session<'m> {
             // matrix's quarters, tg with 2 threads 91 → 92 % of the ceiling, and 72.5 → 76 % when
             // the host's bandwidth doubles; AVX2 the same as 256-row chunks (docs/benchmarks.md).
             // TQ2_0 too, whose GEMV reads four quarter streams on Intel: 2 threads 84 → 88-89 %.
+            m.rows.div_ceil(threads).next_multiple_of(group).min(m.rows)
+        } else if layouts::wants_long_calls(isa, w.layout, tokens) {
+            // The AVX2 lookup GEMM builds its tables once per call: at 256 rows a call that
+            // took 40 % of the product (docs/benchmarks.md), so each thread takes one part.
             m.rows.div_ceil(threads).next_multiple_of(group).min(m.rows)
         } else {
             (m.rows / (threads * 4)).clamp(16, 256).next_multiple_of(group).min(m.rows)
@@ -530,13 +539,21 @@ impl<'m> Session<'m> {
                 let (r0, r1) = (i * chunk_rows, ((i + 1) * chunk_rows).min(rows));
                 let mut acc = vec![0i32; (r1 - r0) * tokens];
                 layouts::gemm_rows(isa, &w, r0, r1, acts(), &mut acc);
-                for (t, f) in factors.iter().enumerate() {
-                    // SAFETY: y holds tokens × rows floats; this task alone writes rows r0..r1
-                    // of each token (the tasks' row ranges are disjoint), and y outlives the
-                    // parallel loop.
-                    let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + r0), r1 - r0) };
-                    for (o, slots) in out.iter_mut().zip(acc.chunks_exact(tokens)) {
-                        *o = slots[t] as f32 * f;
+                // Scaled a band of rows at a time, so the band's sums stay in L1 while every
+                // token takes its row of them: a task's whole product (3.5 MB for gate with
+                // the lookup GEMM's long calls) read token by token missed the cache on every
+                // read (docs/benchmarks.md).
+                for band in (r0..r1).step_by(SCALE_BAND_ROWS) {
+                    let n = SCALE_BAND_ROWS.min(r1 - band);
+                    let sums = &acc[(band - r0) * tokens..(band - r0 + n) * tokens];
+                    for (t, f) in factors.iter().enumerate() {
+                        // SAFETY: y holds tokens × rows floats; this task alone writes rows
+                        // r0..r1 of each token (the tasks' row ranges are disjoint), band..band+n
+                        // lies within them, and y outlives the parallel loop.
+                        let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + band), n) };
+                        for (o, slots) in out.iter_mut().zip(sums.chunks_exact(tokens)) {
+                            *o = slots[t] as f32 * f;
+                        }
                     }
                 }
             });

@@ -42,7 +42,7 @@ impl Op {
             Op::Embed => "embedding",
             Op::Norm => "rms norms",
             Op::Quantise => "activation quantisation",
-            Op::Tables => "lookup tables (TL)",
+            Op::Tables => "activation layout (TL tables, panels)",
             Op::Ternary => "ternary matmuls",
             Op::Attention => "attention (rope, cache, softmax)",
             Op::Activation => "activation",

@@ -9,6 +9,8 @@
 pub(crate) mod amx;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod arm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod lut;
 mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
@@ -112,6 +114,51 @@ pub fn split_quarters(out: &mut [i32], quarter: usize) -> ([&mut [i32]; 4], &mut
     ([q0, q1, q2, q3], rest)
 }
 
+/// A prompt's activations laid out once per input for the several-token GEMM this CPU runs:
+/// AMX tiles, or the columns of the AVX2 lookup GEMM. `layouts::panel` builds it, and every
+/// row chunk, thread and matrix reading that input shares it. None exist off x86-64.
+pub enum Panel {
+    #[cfg(target_arch = "x86_64")]
+    Tiles(amx::Panel),
+    #[cfg(target_arch = "x86_64")]
+    Columns(lut::Columns),
+}
+
+impl Panel {
+    /// A panel for a product of `tokens = sums.len()` rows of `k` activations on `isa`, of I2_S
+    /// weights when `i2s`, else of another layout whose rows unpack to codes; `None` where no
+    /// run would read one.
+    pub fn for_product(isa: Isa, i2s: bool, acts: &[i8], sums: &[i32], k: usize) -> Option<Panel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if runs_on_amx(isa, sums.len(), k) {
+                return Some(Panel::Tiles(amx::Panel::new(acts, sums, k)));
+            }
+            if i2s && runs_on_tables(isa, sums.len()) {
+                return Some(Panel::Columns(lut::Columns::new(acts, sums.len(), k)));
+            }
+        }
+        let _ = (isa, i2s, acts, sums, k);
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn tiles(&self) -> Option<&amx::Panel> {
+        match self {
+            Panel::Tiles(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn columns(&self) -> Option<&lut::Columns> {
+        match self {
+            Panel::Columns(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 /// GEMM over several tokens: `out[r * tokens + t] = Σ t[r]·q[t]`.
 ///
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
@@ -124,15 +171,15 @@ pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i3
     gemm_with_panel(isa, rows, row_bytes, acts, act_sums, None, out)
 }
 
-/// [`gemm`] with the activations' AMX tiles when the caller built them once for many calls
-/// (`layouts::tile_panel`); without, an AMX run builds its own.
+/// [`gemm`] with the activations' [`Panel`] when the caller built it once for many calls
+/// (`layouts::panel`); without, a run that needs one builds its own.
 pub fn gemm_with_panel(
     isa: Isa,
     rows: &[u8],
     row_bytes: usize,
     acts: &[i8],
     act_sums: &[i32],
-    panel: Option<&crate::kernels::layouts::TilePanel>,
+    panel: Option<&Panel>,
     out: &mut [i32],
 ) {
     check_rows(rows, row_bytes);
@@ -156,6 +203,19 @@ pub fn gemm_with_panel(
         (Isa::Avx512Vnni, 1) => {
             // SAFETY: AVX-512 VNNI was checked (isa supported); sizes as above.
             unsafe { x86::gemv_vnni(rows, row_bytes, acts, act_sums[0], out) };
+            return;
+        }
+        (Isa::Avx2, 2..) if runs_on_tables(isa, tokens) => {
+            let own;
+            let columns = match panel.and_then(Panel::columns).filter(|c| c.fits(tokens, k)) {
+                Some(c) => c,
+                None => {
+                    own = lut::Columns::new(acts, tokens, k);
+                    &own
+                }
+            };
+            // SAFETY: AVX2 was checked (isa supported); the columns are of these activations.
+            unsafe { lut::gemm(rows, row_bytes, columns, out) };
             return;
         }
         (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
@@ -197,7 +257,7 @@ unsafe fn gemm_unpacked(
     rows: &[u8],
     row_bytes: usize,
     k: usize,
-    (acts, sums, panel): (&[i8], &[i32], Option<&amx::Panel>),
+    (acts, sums, panel): (&[i8], &[i32], Option<&Panel>),
     out: &mut [i32],
     unpack: Unpack,
 ) -> usize {
@@ -206,7 +266,7 @@ unsafe fn gemm_unpacked(
     let mut done = 0;
     if runs_on_amx(isa, tokens, k) {
         let own;
-        let panel = match panel.filter(|p| p.fits(tokens, k)) {
+        let panel = match panel.and_then(Panel::tiles).filter(|p| p.fits(tokens, k)) {
             Some(p) => p,
             None => {
                 own = amx::Panel::new(acts, sums, k);
@@ -219,6 +279,17 @@ unsafe fn gemm_unpacked(
     let (rows, out) = (&rows[done * row_bytes..], &mut out[done * tokens..]);
     // SAFETY: forwarded from the caller, on the rows left.
     done + unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack, vnni) }
+}
+
+/// Whether a several-token I2_S product of `tokens` tokens on `isa` runs on lookup tables
+/// (`lut`): AVX2 without VNNI, enough tokens, unless `TERN_LUT_GEMM=off` (to measure the
+/// `maddubs` GEMM it replaces).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn runs_on_tables(isa: Isa, tokens: usize) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    isa == Isa::Avx2
+        && tokens >= lut::MIN_TOKENS
+        && !*OFF.get_or_init(|| std::env::var("TERN_LUT_GEMM").as_deref() == Ok("off"))
 }
 
 /// Whether a several-token product of `tokens` rows of `k` activations on `isa` runs on AMX tiles.
@@ -245,7 +316,7 @@ pub(crate) fn gemm_decoded(
     rows: &[u8],
     row_bytes: usize,
     k: usize,
-    (acts, sums, panel): (&[i8], &[i32], Option<&crate::kernels::layouts::TilePanel>),
+    (acts, sums, panel): (&[i8], &[i32], Option<&Panel>),
     out: &mut [i32],
     dot: fn(Isa, &[u8], &[i8], i32) -> i32,
     dot4: Option<Dot4>,
@@ -435,6 +506,57 @@ mod tests {
                     gemv(isa, left, rb, &act, sum, rest);
                     assert_eq!(got, want, "{} {rows}x{cols} band {band}", isa.name());
                 }
+            }
+        }
+    }
+
+    /// The AVX2 lookup GEMM equals the scalar GEMV bit for bit: every chunk shape (16- and
+    /// 32-token chunks, part-filled ones), one block and 54 (down's row), awkward row counts, and
+    /// activations at the int8 extremes (an i16 block sum at its largest); then through `gemm`,
+    /// with the columns built once and shared by two row ranges, as the forward pass shares them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lookup_gemm_equals_scalar() {
+        if !Isa::Avx2.supported() {
+            return;
+        }
+        let cases = [(3, 128, 1, false), (5, 256, 15, true), (17, 384, 16, false), (2, 128, 17, true)];
+        let more = [(33, 6912, 31, true), (7, 2560, 32, false), (40, 256, 33, true), (9, 640, 70, false)];
+        for (i, &(rows, cols, tokens, extreme)) in cases.iter().chain(&more).enumerate() {
+            let (_, packed, _) = random_case(rows, cols, 500 + i as u64, false);
+            let rb = i2s::row_bytes(cols);
+            let k = rb * 4;
+            let w = &packed[..rows * rb];
+            let mut r = stream(700 + i as u64);
+            let mut acts: Vec<i8> = (0..tokens * k)
+                .map(|_| if extreme { if r().is_multiple_of(2) { -128 } else { 127 } } else { r() as i8 })
+                .collect();
+            for token in acts.chunks_exact_mut(k) {
+                token[cols..].fill(0);
+            }
+            let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
+            let mut want = vec![0; rows * tokens];
+            for (t, act) in acts.chunks_exact(k).enumerate() {
+                let mut one = vec![0; rows];
+                gemv(Isa::Scalar, w, rb, act, sums[t], &mut one);
+                for (row, v) in one.into_iter().enumerate() {
+                    want[row * tokens + t] = v;
+                }
+            }
+            let columns = lut::Columns::new(&acts, tokens, k);
+            let mut got = vec![0; rows * tokens];
+            // SAFETY: AVX2 is supported (checked above).
+            unsafe { lut::gemm(w, rb, &columns, &mut got) };
+            assert_eq!(got, want, "{rows}x{cols}, {tokens} tokens, extreme={extreme}");
+            if runs_on_tables(Isa::Avx2, tokens) {
+                let panel = Panel::for_product(Isa::Avx2, true, &acts, &sums, k);
+                assert!(matches!(panel, Some(Panel::Columns(_))), "{tokens} tokens read columns");
+                let split = rows / 2 * tokens;
+                let mut got = vec![0; rows * tokens];
+                let (first, second) = got.split_at_mut(split);
+                gemm_with_panel(Isa::Avx2, &w[..rows / 2 * rb], rb, &acts, &sums, panel.as_ref(), first);
+                gemm_with_panel(Isa::Avx2, &w[rows / 2 * rb..], rb, &acts, &sums, panel.as_ref(), second);
+                assert_eq!(got, want, "through gemm: {rows}x{cols}, {tokens} tokens");
             }
         }
     }
