@@ -36,6 +36,13 @@ const GROUPS: usize = 32;
 /// 75 G multiply-adds/s without, 164 with (`gemm_probe`).
 const ROWS_AHEAD: usize = 16;
 
+/// Rows that share one table per block and chunk of tokens. Their i32 sums (128 bytes a row for
+/// 32 tokens) are read and written once per block, beside the table's random reads: gate's
+/// 6912 rows in one band (864 KiB of sums) ran at 140-144 G multiply-adds/s, two bands of 3456
+/// at 156-158 despite building every table twice, bands of 1728 at 144-152 (`gemm_probe`, 128
+/// tokens).
+pub(super) const BAND_ROWS: usize = 3584;
+
 /// Vectors from one group's slots to the next: 256 slots of `halves` vectors, and one 64-byte
 /// line more, so that slot b of consecutive groups falls in neighbouring L1 sets. At exactly
 /// 256 slots every group's slot b shared one set, only 27 of the 64 sets held valid slots, and
@@ -153,11 +160,16 @@ pub(super) unsafe fn gemm(rows: &[u8], row_bytes: usize, columns: &Columns, out:
             if table.is_empty() {
                 *table = vec![_mm256_setzero_si256(); GROUPS * group_stride(chunk.halves)];
             }
-            // SAFETY: AVX2 (the caller's contract); sizes asserted above.
-            unsafe {
-                match chunk.halves {
-                    2 => gemm_chunk::<2>(rows, row_bytes, chunk, table, out, tokens),
-                    _ => gemm_chunk::<1>(rows, row_bytes, chunk, table, out, tokens),
+            // Equal bands of at most BAND_ROWS rows, each with its own tables.
+            let band = n_rows.div_ceil(n_rows.div_ceil(BAND_ROWS).max(1)).max(1);
+            for (rows, out) in rows.chunks(band * row_bytes).zip(out.chunks_mut(band * tokens)) {
+                // SAFETY: AVX2 (the caller's contract); sizes asserted above, and each band is
+                // whole rows with their outputs.
+                unsafe {
+                    match chunk.halves {
+                        2 => gemm_chunk::<2>(rows, row_bytes, chunk, table, out, tokens),
+                        _ => gemm_chunk::<1>(rows, row_bytes, chunk, table, out, tokens),
+                    }
                 }
             }
         }

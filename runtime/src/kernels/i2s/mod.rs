@@ -511,7 +511,8 @@ mod tests {
     }
 
     /// The AVX2 lookup GEMM equals the scalar GEMV bit for bit: every chunk shape (16- and
-    /// 32-token chunks, part-filled ones), one block and 54 (down's row), awkward row counts, and
+    /// 32-token chunks, part-filled ones), one block and 54 (down's row), awkward row counts, two
+    /// bands of rows, and
     /// activations at the int8 extremes (an i16 block sum at its largest); then through `gemm`,
     /// with the columns built once and shared by two row ranges, as the forward pass shares them.
     #[cfg(target_arch = "x86_64")]
@@ -521,7 +522,15 @@ mod tests {
             return;
         }
         let cases = [(3, 128, 1, false), (5, 256, 15, true), (17, 384, 16, false), (2, 128, 17, true)];
-        let more = [(33, 6912, 31, true), (7, 2560, 32, false), (40, 256, 33, true), (9, 640, 70, false)];
+        // The last: more rows than one band of the lookup GEMM (`lut::BAND_ROWS`), split in two.
+        let more = [
+            (33, 6912, 31, true),
+            (7, 2560, 32, false),
+            (40, 256, 33, true),
+            (9, 640, 70, false),
+            (3600, 128, 24, true),
+        ];
+        assert!(more[more.len() - 1].0 > lut::BAND_ROWS, "the last case takes two bands");
         for (i, &(rows, cols, tokens, extreme)) in cases.iter().chain(&more).enumerate() {
             let (_, packed, _) = random_case(rows, cols, 500 + i as u64, false);
             let rb = i2s::row_bytes(cols);
@@ -548,6 +557,10 @@ mod tests {
             // SAFETY: AVX2 is supported (checked above).
             unsafe { lut::gemm(w, rb, &columns, &mut got) };
             assert_eq!(got, want, "{rows}x{cols}, {tokens} tokens, extreme={extreme}");
+            assert!(
+                i < cases.len() + more.len() - 1 || rows > lut::BAND_ROWS,
+                "the last case takes two bands"
+            );
             if runs_on_tables(Isa::Avx2, tokens) {
                 let panel = Panel::for_product(Isa::Avx2, true, &acts, &sums, k);
                 assert!(matches!(panel, Some(Panel::Columns(_))), "{tokens} tokens read columns");
