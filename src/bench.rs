@@ -12,7 +12,7 @@ use tern_runtime::pages::mapped_file_pages;
 
 /// Measure prompt processing (ppN) and token generation (tgN) speed in tokens/s.
 ///
-/// pp: N random tokens run as a prompt from an empty cache (in micro-batches of 64); tg: N
+/// pp: N random tokens run as a prompt from an empty cache (in micro-batches of 128); tg: N
 /// tokens generated one at a time. Each test runs --reps times per thread count; the table
 /// shows the median and the range. Random token ids, so any model works, tokenizer or not.
 ///
@@ -34,8 +34,9 @@ use tern_runtime::pages::mapped_file_pages;
 ///
 /// Environment, to compare paths on one machine (the results are the same bits either way):
 /// TERN_KERNEL=scalar|avx2|avx512vnni|neon forces an instruction set; TERN_AMX=off runs prompts
-/// on the VNNI GEMM where AMX-INT8 tiles would run them; TERN_STREAMS=1|4 sets how many weight
-/// streams each generating thread reads (default: 4 on Intel, 1 elsewhere).
+/// on the VNNI GEMM where AMX-INT8 tiles would run them; TERN_LUT_GEMM=off runs AVX2 prompts on
+/// the maddubs GEMM instead of lookup tables; TERN_STREAMS=1|4 sets how many weight streams
+/// each generating thread reads (default: 4 on Intel, 1 elsewhere).
 ///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3

@@ -110,6 +110,18 @@ pub fn panel(isa: Isa, layout: Layout, acts: &[i8], sums: &[i32], k: usize) -> O
     Panel::for_product(isa, layout == Layout::I2S, acts, sums, k)
 }
 
+/// Tokens per span when a prompt's product is split by tokens ([`token_spans`]): one chunk of
+/// the lookup GEMM's tables.
+pub const TOKEN_SPAN: usize = 32;
+
+/// The spans of [`TOKEN_SPAN`] tokens (the last shorter) a product of `layout` over `tokens`
+/// tokens on `isa` is split into, one task each over every row, when it runs on the AVX2 lookup
+/// GEMM and has more than one span; else `None` (tasks take parts of the rows).
+pub fn token_spans(isa: Isa, layout: Layout, tokens: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    (tokens > TOKEN_SPAN && wants_long_calls(isa, layout, tokens))
+        .then(|| (0..tokens).step_by(TOKEN_SPAN).map(|t| t..(t + TOKEN_SPAN).min(tokens)).collect())
+}
+
 /// Whether a product of `layout` over `tokens` tokens on `isa` wants each task to bring as many
 /// rows as it can: the AVX2 lookup GEMM builds its tables once per call.
 pub fn wants_long_calls(isa: Isa, layout: Layout, tokens: usize) -> bool {

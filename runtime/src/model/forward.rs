@@ -44,9 +44,12 @@ struct QuantBatch {
     /// Lookup tables built from these activations, kept for the next matrix of the same kind
     /// (q/k/v and gate/up read one input).
     tables: Vec<layouts::Tables>,
-    /// These activations as AMX tiles, built on first use by a product that runs on them and
-    /// kept for the next matrices of this input.
+    /// These activations laid out for the prompt GEMM (AMX tiles, lookup columns), built on
+    /// first use by a product that reads them and kept for the next matrices of this input.
     panel: Option<layouts::Panel>,
+    /// When a product splits the prompt by tokens (`layouts::token_spans`): the spans, and each
+    /// one's own panel (none where a span is too short to read one).
+    spans: Vec<(std::ops::Range<usize>, Option<layouts::Panel>)>,
 }
 
 impl QuantBatch {
@@ -64,7 +67,7 @@ impl QuantBatch {
             x.chunks_exact(width).zip(codes.as_mut_slice().chunks_exact_mut(padded)).map(quantise).collect()
         };
         let (scales, sums) = per_token.into_iter().unzip();
-        QuantBatch { codes, scales, sums, padded, tables: Vec::new(), panel: None }
+        QuantBatch { codes, scales, sums, padded, tables: Vec::new(), panel: None, spans: Vec::new() }
     }
 
     /// The same codes with each token padded to `padded` instead (the first `width` are real).
@@ -82,6 +85,7 @@ impl QuantBatch {
             padded,
             tables: Vec::new(),
             panel: None,
+            spans: Vec::new(),
         }
     }
 
@@ -99,7 +103,25 @@ impl QuantBatch {
     /// Lays these activations out for the prompt GEMM if a product of `layout` on `isa` reads
     /// them so (`layouts::panel`).
     fn prepare_panel(&mut self, isa: Isa, layout: Layout) {
-        if self.panel.is_none() {
+        if let Some(spans) = layouts::token_spans(isa, layout, self.tokens()) {
+            if self.spans.is_empty() {
+                let k = self.padded;
+                let codes = self.codes.as_slice();
+                self.spans = spans
+                    .into_iter()
+                    .map(|t| {
+                        let panel = layouts::panel(
+                            isa,
+                            layout,
+                            &codes[t.start * k..t.end * k],
+                            &self.sums[t.clone()],
+                            k,
+                        );
+                        (t, panel)
+                    })
+                    .collect();
+            }
+        } else if self.panel.is_none() {
             self.panel = layouts::panel(isa, layout, self.codes.as_slice(), &self.sums, self.padded);
         }
     }
@@ -528,6 +550,38 @@ impl<'m> Session<'m> {
             for (o, &v) in y.iter_mut().zip(&acc) {
                 *o = v as f32 * factors[0];
             }
+        } else if let Some(spans) = layouts::token_spans(isa, w.layout, tokens) {
+            // A prompt split by tokens (the AVX2 lookup GEMM): each task takes every row against
+            // one span of tokens, so no two threads build the same tables, and each call brings
+            // the whole matrix. Against one part of the rows per thread, forced AVX2 pp128 went
+            // 59-60 → 65 t/s with 1 thread and 94-97 → 103-106 with 2 (docs/benchmarks.md).
+            let (rows, k) = (m.rows, a.padded);
+            let y_rows = TokenMajor(y.as_mut_ptr());
+            debug_assert!(a.spans.iter().map(|s| &s.0).eq(spans.iter()), "prepared for these spans");
+            a.spans.par_iter().for_each(|(span, panel)| {
+                let n = span.len();
+                let acts = layouts::Acts {
+                    codes: &a.codes.as_slice()[span.start * k..span.end * k],
+                    sums: &a.sums[span.clone()],
+                    tables: None,
+                    panel: panel.as_ref(),
+                };
+                let mut acc = vec![0i32; rows * n];
+                layouts::gemm_rows(isa, &w, 0, rows, acts, &mut acc);
+                for band in (0..rows).step_by(SCALE_BAND_ROWS) {
+                    let b = SCALE_BAND_ROWS.min(rows - band);
+                    let sums = &acc[band * n..(band + b) * n];
+                    for (j, f) in factors[span.clone()].iter().enumerate() {
+                        // SAFETY: y holds tokens × rows floats; this task alone writes the
+                        // tokens of its span (the spans are disjoint), and y outlives the loop.
+                        let t = span.start + j;
+                        let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + band), b) };
+                        for (o, slots) in out.iter_mut().zip(sums.chunks_exact(n)) {
+                            *o = slots[j] as f32 * f;
+                        }
+                    }
+                }
+            });
         } else {
             // A prompt: each task's rows come out row-major (`[row][token]`), and the task
             // scales them into the token-major output while they are still in its cache. A
