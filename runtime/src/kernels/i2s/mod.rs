@@ -206,14 +206,9 @@ pub fn gemm_with_panel(
             return;
         }
         (Isa::Avx2, 2..) if runs_on_tables(isa, tokens) => {
-            let own;
-            let columns = match panel.and_then(Panel::columns).filter(|c| c.fits(tokens, k)) {
-                Some(c) => c,
-                None => {
-                    own = lut::Columns::new(acts, tokens, k);
-                    &own
-                }
-            };
+            let mut own = None;
+            let given = panel.and_then(Panel::columns).filter(|c| c.fits(tokens, k));
+            let columns = given_or_own(given, &mut own, || lut::Columns::new(acts, tokens, k));
             // SAFETY: AVX2 was checked (isa supported); the columns are of these activations.
             unsafe { lut::gemm(rows, row_bytes, columns, out) };
             return;
@@ -265,20 +260,24 @@ unsafe fn gemm_unpacked(
     let vnni = isa == Isa::Avx512Vnni;
     let mut done = 0;
     if runs_on_amx(isa, tokens, k) {
-        let own;
-        let panel = match panel.and_then(Panel::tiles).filter(|p| p.fits(tokens, k)) {
-            Some(p) => p,
-            None => {
-                own = amx::Panel::new(acts, sums, k);
-                &own
-            }
-        };
+        let mut own = None;
+        let given = panel.and_then(Panel::tiles).filter(|p| p.fits(tokens, k));
+        let panel = given_or_own(given, &mut own, || amx::Panel::new(acts, sums, k));
         // SAFETY: AMX was granted; the caller's contract on sizes and unpack.
         done = unsafe { amx::gemm_rows(rows, row_bytes, panel, out, unpack) };
     }
     let (rows, out) = (&rows[done * row_bytes..], &mut out[done * tokens..]);
     // SAFETY: forwarded from the caller, on the rows left.
     done + unsafe { x86::gemm_unpacked_rows(rows, row_bytes, k, acts, sums, out, unpack, vnni) }
+}
+
+/// The caller's prepared `given` layout of the activations, else one built into `own`.
+#[cfg(target_arch = "x86_64")]
+fn given_or_own<'a, T>(given: Option<&'a T>, own: &'a mut Option<T>, build: impl FnOnce() -> T) -> &'a T {
+    match given {
+        Some(g) => g,
+        None => own.insert(build()),
+    }
 }
 
 /// Whether a several-token I2_S product of `tokens` tokens on `isa` runs on lookup tables
