@@ -6,9 +6,12 @@
 //!
 //! One thread, 64 tokens (a prompt micro-batch) and I2_S unless told; prints G multiply-
 //! accumulates per second per shape and for a whole layer's mix. `TERN_KERNEL=avx2|avx512vnni`
-//! picks the kernel; `CALLS=N` the calls per shape (default 40); `CHUNK_ROWS=N` makes each call
-//! a run of N rows, as a prompt's tasks are (default: the whole matrix in one call).
+//! picks the kernel; `CALLS=N` the calls per shape (default 40); `THREADS=N` runs each product
+//! on N threads, split as the forward pass splits it: by 32-token spans where AVX2's lookup GEMM
+//! runs (`layouts::token_spans`), else in runs of rows, `CHUNK_ROWS=N` each (default: one run
+//! per thread).
 
+use rayon::prelude::*;
 use std::time::{Duration, Instant};
 use tern_formats::Layout;
 use tern_runtime::cpu;
@@ -25,9 +28,11 @@ fn main() {
         args.next().map(|s| Layout::from_name(&s).expect("LAYOUT: a layout name")).unwrap_or(Layout::I2S);
     let calls: usize = std::env::var("CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let chunk_rows: Option<usize> = std::env::var("CHUNK_ROWS").ok().and_then(|v| v.parse().ok());
+    let threads: usize = std::env::var("THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
     let isa = cpu::selected();
     let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
-    println!("{} {} tokens={tokens}, best of {calls} calls", layout.name(), isa.name());
+    println!("{} {} tokens={tokens}, {threads} thread(s), best of {calls} calls", layout.name(), isa.name());
     let (mut layer_macs, mut layer_time) = (0f64, Duration::ZERO);
     for (m, k, what, per_layer) in SHAPES {
         let Some(tiles) = layout.fit(m, k) else { continue };
@@ -37,17 +42,38 @@ fn main() {
         let bytes = layout.pack(&codes, m, k, 1.0, tiles);
         let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
         let tables = w.table_key().map(|key: TableKey| Tables::build(key, &acts, k));
-        // Built once per input, as the forward pass does.
+        // Built once per input (and per span), as the forward pass builds them.
         let panel = layouts::panel(isa, layout, &acts, &sums, k);
+        let spans: Vec<_> = layouts::token_spans(isa, layout, tokens)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| {
+                let panel = layouts::panel(isa, layout, &acts[t.start * k..t.end * k], &sums[t.clone()], k);
+                (t, panel)
+            })
+            .collect();
         let mut out = vec![0i32; m * tokens];
-        let step = chunk_rows.unwrap_or(m).next_multiple_of(w.row_group()).min(m);
+        let step = chunk_rows.unwrap_or(m.div_ceil(threads)).next_multiple_of(w.row_group()).min(m);
         let mut best = Duration::MAX;
         for _ in 0..calls {
-            let a = Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: panel.as_ref() };
             let t = Instant::now();
-            for (i, o) in out.chunks_mut(step * tokens).enumerate() {
-                gemm_rows(isa, &w, i * step, i * step + o.len() / tokens, a, o);
-            }
+            pool.install(|| {
+                if spans.is_empty() {
+                    let a =
+                        Acts { codes: &acts, sums: &sums, tables: tables.as_ref(), panel: panel.as_ref() };
+                    out.par_chunks_mut(step * tokens).enumerate().for_each(|(i, o)| {
+                        gemm_rows(isa, &w, i * step, i * step + o.len() / tokens, a, o);
+                    });
+                } else {
+                    spans.par_iter().for_each(|(t, panel)| {
+                        let (codes, sums) = (&acts[t.start * k..t.end * k], &sums[t.clone()]);
+                        let a = Acts { codes, sums, tables: None, panel: panel.as_ref() };
+                        let mut span_out = vec![0i32; m * t.len()];
+                        gemm_rows(isa, &w, 0, m, a, &mut span_out);
+                        std::hint::black_box(&span_out);
+                    });
+                }
+            });
             best = best.min(t.elapsed());
             std::hint::black_box(&out);
         }

@@ -112,7 +112,7 @@ pub fn panel(isa: Isa, layout: Layout, acts: &[i8], sums: &[i32], k: usize) -> O
 
 /// Tokens per span when a prompt's product is split by tokens ([`token_spans`]): one chunk of
 /// the lookup GEMM's tables.
-pub const TOKEN_SPAN: usize = 32;
+pub const TOKEN_SPAN: usize = i2s::LOOKUP_CHUNK_TOKENS;
 
 /// The spans of [`TOKEN_SPAN`] tokens (the last shorter) a product of `layout` over `tokens`
 /// tokens on `isa` is split into, one task each over every row, when it runs on the AVX2 lookup

@@ -13,6 +13,7 @@ use crate::kernels::{act, float, head, layouts};
 use crate::team::Team;
 use crate::{Result, RuntimeError};
 use rayon::prelude::*;
+use std::ops::Range;
 use tern_converters::model::{Activation, RopePairing};
 use tern_formats::{Layout, TensorType, float_blocks};
 
@@ -49,7 +50,7 @@ struct QuantBatch {
     panel: Option<layouts::Panel>,
     /// When a product splits the prompt by tokens (`layouts::token_spans`): the spans, and each
     /// one's own panel (none where a span is too short to read one).
-    spans: Vec<(std::ops::Range<usize>, Option<layouts::Panel>)>,
+    spans: Vec<(Range<usize>, Option<layouts::Panel>)>,
 }
 
 impl QuantBatch {
@@ -149,9 +150,37 @@ unsafe impl Send for TokenMajor {}
 unsafe impl Sync for TokenMajor {}
 
 impl TokenMajor {
-    /// A method rather than the field, so closures capture the whole (Sync) wrapper.
-    fn at(&self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
+    /// Scales one task's row-major sums (`acc[(r − rows.start)·n + j]` for the rows `rows` and
+    /// the n tokens `tokens`) into the output of `width` rows per token, `factors[t]` per token.
+    /// A band of [`SCALE_BAND_ROWS`] rows at a time, so the band's sums stay in L1 while every
+    /// token takes its row of them: a task's whole product (3.5 MB for gate with the lookup
+    /// GEMM's long calls) read token by token missed the cache on every read
+    /// (docs/benchmarks.md).
+    ///
+    /// # Safety
+    /// The output holds `width` floats for every token of `tokens`, and no other thread writes
+    /// these rows of these tokens while this runs.
+    unsafe fn scale_in(
+        &self,
+        width: usize,
+        rows: Range<usize>,
+        tokens: Range<usize>,
+        acc: &[i32],
+        factors: &[f32],
+    ) {
+        let n = tokens.len();
+        assert_eq!(acc.len(), rows.len() * n);
+        for band in rows.clone().step_by(SCALE_BAND_ROWS) {
+            let b = SCALE_BAND_ROWS.min(rows.end - band);
+            let sums = &acc[(band - rows.start) * n..(band - rows.start + b) * n];
+            for (j, (t, &f)) in tokens.clone().zip(&factors[tokens.clone()]).enumerate() {
+                // SAFETY: the caller's contract; band..band + b lies within `rows`.
+                let out = unsafe { std::slice::from_raw_parts_mut(self.0.wrapping_add(t * width + band), b) };
+                for (o, slots) in out.iter_mut().zip(sums.chunks_exact(n)) {
+                    *o = slots[j] as f32 * f;
+                }
+            }
+        }
     }
 }
 
@@ -550,37 +579,26 @@ impl<'m> Session<'m> {
             for (o, &v) in y.iter_mut().zip(&acc) {
                 *o = v as f32 * factors[0];
             }
-        } else if let Some(spans) = layouts::token_spans(isa, w.layout, tokens) {
+        } else if layouts::token_spans(isa, w.layout, tokens).is_some() {
             // A prompt split by tokens (the AVX2 lookup GEMM): each task takes every row against
             // one span of tokens, so no two threads build the same tables, and each call brings
             // the whole matrix. Against one part of the rows per thread, forced AVX2 pp128 went
             // 59-60 → 65 t/s with 1 thread and 94-97 → 103-106 with 2 (docs/benchmarks.md).
             let (rows, k) = (m.rows, a.padded);
             let y_rows = TokenMajor(y.as_mut_ptr());
-            debug_assert!(a.spans.iter().map(|s| &s.0).eq(spans.iter()), "prepared for these spans");
+            debug_assert!(!a.spans.is_empty(), "prepare_panel laid the spans out");
             a.spans.par_iter().for_each(|(span, panel)| {
-                let n = span.len();
                 let acts = layouts::Acts {
                     codes: &a.codes.as_slice()[span.start * k..span.end * k],
                     sums: &a.sums[span.clone()],
                     tables: None,
                     panel: panel.as_ref(),
                 };
-                let mut acc = vec![0i32; rows * n];
+                let mut acc = vec![0i32; rows * span.len()];
                 layouts::gemm_rows(isa, &w, 0, rows, acts, &mut acc);
-                for band in (0..rows).step_by(SCALE_BAND_ROWS) {
-                    let b = SCALE_BAND_ROWS.min(rows - band);
-                    let sums = &acc[band * n..(band + b) * n];
-                    for (j, f) in factors[span.clone()].iter().enumerate() {
-                        // SAFETY: y holds tokens × rows floats; this task alone writes the
-                        // tokens of its span (the spans are disjoint), and y outlives the loop.
-                        let t = span.start + j;
-                        let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + band), b) };
-                        for (o, slots) in out.iter_mut().zip(sums.chunks_exact(n)) {
-                            *o = slots[j] as f32 * f;
-                        }
-                    }
-                }
+                // SAFETY: y holds tokens × rows floats; this task alone writes the tokens of its
+                // span (the spans are disjoint), and y outlives the parallel loop.
+                unsafe { y_rows.scale_in(rows, 0..rows, span.clone(), &acc, &factors) };
             });
         } else {
             // A prompt: each task's rows come out row-major (`[row][token]`), and the task
@@ -593,23 +611,9 @@ impl<'m> Session<'m> {
                 let (r0, r1) = (i * chunk_rows, ((i + 1) * chunk_rows).min(rows));
                 let mut acc = vec![0i32; (r1 - r0) * tokens];
                 layouts::gemm_rows(isa, &w, r0, r1, acts(), &mut acc);
-                // Scaled a band of rows at a time, so the band's sums stay in L1 while every
-                // token takes its row of them: a task's whole product (3.5 MB for gate with
-                // the lookup GEMM's long calls) read token by token missed the cache on every
-                // read (docs/benchmarks.md).
-                for band in (r0..r1).step_by(SCALE_BAND_ROWS) {
-                    let n = SCALE_BAND_ROWS.min(r1 - band);
-                    let sums = &acc[(band - r0) * tokens..(band - r0 + n) * tokens];
-                    for (t, f) in factors.iter().enumerate() {
-                        // SAFETY: y holds tokens × rows floats; this task alone writes rows
-                        // r0..r1 of each token (the tasks' row ranges are disjoint), band..band+n
-                        // lies within them, and y outlives the parallel loop.
-                        let out = unsafe { std::slice::from_raw_parts_mut(y_rows.at(t * rows + band), n) };
-                        for (o, slots) in out.iter_mut().zip(sums.chunks_exact(tokens)) {
-                            *o = slots[t] as f32 * f;
-                        }
-                    }
-                }
+                // SAFETY: y holds tokens × rows floats; this task alone writes rows r0..r1 of
+                // each token (the tasks' row ranges are disjoint), and y outlives the loop.
+                unsafe { y_rows.scale_in(rows, r0..r1, 0..tokens, &acc, &factors) };
             });
         }
         if let Some(p) = &self.profile {

@@ -28,6 +28,8 @@ use std::cell::RefCell;
 /// empty, and the `maddubs` GEMM was faster (`gemm_probe`: 16 tokens 104 against 83 G
 /// multiply-adds/s, 24 tokens 109 against 123).
 pub(super) const MIN_TOKENS: usize = 24;
+/// Tokens per chunk of the tables: two vectors of sixteen i16 per slot.
+const CHUNK_TOKENS: usize = super::LOOKUP_CHUNK_TOKENS;
 /// Bytes (groups of four weights) per I2_S block.
 const GROUPS: usize = 32;
 /// How many rows ahead a block pass asks for the weight bytes it will read. The pass reads 32
@@ -82,16 +84,12 @@ impl Columns {
         assert!(is_x86_feature_detected!("avx2"), "the lookup GEMM's columns need AVX2");
         // SAFETY: AVX2 was asserted just above.
         let zero = unsafe { _mm256_setzero_si256() };
-        let mut spans = Vec::new();
-        let mut first = 0;
-        while first < tokens {
-            let n = (tokens - first).min(32);
-            spans.push((first, n, n.div_ceil(16)));
-            first += n;
-        }
-        let chunks = spans
+        let chunks = (0..tokens)
             .into_par_iter()
-            .map(|(first, n, halves)| {
+            .step_by(CHUNK_TOKENS)
+            .map(|first| {
+                let n = (tokens - first).min(CHUNK_TOKENS);
+                let halves = n.div_ceil(16);
                 let mut data = vec![zero; k * halves];
                 for h in 0..halves {
                     let t0 = first + 16 * h;
@@ -206,7 +204,7 @@ unsafe fn gemm_chunk<const H: usize>(
         }
     }
     for (r, acc) in acc.chunks_exact(2 * H).enumerate() {
-        let mut sums = [0i32; 32];
+        let mut sums = [0i32; CHUNK_TOKENS];
         for (i, v) in acc.iter().enumerate() {
             // SAFETY: 2H ≤ 4 vectors of eight i32 within the 32 sums.
             unsafe { _mm256_storeu_si256(sums.as_mut_ptr().add(8 * i) as *mut __m256i, *v) };
