@@ -8,6 +8,7 @@ mod common;
 mod convert;
 mod inspect;
 mod logits;
+mod perplexity;
 mod quickstart;
 mod run;
 mod verify;
@@ -40,6 +41,7 @@ enum Command {
     Chat(chat::Args),
     Bench(bench::Args),
     Logits(logits::Args),
+    Perplexity(perplexity::Args),
     Quickstart(quickstart::Args),
 }
 
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Logits(a) => logits::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),

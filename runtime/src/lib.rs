@@ -8,7 +8,8 @@
 //!   spinning threads a generated token's parallel operations run on.
 //! - [`model`]: GGUF models and the forward pass with a KV cache.
 //! - [`tokenizer`], [`sampler`], [`generate`]: text in, tokens out.
-//! - [`verify`]: parity of a packed model against the reference; [`bench`]: speed.
+//! - [`verify`]: parity of a packed model against the reference; [`perplexity`]: perplexity and
+//!   KL divergence over a text; [`bench`]: speed.
 
 pub mod bench;
 pub mod cpu;
@@ -17,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod pages;
 pub mod parity;
+pub mod perplexity;
 pub mod reference;
 pub mod rope;
 pub mod sampler;

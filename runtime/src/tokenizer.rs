@@ -43,6 +43,44 @@ impl Tokenizer {
         Self::load(f, true)
     }
 
+    /// The tokenizer of a Hugging Face checkpoint folder (`tokenizer.json`, with BOS, add_bos and
+    /// the chat template from `tokenizer_config.json` and the stop ids from `config.json`), or
+    /// None when the folder has no `tokenizer.json`.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Option<Tokenizer>> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let err = |p: &std::path::Path, msg: String| RuntimeError::Model { path: p.to_path_buf(), msg };
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| err(&path, format!("tokenizer: {e}")))?;
+        let read_json = |name: &str| -> Result<serde_json::Value> {
+            let p = dir.join(name);
+            match std::fs::read_to_string(&p) {
+                Ok(text) => serde_json::from_str(&text).map_err(|e| err(&p, format!("not valid JSON: {e}"))),
+                Err(_) => Ok(serde_json::Value::Null),
+            }
+        };
+        let cfg = read_json("tokenizer_config.json")?;
+        // bos_token is a string or an AddedToken object {"content": ...}.
+        let token_id = |v: &serde_json::Value| {
+            let text = v.as_str().or_else(|| v.get("content").and_then(|c| c.as_str()))?;
+            inner.token_to_id(text)
+        };
+        let bos = token_id(&cfg["bos_token"]);
+        let add_bos = cfg["add_bos_token"].as_bool().unwrap_or(bos.is_some());
+        let model_cfg = read_json("config.json")?;
+        let mut stop: Vec<u32> = match &model_cfg["eos_token_id"] {
+            serde_json::Value::Array(ids) => {
+                ids.iter().filter_map(|v| v.as_u64().map(|i| i as u32)).collect()
+            }
+            v => v.as_u64().map(|i| i as u32).into_iter().collect(),
+        };
+        stop.extend(token_id(&cfg["eos_token"]).filter(|id| !stop.contains(id)));
+        let chat_template = cfg["chat_template"].as_str().map(String::from);
+        Ok(Some(Tokenizer { inner, bos, stop, add_bos, chat_template, source: "tokenizer.json" }))
+    }
+
     /// As [`from_gguf`](Self::from_gguf), but `prefer_json = false` ignores the embedded JSON
     /// and rebuilds from the `tokenizer.ggml.*` arrays (tests compare the two).
     pub fn load(f: &GgufFile, prefer_json: bool) -> Result<Option<Tokenizer>> {
