@@ -19,6 +19,17 @@ const UNUSED: i32 = 5;
 /// LLaMA-3's pre-tokenizer split regex, which selects llama.cpp's "llama-bpe" pre-tokenizer.
 const LLAMA3_PATTERN_START: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+";
 
+/// Whether a pre-tokenizer (or a `Sequence` holding one) splits on LLaMA-3's regex. Reads the parsed
+/// JSON: in the file's text every backslash of the pattern is escaped.
+fn splits_like_llama3(pre: &Json) -> bool {
+    let own = pre
+        .get("pattern")
+        .and_then(|p| p.get("Regex"))
+        .and_then(Json::as_str)
+        .is_some_and(|r| r.starts_with(LLAMA3_PATTERN_START));
+    own || pre.get("pretokenizers").and_then(Json::as_array).is_some_and(|v| v.iter().any(splits_like_llama3))
+}
+
 /// Adds tokenizer metadata when `dir` has a `tokenizer.json`; returns whether it did.
 pub fn add_tokenizer(
     dir: &Path,
@@ -87,7 +98,7 @@ pub fn add_tokenizer(
             .collect::<Result<_>>()?,
     };
 
-    let pre = if text.contains(LLAMA3_PATTERN_START) { "llama-bpe" } else { "gpt-2" };
+    let pre = if splits_like_llama3(&json["pre_tokenizer"]) { "llama-bpe" } else { "gpt-2" };
     let tok_config = read_tokenizer_config(dir);
     let lookup = |key: &str| -> Option<u32> {
         let tok = tok_config.as_ref()?.get(key)?;
@@ -137,4 +148,24 @@ fn post_processor_adds(json: &Json, bos: &str) -> bool {
     single
         .and_then(|s| s.as_array()?.first()?.get("SpecialToken")?.get("id")?.as_str().map(|id| id == bos))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_split_is_found_inside_a_sequence() {
+        // As tokenizer.json stores it: JSON-escaped backslashes, the Split first in a Sequence.
+        let text = r#"{"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"},
+             "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}"#;
+        let pre: Json = serde_json::from_str(text).unwrap();
+        assert!(splits_like_llama3(&pre));
+        assert!(splits_like_llama3(&pre["pretokenizers"][0]));
+        assert!(!splits_like_llama3(&pre["pretokenizers"][1]));
+        let gpt2: Json = serde_json::from_str(r#"{"type": "ByteLevel", "use_regex": true}"#).unwrap();
+        assert!(!splits_like_llama3(&gpt2));
+    }
 }
