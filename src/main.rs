@@ -24,7 +24,8 @@ use std::process::ExitCode;
     long_about = "tern converts Hugging Face BitNet b1.58 checkpoints (bf16 master weights or the packed \
 uint8 form) into GGUF files in bitnet.cpp's layouts, checks them against an f32 reference forward \
 pass, and runs them on the CPU.\n\n\
-Start with `tern quickstart`, which converts the bundled tiny model, verifies it and generates text.\n\n\
+Start with `tern quickstart`, which converts the bundled demo model (a small BitNet b1.58 trained on \
+Jane Austen and Moby-Dick), verifies it, measures its perplexity and generates text.\n\n\
 Exit codes: 0 success, 1 a verification failed, 2 an error."
 )]
 struct Cli {
