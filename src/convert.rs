@@ -292,6 +292,7 @@ fn report(args: &Args, plan: &Plan, s: &ConvertSummary, seconds: f64) -> Result<
             "file_bytes": size,
             "seconds": seconds,
             "warnings": plan.warnings,
+            "notes": plan.notes,
             "summary": s,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -313,5 +314,8 @@ fn report(args: &Args, plan: &Plan, s: &ConvertSummary, seconds: f64) -> Result<
         crate::inspect::human_bytes(size),
         seconds
     );
+    for note in &plan.notes {
+        println!("  note: {note}");
+    }
     Ok(())
 }

@@ -297,3 +297,30 @@ fn compat_bitnet_cpp_refuses_what_bitnet_cpp_cannot_load() {
     let r = tern(&["convert", odd.to_str().unwrap(), "-o", tmp.path().join("t.gguf").to_str().unwrap()]);
     assert!(r.status.success() && String::from_utf8_lossy(&r.stderr).contains("padded with zero weights"));
 }
+
+/// A 2B-4T-family file in llama.cpp's TQ types says that llama.cpp cannot load it (its arch is
+/// bitnet.cpp's name); bitnet.cpp's own layouts carry no such note.
+#[test]
+fn tq_files_of_the_2b4t_family_say_llama_cpp_cannot_load_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = fixtures().join("wide/packed");
+    for (ty, noted) in [("tq2_0", true), ("tq1_0", true), ("i2_s", false)] {
+        let out = tmp.path().join(format!("{ty}.gguf"));
+        let j: serde_json::Value = serde_json::from_str(&tern_ok(&[
+            "convert",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+            "--json",
+        ]))
+        .unwrap();
+        let notes = j["notes"].as_array().unwrap();
+        assert_eq!(notes.len(), noted as usize, "{ty}: {j}");
+        if noted {
+            let text = notes[0].as_str().unwrap();
+            assert!(text.contains("llama.cpp cannot load") && text.contains("SiLU"), "{text}");
+        }
+    }
+}

@@ -144,6 +144,8 @@ pub struct Plan {
     pub entries: Vec<PlanEntry>,
     /// Things the user should know (e.g. tern-only padded rows).
     pub warnings: Vec<String>,
+    /// Which other engines can run the file, where that is not what a user would assume.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -336,7 +338,8 @@ impl Plan {
             }
         }
         tokenizer::add_tokenizer(&ckpt.dir, model.vocab, model.bos, &model.eos, &mut metadata)?;
-        Ok(Plan { model, options, metadata, entries, warnings })
+        let notes = engine_notes(model.gguf_arch(), options.output);
+        Ok(Plan { model, options, metadata, entries, warnings, notes })
     }
 
     /// Sum of all tensor data bytes (what the progress bar counts).
@@ -542,4 +545,18 @@ fn model_metadata(m: &ModelSpec, options: ConvertOptions, md: &mut Metadata) {
     md.set("tern.source_quantization", Value::String(m.quant.name().into()));
     // half-split: q/k rows as in the HF checkpoint; interleaved: permuted per head for llama.cpp.
     md.set("tern.rope.pairing", Value::String(m.family.traits().rope_pairing.name().into()));
+}
+
+/// What other engines make of a file of `arch` in `output`, where a user would expect otherwise:
+/// llama.cpp's own TQ types in bitnet.cpp's architecture name, which llama.cpp does not know.
+pub fn engine_notes(arch: &str, output: OutputType) -> Vec<String> {
+    let tq = matches!(output, OutputType::Ternary(Layout::TQ1_0 | Layout::TQ2_0));
+    if tq && arch == "bitnet-b1.58" {
+        return vec![format!(
+            "llama.cpp cannot load this file: its architecture `{arch}` is bitnet.cpp's name for the 2B-4T graph, \
+             which llama.cpp does not have; relabelled `bitnet`, llama.cpp would run the FFN with SiLU instead \
+             of relu² and compute wrong results. tern runs it (use --type i2_s, tl1 or tl2 for bitnet.cpp)"
+        )];
+    }
+    Vec::new()
 }
