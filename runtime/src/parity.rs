@@ -38,13 +38,15 @@ pub fn top2_gap(row: &[f32]) -> f32 {
     row[best] - second
 }
 
+/// ln softmax of one logit row, in f64 (max subtracted first).
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
+    let lse = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
 /// KL(p_ref ‖ p_test) of the softmax distributions of two logit rows, in nats.
 pub fn kl_divergence(test: &[f32], reference: &[f32]) -> f64 {
-    let log_softmax = |row: &[f32]| -> Vec<f64> {
-        let m = row.iter().fold(f32::MIN, |a, &b| a.max(b)) as f64;
-        let lse = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-        row.iter().map(|&v| v as f64 - lse).collect()
-    };
     let (lp, lq) = (log_softmax(reference), log_softmax(test));
     lp.iter().zip(&lq).map(|(&a, &b)| a.exp() * (a - b)).sum::<f64>().max(0.0)
 }

@@ -7,6 +7,7 @@
 //! windowing is what scripts/train_demo.py uses for transformers' golden perplexity.
 
 use crate::model::{Model, Session, Want};
+use crate::parity::{argmax, log_softmax};
 use crate::reference::Reference;
 use crate::{Result, RuntimeError};
 
@@ -110,21 +111,35 @@ pub fn window(ids: &[u32], k: usize, ctx: usize, bos: Option<u32>) -> Vec<u32> {
     w
 }
 
-/// ln softmax of one logit row, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let lse = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-    row.iter().map(|&v| v as f64 - lse).collect()
+/// KL, top-1 and the reference's NLL summed over positions: one window's, or the whole run's.
+#[derive(Default)]
+struct KlSums {
+    kl: f64,
+    max_kl: f64,
+    agree: usize,
+    ref_nll: f64,
+    positions: usize,
 }
 
-fn argmax(row: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
+impl KlSums {
+    fn add(&mut self, other: &KlSums) {
+        self.kl += other.kl;
+        self.max_kl = self.max_kl.max(other.max_kl);
+        self.agree += other.agree;
+        self.ref_nll += other.ref_nll;
+        self.positions += other.positions;
+    }
+
+    fn score(&self) -> KlScore {
+        let n = self.positions.max(1) as f64;
+        KlScore {
+            mean_kl: self.kl / n,
+            max_kl: self.max_kl,
+            top1_agreement: self.agree as f64 / n,
+            positions: self.positions,
+            reference_perplexity: (self.ref_nll / n).exp(),
         }
     }
-    best
 }
 
 /// Scores `ids` (already tokenised, BOS first) with `model`, and against `reference` when given.
@@ -161,67 +176,48 @@ pub fn perplexity(
     }
     let first = ctx / 2;
     let (mut all_nll, mut per_window) = (Vec::new(), Vec::with_capacity(n_windows));
-    let (mut kl_sum, mut kl_max, mut agree, mut ref_nll) = (0.0f64, 0.0f64, 0usize, 0.0f64);
+    let (mut nll_sum, mut total_kl) = (0.0f64, KlSums::default());
     for k in 0..n_windows {
         let tokens = window(ids, k, ctx, bos);
         let logits = model.window_logits(&tokens)?;
         let ref_logits = reference.as_deref_mut().map(|r| r.window_logits(&tokens)).transpose()?;
         let mut logprobs = Vec::with_capacity(ctx - first);
-        let mut w_kl = KlScore {
-            mean_kl: 0.0,
-            max_kl: 0.0,
-            top1_agreement: 0.0,
-            positions: 0,
-            reference_perplexity: 0.0,
-        };
-        let mut w_ref_nll = 0.0;
+        let mut window_kl = KlSums::default();
         // Position p predicts token p + 1.
         for p in first - 1..ctx - 1 {
-            let lp = log_softmax(&logits[p * vocab..(p + 1) * vocab]);
+            let row = &logits[p * vocab..(p + 1) * vocab];
+            let lp = log_softmax(row);
             let target = tokens[p + 1] as usize;
             logprobs.push(lp[target]);
             if let Some(r) = &ref_logits {
-                let lq = log_softmax(&r[p * vocab..(p + 1) * vocab]);
+                let ref_row = &r[p * vocab..(p + 1) * vocab];
+                let lq = log_softmax(ref_row);
                 let kl = lq.iter().zip(&lp).map(|(&a, &b)| a.exp() * (a - b)).sum::<f64>().max(0.0);
-                w_kl.mean_kl += kl;
-                w_kl.max_kl = w_kl.max_kl.max(kl);
-                w_kl.top1_agreement += (argmax(&lq) == argmax(&lp)) as usize as f64;
-                w_kl.positions += 1;
-                w_ref_nll -= lq[target];
+                window_kl.add(&KlSums {
+                    kl,
+                    max_kl: kl,
+                    agree: (argmax(ref_row) == argmax(row)) as usize,
+                    ref_nll: -lq[target],
+                    positions: 1,
+                });
             }
         }
-        let n = logprobs.len() as f64;
-        let nll = -logprobs.iter().sum::<f64>() / n;
+        let nll = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
         all_nll.extend(logprobs.iter().map(|&l| -l));
-        let running = (all_nll.iter().sum::<f64>() / all_nll.len() as f64).exp();
-        let kl = ref_logits.as_ref().map(|_| {
-            kl_sum += w_kl.mean_kl;
-            kl_max = kl_max.max(w_kl.max_kl);
-            agree += w_kl.top1_agreement as usize;
-            ref_nll += w_ref_nll;
-            KlScore {
-                mean_kl: w_kl.mean_kl / n,
-                top1_agreement: w_kl.top1_agreement / n,
-                reference_perplexity: (w_ref_nll / n).exp(),
-                ..w_kl
-            }
-        });
+        nll_sum += nll * logprobs.len() as f64;
+        let running = (nll_sum / all_nll.len() as f64).exp();
+        let kl = ref_logits.is_some().then(|| window_kl.score());
+        total_kl.add(&window_kl);
         let score =
             WindowScore { index: k, nll, perplexity: nll.exp(), running_perplexity: running, kl, logprobs };
         on_window(&score);
         per_window.push(score);
     }
     let n = all_nll.len() as f64;
-    let mean = all_nll.iter().sum::<f64>() / n;
+    let mean = nll_sum / n;
     let var = all_nll.iter().map(|&x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     let ppl = mean.exp();
-    let kl = reference.is_some().then(|| KlScore {
-        mean_kl: kl_sum / n,
-        max_kl: kl_max,
-        top1_agreement: agree as f64 / n,
-        positions: all_nll.len(),
-        reference_perplexity: (ref_nll / n).exp(),
-    });
+    let kl = reference.is_some().then(|| total_kl.score());
     Ok(PerplexityReport {
         ctx,
         tokens: ids.len(),
