@@ -5,7 +5,7 @@
 //! computes Σ t·q exactly in integers, and the result is scaled once by β / s.
 
 use super::attention::{HeadRows, Queries, attend_heads};
-use super::kv::{KvStore, KvType, LayerSpan};
+use super::kv::{KvCache, KvType, LayerSpan};
 use super::profile::{Op, Profile};
 use super::weights::{FloatMatrix, Layer, Model, TernaryMatrix};
 use crate::cpu::{self, Isa};
@@ -211,16 +211,15 @@ impl AlignedCodes {
     }
 }
 
-/// A model in use: position, KV cache and the instruction set.
+/// A model in use: the instruction set, the threads, RoPE tables, and one sequence's KV cache.
+/// [`Session::forward_batch`] runs other sequences' caches through the same machinery, so a
+/// server decodes many sequences in one pass over the weights.
 pub struct Session<'m> {
     pub model: &'m Model,
     pub isa: Isa,
-    /// Positions already in the cache.
-    pos: usize,
-    ctx: usize,
-    /// `[layers][ctx][kv_dim]`.
-    k_cache: KvStore,
-    v_cache: KvStore,
+    /// This session's own sequence (`forward`, `layer`, `attend`…).
+    cache: KvCache,
+    /// RoPE rows for every position used so far, by any sequence (grown on demand).
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     /// When set, every operation's wall time is added to it (`tern bench --profile`).
@@ -233,6 +232,17 @@ pub struct Session<'m> {
 /// Receives the residual stream entering each layer (`residual.{l}`) and after the last one.
 pub type Tap<'a> = &'a mut dyn FnMut(&str, &[f32]);
 
+/// One sequence's share of a batched forward pass: its cache, the tokens it appends at the
+/// cache's position, and which of their logits it wants.
+pub struct BatchPart<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub want: Want,
+}
+
+/// A sequence inside a pass: its cache and how many of the pass's rows are its tokens.
+type Seq<'a> = (&'a mut KvCache, usize);
+
 impl<'m> Session<'m> {
     /// A session with a KV cache for `ctx` positions (capped at the model's context length).
     /// The cache is allocated zeroed, so untouched positions cost no resident memory.
@@ -243,20 +253,13 @@ impl<'m> Session<'m> {
     /// [`Session::new`] with the KV cache stored as `kv` (f16: half the memory, rounded keys and
     /// values).
     pub fn with_kv_type(model: &'m Model, ctx: usize, kv_type: KvType) -> Session<'m> {
-        let c = &model.config;
-        let ctx = ctx.clamp(1, c.context.max(1));
-        let kv = c.layers * ctx * c.kv_heads * c.head_dim;
-        // RoPE rows grow with the positions used (`attend`), not the whole context up front.
-        let (rope_cos, rope_sin) = (Vec::new(), Vec::new());
         Session {
             model,
             isa: cpu::selected(),
-            pos: 0,
-            ctx,
-            k_cache: KvStore::new(kv_type, kv),
-            v_cache: KvStore::new(kv_type, kv),
-            rope_cos,
-            rope_sin,
+            cache: KvCache::new(&model.config, ctx, kv_type),
+            // RoPE rows grow with the positions used, not the whole context up front.
+            rope_cos: Vec::new(),
+            rope_sin: Vec::new(),
             profile: None,
             team: Team::new(rayon::current_num_threads()),
         }
@@ -288,60 +291,115 @@ impl<'m> Session<'m> {
     }
 
     pub fn position(&self) -> usize {
-        self.pos
+        self.cache.position()
     }
 
     pub fn context(&self) -> usize {
-        self.ctx
+        self.cache.context()
     }
 
     /// Forgets every position (keeps the allocations).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.cache.reset();
     }
 
     /// Keeps only the first `pos` positions (a chat whose new prompt shares only a prefix).
     pub fn rewind(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+        self.cache.rewind(pos);
+    }
+
+    /// Runs `f` on this session's own cache as the one sequence of a pass. The cache is lent out
+    /// for the call, so `f` may borrow the session and the cache at once.
+    fn with_own_cache<T>(&mut self, f: impl FnOnce(&mut Self, &mut KvCache) -> T) -> T {
+        let mut cache = std::mem::take(&mut self.cache);
+        let out = f(self, &mut cache);
+        self.cache = cache;
+        out
+    }
+
+    /// Grows the RoPE tables to cover positions `0..end`.
+    fn extend_rope(&mut self, end: usize) {
+        let c = &self.model.config;
+        crate::rope::extend_tables(c.head_dim, c.rope_theta, end, &mut self.rope_cos, &mut self.rope_sin);
     }
 
     /// Runs `tokens` at positions `position()..`, appends them to the cache and returns the wanted
     /// logits row-major `[rows, vocab]`.
     pub fn forward(&mut self, tokens: &[u32], want: Want, tap: Option<Tap>) -> Result<Vec<f32>> {
-        let c = &self.model.config;
-        if tokens.is_empty() {
-            return Err(RuntimeError::Input("no tokens to run".into()));
-        }
-        if self.pos + tokens.len() > self.ctx {
-            return Err(RuntimeError::Input(format!(
-                "{} positions exceed the context of {} (use a larger --ctx, up to {})",
-                self.pos + tokens.len(),
-                self.ctx,
-                c.context
-            )));
-        }
         if tap.is_none() && tokens.len() > MICRO_BATCH {
             return self.forward_in_micro_batches(tokens, want);
         }
-        let mut x = self.time(Op::Embed, || self.embed(tokens))?;
+        self.with_own_cache(|s, cache| {
+            let mut parts = [BatchPart { cache, tokens, want }];
+            Ok(s.run_parts(&mut parts, tap)?.pop().unwrap_or_default())
+        })
+    }
+
+    /// Several sequences in one pass: every part's tokens go through each BitLinear together
+    /// (one read of the weights for all), each attends over its own cache. Each part's logits
+    /// are the same bits as its own `forward` would give (every operation but attention is per
+    /// token, and attention is per sequence), returned in the parts' order.
+    pub fn forward_batch(&mut self, parts: &mut [BatchPart]) -> Result<Vec<Vec<f32>>> {
+        self.run_parts(parts, None)
+    }
+
+    fn run_parts(&mut self, parts: &mut [BatchPart], tap: Option<Tap>) -> Result<Vec<Vec<f32>>> {
+        let model = self.model;
+        let c = &model.config;
+        for p in parts.iter() {
+            if p.tokens.is_empty() {
+                return Err(RuntimeError::Input("no tokens to run".into()));
+            }
+            if p.cache.pos + p.tokens.len() > p.cache.ctx {
+                return Err(RuntimeError::Input(format!(
+                    "{} positions exceed the context of {} (use a larger --ctx, up to {})",
+                    p.cache.pos + p.tokens.len(),
+                    p.cache.ctx,
+                    c.context
+                )));
+            }
+        }
+        self.extend_rope(parts.iter().map(|p| p.cache.pos + p.tokens.len()).max().unwrap_or(0));
+        let tokens: Vec<u32> = parts.iter().flat_map(|p| p.tokens.iter().copied()).collect();
+        let mut x = self.time(Op::Embed, || self.embed(&tokens))?;
+        let mut seqs: Vec<Seq> = parts.iter_mut().map(|p| (&mut *p.cache, p.tokens.len())).collect();
         let mut tap = tap;
         for l in 0..c.layers {
             if let Some(t) = tap.as_mut() {
                 t(&format!("residual.{l}"), &x);
             }
-            self.layer(l, &mut x)?;
+            self.layer_in(&mut seqs, l, &mut x)?;
         }
         if let Some(t) = tap.as_mut() {
             t(&format!("residual.{}", c.layers), &x);
         }
-        self.pos += tokens.len();
+        drop(seqs);
         let h = c.hidden;
-        let rows: &[f32] = match want {
-            Want::None => return Ok(Vec::new()),
-            Want::Last => &x[(tokens.len() - 1) * h..],
-            Want::All => &x,
-        };
-        Ok(self.time(Op::LmHead, || self.logits(rows)))
+        let mut rows = Vec::new();
+        let mut counts = Vec::with_capacity(parts.len());
+        let mut first = 0;
+        for p in parts.iter_mut() {
+            let n = p.tokens.len();
+            p.cache.pos += n;
+            let wanted = match p.want {
+                Want::None => 0..0,
+                Want::Last => first + n - 1..first + n,
+                Want::All => first..first + n,
+            };
+            rows.extend_from_slice(&x[wanted.start * h..wanted.end * h]);
+            counts.push(wanted.len());
+            first += n;
+        }
+        let logits = if rows.is_empty() { Vec::new() } else { self.time(Op::LmHead, || self.logits(&rows)) };
+        let mut rest = logits.as_slice();
+        Ok(counts
+            .into_iter()
+            .map(|n| {
+                let (mine, after) = rest.split_at(n * c.vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
     }
 
     /// A long prompt as consecutive forward calls of at most [`MICRO_BATCH`] tokens. Every
@@ -386,10 +444,17 @@ impl<'m> Session<'m> {
     /// One decoder layer on the residual stream `x` `[T, hidden]` at positions `position()..`
     /// (writes this layer's keys and values into the cache; does not advance the position).
     pub fn layer(&mut self, l: usize, x: &mut [f32]) -> Result<()> {
+        let t = x.len() / self.model.config.hidden;
+        self.extend_rope(self.position() + t);
+        self.with_own_cache(|s, cache| s.layer_in(&mut [(cache, t)], l, x))
+    }
+
+    /// [`Session::layer`] over the sequences `seqs`, whose rows follow each other in `x`.
+    fn layer_in(&self, seqs: &mut [Seq], l: usize, x: &mut [f32]) -> Result<()> {
         let c = &self.model.config;
         let layer: &Layer = &self.model.layers[l];
         let h = self.time(Op::Norm, || rms_norm(x, &layer.attn_norm, c.rms_eps));
-        let attn = self.attention_block(l, &h)?;
+        let attn = self.attention_block_in(seqs, l, &h)?;
         add_in_place(x, &attn, c.hidden);
         let h = self.time(Op::Norm, || rms_norm(x, &layer.ffn_norm, c.rms_eps));
         let mlp = self.mlp_block(l, &h);
@@ -400,32 +465,29 @@ impl<'m> Session<'m> {
     /// The attention block of layer `l` on normed input `h` `[T, hidden]` at positions
     /// `position()..`: q/k/v, RoPE, cache write, causal GQA attention, sub-norm, o.
     pub fn attention_block(&mut self, l: usize, h: &[f32]) -> Result<Vec<f32>> {
+        let t = h.len() / self.model.config.hidden;
+        self.extend_rope(self.position() + t);
+        self.with_own_cache(|s, cache| s.attention_block_in(&mut [(cache, t)], l, h))
+    }
+
+    fn attention_block_in(&self, seqs: &mut [Seq], l: usize, h: &[f32]) -> Result<Vec<f32>> {
         let model = self.model;
         let c = &model.config;
         let layer: &Layer = &model.layers[l];
-        let t = h.len() / c.hidden;
-        if self.pos + t > self.ctx {
-            return Err(RuntimeError::Input(format!(
-                "{} positions exceed the context of {}",
-                self.pos + t,
-                self.ctx
-            )));
-        }
         // q, k and v share one quantised input.
         let mut qa =
             self.time(Op::Quantise, || QuantBatch::new(self.isa, h, c.hidden, layer.q.padded_cols()));
         let q = self.bitlinear(&layer.q, &mut qa);
         let k = self.bitlinear(&layer.k, &mut qa);
-        if t == 1 {
+        if let [(cache, 1)] = seqs {
             // The weight stream has evicted this layer's cached rows since the last token; asked
-            // for now, they arrive while v is computed (a generated token's attention 1.07 →
-            // 0.66-0.84 ms with 1 thread, the matmuls no slower; docs/benchmarks.md).
-            let span = self.layer_span(l, self.pos);
-            self.k_cache.prefetch(span, KV_PREFETCH_BYTES);
-            self.v_cache.prefetch(span, KV_PREFETCH_BYTES);
+            // for now, they arrive while v is computed (docs/benchmarks.md).
+            let span = self.layer_span(cache, l, cache.pos);
+            cache.keys.prefetch(span, KV_PREFETCH_BYTES);
+            cache.values.prefetch(span, KV_PREFETCH_BYTES);
         }
         let v = self.bitlinear(&layer.v, &mut qa);
-        let mut ctx = self.attend(l, q, k, &v)?;
+        let mut ctx = self.attend_seqs(seqs, l, q, k, &v)?;
         if let Some(w) = &layer.attn_sub_norm {
             ctx = self.time(Op::Norm, || rms_norm(&ctx, w, c.rms_eps));
         }
@@ -434,39 +496,82 @@ impl<'m> Session<'m> {
 
     /// The attention core of layer `l` on projected `q`, `k`, `v` (`[T, heads·d]`, `[T, kv·d]`)
     /// at positions `position()..`: RoPE, cache write, causal GQA attention → `[T, heads·d]`.
-    pub fn attend(&mut self, l: usize, mut q: Vec<f32>, mut k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
+    pub fn attend(&mut self, l: usize, q: Vec<f32>, k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let t = k.len() / (c.kv_heads * c.head_dim).max(1);
+        self.extend_rope(self.position() + t);
+        self.with_own_cache(|s, cache| s.attend_in(cache, l, q, k, v))
+    }
+
+    /// [`Session::attend`] for the sequences `seqs`, whose rows follow each other in q, k and v.
+    fn attend_seqs(
+        &self,
+        seqs: &mut [Seq],
+        l: usize,
+        q: Vec<f32>,
+        k: Vec<f32>,
+        v: &[f32],
+    ) -> Result<Vec<f32>> {
+        if let [(cache, _)] = seqs {
+            return self.attend_in(cache, l, q, k, v);
+        }
+        let c = &self.model.config;
+        let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let mut out = Vec::with_capacity(q.len());
+        let mut row = 0;
+        for (cache, n) in seqs.iter_mut() {
+            let (a, b) = (row, row + *n);
+            out.extend(self.attend_in(
+                cache,
+                l,
+                q[a * qw..b * qw].to_vec(),
+                k[a * kw..b * kw].to_vec(),
+                &v[a * kw..b * kw],
+            )?);
+            row = b;
+        }
+        Ok(out)
+    }
+
+    /// The attention core on one sequence's cache (whose RoPE rows the caller made sure exist).
+    fn attend_in(
+        &self,
+        cache: &mut KvCache,
+        l: usize,
+        mut q: Vec<f32>,
+        mut k: Vec<f32>,
+        v: &[f32],
+    ) -> Result<Vec<f32>> {
         let c = &self.model.config;
         let kv_dim = c.kv_heads * c.head_dim;
         let t = k.len() / kv_dim;
         if q.len() != t * c.heads * c.head_dim || k.len() != t * kv_dim || v.len() != k.len() {
             return Err(RuntimeError::Input("q, k and v do not describe the same tokens".into()));
         }
-        if self.pos + t > self.ctx {
+        if cache.pos + t > cache.ctx {
             return Err(RuntimeError::Input(format!(
                 "{} positions exceed the context of {}",
-                self.pos + t,
-                self.ctx
+                cache.pos + t,
+                cache.ctx
             )));
         }
         let started = std::time::Instant::now();
-        let (d, theta) = (c.head_dim, c.rope_theta);
-        crate::rope::extend_tables(d, theta, self.pos + t, &mut self.rope_cos, &mut self.rope_sin);
-        self.rope(&mut q, c.heads);
-        self.rope(&mut k, c.kv_heads);
+        let d = c.head_dim;
+        self.rope(&mut q, c.heads, cache.pos);
+        self.rope(&mut k, c.kv_heads, cache.pos);
         for (i, (key, value)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
             for (g, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
-                let at = self.kv_index(l, g, self.pos + i);
-                self.k_cache.write(at, key);
-                self.v_cache.write(at, value);
+                let at = self.kv_index(cache, l, g, cache.pos + i);
+                cache.keys.write(at, key);
+                cache.values.write(at, value);
             }
         }
-        let out = self.attention(l, &q, t);
+        let out = self.attention(cache, l, &q, t);
         if let Some(p) = &self.profile {
             p.add(Op::Attention, started.elapsed());
         }
         Ok(out)
     }
-
     /// `act(gate) · up` elementwise (relu² or SiLU).
     pub fn activate(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
         let mut out = gate.to_vec();
@@ -622,14 +727,14 @@ impl<'m> Session<'m> {
         y
     }
 
-    /// RoPE, in the file's pairing, on every head of every token, positions `position()..`.
-    fn rope(&self, x: &mut [f32], heads: usize) {
+    /// RoPE, in the file's pairing, on every head of every token, positions `pos..`.
+    fn rope(&self, x: &mut [f32], heads: usize, pos: usize) {
         let d = self.model.config.head_dim;
         let apply = match self.model.config.rope_pairing {
             RopePairing::HalfSplit => crate::rope::apply,
             RopePairing::Interleaved => crate::rope::apply_interleaved,
         };
-        let (cos, sin, pos) = (&self.rope_cos, &self.rope_sin, self.pos);
+        let (cos, sin) = (&self.rope_cos, &self.rope_sin);
         for_each_row(x, heads * d, |i, token| {
             let p = (pos + i) * d;
             for head in token.chunks_exact_mut(d) {
@@ -639,45 +744,50 @@ impl<'m> Session<'m> {
     }
 
     /// Where position `p` of KV head `g` of layer `l` starts in a cache: layer by layer, head by
-    /// head, position by position. Head-major, so a head's cached rows are one contiguous run:
-    /// position-major put a head's 512 bytes in every 2560 (2B-4T), and a generated token's
-    /// attention waited on memory for them (docs/benchmarks.md).
-    fn kv_index(&self, l: usize, g: usize, p: usize) -> usize {
+    /// head, position by position. Head-major, so a head's cached rows are one contiguous run
+    /// that a generated token's attention reads as one stream (docs/benchmarks.md).
+    fn kv_index(&self, cache: &KvCache, l: usize, g: usize, p: usize) -> usize {
         let c = &self.model.config;
-        ((l * c.kv_heads + g) * self.ctx + p) * c.head_dim
+        ((l * c.kv_heads + g) * cache.ctx + p) * c.head_dim
     }
 
-    /// Layer `l`'s rows in the caches, the first `positions` of each head written.
-    fn layer_span(&self, l: usize, positions: usize) -> LayerSpan {
+    /// Layer `l`'s rows in a cache, the first `positions` of each head written.
+    fn layer_span(&self, cache: &KvCache, l: usize, positions: usize) -> LayerSpan {
         let c = &self.model.config;
-        LayerSpan { at: self.kv_index(l, 0, 0), heads: c.kv_heads, ctx: self.ctx, positions, d: c.head_dim }
+        LayerSpan {
+            at: self.kv_index(cache, l, 0, 0),
+            heads: c.kv_heads,
+            ctx: cache.ctx,
+            positions,
+            d: c.head_dim,
+        }
     }
 
-    /// Causal GQA attention of `q` `[T, heads·d]` over cached positions `0..=position()+i`.
-    fn attention(&self, l: usize, q: &[f32], t: usize) -> Vec<f32> {
+    /// Causal GQA attention of `q` `[T, heads·d]` over a cache's positions `0..=pos+i`.
+    fn attention(&self, cache: &KvCache, l: usize, q: &[f32], t: usize) -> Vec<f32> {
         let c = &self.model.config;
         let d = c.head_dim;
         let n_rep = c.heads / c.kv_heads;
         let scale = (d as f32).powf(-0.5);
         let mut out = vec![0f32; t * c.heads * d];
-        let span = self.layer_span(l, self.pos + t);
-        let (keys, head_stride) = self.k_cache.layer(span, t > 1);
-        let (values, _) = self.v_cache.layer(span, t > 1);
+        let span = self.layer_span(cache, l, cache.pos + t);
+        let (keys, head_stride) = cache.keys.layer(span, t > 1);
+        let (values, _) = cache.values.layer(span, t > 1);
         let isa = self.isa;
+        let pos = cache.pos;
         // One task per KV group (the query heads reading the same cached rows) and token: the
-        // rows come from memory once per task, and a generated token's 20 one-head tasks of about
-        // a microsecond each had cost more to hand out than they took. The group's heads go
-        // through the core together, so each row is read once for all of them, not once per head.
+        // rows come from memory once per task, and one-head tasks of about a microsecond each
+        // cost more to hand out than they took. The group's heads go through the core together,
+        // so each row is read once for all of them, not once per head.
         let groups = c.heads / n_rep;
         self.for_each_chunk(&mut out, n_rep * d, t == 1, |task, o| {
             let (i, g) = (task / groups, task % groups);
             let head = HeadRows { keys: &keys, values: &values, stride: d, offset: g * head_stride };
             let qs = &q[task * n_rep * d..(task + 1) * n_rep * d];
-            attend_heads(isa, Queries { qs, d, len: self.pos + i + 1, scale }, &head, o);
+            attend_heads(isa, Queries { qs, d, len: pos + i + 1, scale }, &head, o);
         });
         out
     }
-
     /// Final norm and lm_head for the rows of `x` `[n, hidden]` → `[n, vocab]`.
     pub fn logits(&self, x: &[f32]) -> Vec<f32> {
         let c = &self.model.config;

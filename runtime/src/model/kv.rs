@@ -36,6 +36,63 @@ impl KvType {
     }
 }
 
+/// One sequence's KV cache: keys and values of every layer for up to `ctx` positions, the first
+/// `pos` of them written. A [`super::Session`] owns one; a server keeps one per slot and runs
+/// them together through one session (`Session::forward_batch`).
+pub struct KvCache {
+    pub(super) pos: usize,
+    pub(super) ctx: usize,
+    /// `[layers][kv_heads][ctx][head_dim]` (head-major: see `Session::kv_index`).
+    pub(super) keys: KvStore,
+    pub(super) values: KvStore,
+}
+
+impl KvCache {
+    /// A cache for `ctx` positions (at least 1, at most the model's context), allocated zeroed so
+    /// untouched positions cost no resident memory.
+    pub fn new(config: &super::ModelConfig, ctx: usize, ty: KvType) -> KvCache {
+        let ctx = ctx.clamp(1, config.context.max(1));
+        let len = KvCache::elements(config, ctx);
+        KvCache { pos: 0, ctx, keys: KvStore::new(ty, len), values: KvStore::new(ty, len) }
+    }
+
+    /// Bytes a cache of `ctx` positions of `ty` takes once every position is written.
+    pub fn bytes_for(config: &super::ModelConfig, ctx: usize, ty: KvType) -> usize {
+        2 * KvCache::elements(config, ctx.clamp(1, config.context.max(1))) * ty.bytes()
+    }
+
+    fn elements(c: &super::ModelConfig, ctx: usize) -> usize {
+        c.layers * ctx * c.kv_heads * c.head_dim
+    }
+
+    /// Positions written.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Positions it has room for.
+    pub fn context(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forgets every position (keeps the allocation).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Keeps only the first `pos` positions.
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+}
+
+/// An empty cache (no room): what a session holds while its own cache is lent to a batch.
+impl Default for KvCache {
+    fn default() -> KvCache {
+        KvCache { pos: 0, ctx: 0, keys: KvStore::F32(Vec::new()), values: KvStore::F32(Vec::new()) }
+    }
+}
+
 /// Where one layer's cached rows sit in a store: `heads` KV heads, head g's rows starting at
 /// element `at + g·ctx·d` (head-major, so one head's rows are one contiguous run and reading
 /// them one forward stream), the first `positions` of them written, `d` elements each.

@@ -10,7 +10,7 @@ pub mod profile;
 mod weights;
 
 pub use config::ModelConfig;
-pub use forward::{MICRO_BATCH, Session, Want, rms_norm};
-pub use kv::KvType;
+pub use forward::{BatchPart, MICRO_BATCH, Session, Want, rms_norm};
+pub use kv::{KvCache, KvType};
 pub use profile::{Op, Profile};
 pub use weights::{Model, TernaryMatrix};
