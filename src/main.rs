@@ -11,6 +11,7 @@ mod logits;
 mod perplexity;
 mod quickstart;
 mod run;
+mod serve;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,7 @@ enum Command {
     Bench(bench::Args),
     Logits(logits::Args),
     Perplexity(perplexity::Args),
+    Serve(serve::Args),
     Quickstart(quickstart::Args),
 }
 
@@ -58,7 +60,7 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
 
 /// Ctrl-C and SIGTERM: remove any temporary output, say so, exit 130. A process past its
 /// file-size limit gets EFBIG from `write` (reported like a full disk) instead of SIGXFSZ.
-fn install_signal_handlers() {
+fn install_signal_handlers(exit_on_interrupt: bool) {
     let handler = || {
         for path in tern_converters::output::remove_temp_files() {
             eprintln!("interrupted: removed {}", path.display());
@@ -66,7 +68,8 @@ fn install_signal_handlers() {
         eprintln!("interrupted");
         std::process::exit(130);
     };
-    if let Err(e) = ctrlc::set_handler(handler) {
+    if !exit_on_interrupt {
+    } else if let Err(e) = ctrlc::set_handler(handler) {
         eprintln!(
             "warning: cannot install the Ctrl-C handler ({e}); an interrupted conversion may leave a temporary file"
         );
@@ -94,12 +97,14 @@ fn tune_allocator() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    install_signal_handlers();
+    // The server stops gracefully on SIGTERM / Ctrl-C itself; every other command exits at once.
+    install_signal_handlers(!matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Convert(a) => convert::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Logits(a) => logits::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::run(a),
