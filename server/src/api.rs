@@ -70,6 +70,8 @@ pub struct Request {
     pub repeat_penalty: Option<f32>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (llama.cpp's field; benchmarks use it).
+    pub ignore_eos: bool,
     pub stream: bool,
     /// `stream_options.include_usage`: a last chunk with the token counts.
     pub include_usage: bool,
@@ -140,6 +142,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
         repeat_penalty: f.number("repeat_penalty", 0.0..=10.0)?,
         seed: f.int("seed")?.map(|s| s as u64),
         stop: stops(&obj)?,
+        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
         stream: f.bool("stream")?.unwrap_or(false),
         include_usage,
     })

@@ -194,6 +194,7 @@ async fn complete(app: Arc<App>, body: Body, chat: bool) -> Result<Response, Api
         max_tokens: request.max_tokens.unwrap_or(room),
         sampling: sampling(&app.options.sampling, &request),
         stop: request.stop.clone(),
+        ignore_eos: request.ignore_eos,
         prompt,
         events,
     };

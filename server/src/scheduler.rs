@@ -31,6 +31,7 @@ pub struct Job {
     pub max_tokens: usize,
     pub sampling: SamplerConfig,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
     pub events: UnboundedSender<Event>,
 }
 
@@ -344,7 +345,7 @@ fn accept(s: &mut Slot, id: u32, loaded: &Loaded, metrics: &Metrics) -> Option<&
     s.history.push(id);
     s.generated += 1;
     metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
-    if loaded.tokenizer.stop.contains(&id) {
+    if !s.job.ignore_eos && loaded.tokenizer.stop.contains(&id) {
         return Some("stop");
     }
     if let Some(piece) = s.decoder.push(id) {
