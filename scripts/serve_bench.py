@@ -5,7 +5,8 @@
                                    [--requests 3] [--max-tokens 64] [--json]
 
 For each number of concurrent streams S, S clients each send REQUESTS streaming text completions
-one after another (the same prompt, greedy, `ignore_eos` so every reply is MAX_TOKENS long) and
+one after another (the same prompt after a number unique to the request, so no prompt cache helps;
+greedy, `ignore_eos` so every reply is MAX_TOKENS long) and
 the script reports the aggregate generated tokens per second (all replies' tokens over the wall
 time of the level) and the time to first token (median and worst, from sending the request to
 the first streamed chunk). One warm-up request runs first. Standard library only.
@@ -20,15 +21,16 @@ import threading
 import time
 from urllib.parse import urlparse
 
-PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-          "must be in want of a wife. However little known the feelings or views of such a man may be")
+PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 
 
-def one_request(url, max_tokens, key):
-    """One streamed completion: (generated tokens, seconds to the first chunk, total seconds)."""
+def one_request(url, max_tokens, key, n=0):
+    """One streamed completion: (generated tokens, seconds to the first chunk, total seconds).
+    The prompt starts with the request's number `n`, so no server can reuse another request's
+    cached prompt (llama-server would)."""
     u = urlparse(url)
     c = http.client.HTTPConnection(u.hostname, u.port, timeout=600)
-    body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+    body = {"prompt": f"{n}. {PROMPT}", "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
     headers = {"Content-Type": "application/json"}
     if key:
@@ -63,14 +65,14 @@ def one_request(url, max_tokens, key):
 def level(url, streams, requests, max_tokens, key):
     results, errors = [], []
 
-    def client():
-        for _ in range(requests):
+    def client(c):
+        for r in range(requests):
             try:
-                results.append(one_request(url, max_tokens, key))
+                results.append(one_request(url, max_tokens, key, 1000 * streams + requests * c + r))
             except Exception as e:  # noqa: BLE001 — reported, not hidden
                 errors.append(str(e))
 
-    threads = [threading.Thread(target=client) for _ in range(streams)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(streams)]
     t0 = time.time()
     for t in threads:
         t.start()

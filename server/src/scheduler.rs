@@ -348,16 +348,18 @@ fn accept(s: &mut Slot, id: u32, loaded: &Loaded, metrics: &Metrics) -> Option<&
     if !s.job.ignore_eos && loaded.tokenizer.stop.contains(&id) {
         return Some("stop");
     }
-    if let Some(piece) = s.decoder.push(id) {
-        let m = s.stops.push(&piece);
+    // One event per token, its text possibly empty (a character still incomplete, or text held
+    // back for a stop string): a stream shows every token as it comes, as llama-server's does.
+    let piece = s.decoder.push(id).unwrap_or_default();
+    let m = s.stops.push(&piece);
+    if m.stopped {
         if !m.text.is_empty() {
             let _ = s.job.events.send(Event::Text(m.text));
         }
-        if m.stopped {
-            s.cut = true;
-            return Some("stop");
-        }
+        s.cut = true;
+        return Some("stop");
     }
+    let _ = s.job.events.send(Event::Text(m.text));
     if s.generated >= s.job.max_tokens || s.cache.position() >= s.cache.context() {
         return Some("length");
     }

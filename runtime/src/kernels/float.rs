@@ -68,6 +68,87 @@ pub fn dot_f16_rows_four_streams(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f3
     dot_f16_rows(isa, rows, x, out)
 }
 
+/// `out[r·n + p] = Σ w[r][i]·x_p[i]` for consecutive F16 rows and the `n` vectors of `xs` (one
+/// after another), each as [`dot_f16`] computes it (the same bits). Each row is converted to f32
+/// once and then dotted with every vector from L1: the lm_head of several sequences decoding
+/// together, which otherwise converts every half once per sequence.
+pub fn dot_f16_rows_positions(isa: Isa, rows: &[u8], xs: &[f32], cols: usize, out: &mut [f32]) {
+    let n = xs.len() / cols.max(1);
+    assert!(cols > 0 && xs.len() == n * cols && rows.len() * n == out.len() * cols * 2);
+    #[cfg(target_arch = "x86_64")]
+    if f16_simd(isa) {
+        let mut buf = vec![0f32; cols];
+        for (row, o) in rows.chunks_exact(cols * 2).zip(out.chunks_exact_mut(n.max(1))) {
+            // SAFETY: AVX2, FMA (Isa::supported) and F16C were detected; sizes as asserted.
+            unsafe {
+                widen_f16_avx2(row, &mut buf);
+                for (slot, x) in o.iter_mut().zip(xs.chunks_exact(cols)) {
+                    *slot = dot_widened_avx2(&buf, x);
+                }
+            }
+        }
+        return;
+    }
+    for (row, o) in rows.chunks_exact(cols * 2).zip(out.chunks_exact_mut(n.max(1))) {
+        for (slot, x) in o.iter_mut().zip(xs.chunks_exact(cols)) {
+            *slot = dot_f16(isa, row, x);
+        }
+    }
+}
+
+/// An F16 row as f32 (exact: every half is an f32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn widen_f16_avx2(row: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: elements i..i+8 are in bounds of the row (2 bytes each) and of out.
+        unsafe {
+            let h = _mm_loadu_si128(row.as_ptr().add(2 * i) as *const __m128i);
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+        i += 8;
+    }
+    for (o, b) in out[i..].iter_mut().zip(row[2 * i..].chunks_exact(2)) {
+        *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+    }
+}
+
+/// [`dot_f16_avx2`] on a row already widened to f32: the same chains, the same order, the same
+/// tail, so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_widened_avx2(w: &[f32], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: elements i..i+32 are in bounds of both slices.
+            unsafe {
+                *a = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(wp.add(i + 8 * j)),
+                    _mm256_loadu_ps(xp.add(i + 8 * j)),
+                    *a,
+                );
+            }
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        // SAFETY: elements i..i+8 are in bounds of both slices.
+        unsafe { acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]) };
+        i += 8;
+    }
+    let tail: f32 = w[i..].iter().zip(&x[i..]).map(|(a, b)| a * b).sum();
+    // SAFETY: this function's features are sum_lanes_avx2's.
+    unsafe { sum_lanes_avx2(acc) + tail }
+}
+
 /// Four rows of [`dot_f16_avx2`] at once, in lock step: each row's four FMA chains and their sum
 /// are that function's, so each result has its bits.
 #[cfg(target_arch = "x86_64")]
@@ -203,6 +284,32 @@ mod tests {
             for isa in crate::cpu::available() {
                 let got = dot_f16(isa, &w, &x);
                 assert!((got - want).abs() <= 1e-5 * scale.max(1.0), "{} n={n}: {got} vs {want}", isa.name());
+            }
+        }
+    }
+
+    /// Several vectors against the same rows: each result is the single-row dot's bits.
+    #[test]
+    fn position_batched_f16_dots_equal_single_dots() {
+        for (rows, n, positions) in [(1, 8, 2), (5, 33, 3), (7, 40, 8), (9, 71, 5), (64, 2560, 16)] {
+            let w: Vec<u8> = (0..rows * n)
+                .flat_map(|i| f16::from_f32(((i * 29 % 103) as f32 - 51.0) / 19.0).to_le_bytes())
+                .collect();
+            let xs: Vec<f32> = (0..positions * n).map(|i| ((i * 61 % 89) as f32 - 44.0) / 11.0).collect();
+            for isa in crate::cpu::available() {
+                let mut got = vec![0f32; rows * positions];
+                dot_f16_rows_positions(isa, &w, &xs, n, &mut got);
+                for r in 0..rows {
+                    for p in 0..positions {
+                        let want = dot_f16(isa, &w[r * 2 * n..(r + 1) * 2 * n], &xs[p * n..(p + 1) * n]);
+                        assert_eq!(
+                            got[r * positions + p].to_bits(),
+                            want.to_bits(),
+                            "{} row {r} position {p}",
+                            isa.name()
+                        );
+                    }
+                }
             }
         }
     }

@@ -500,7 +500,7 @@ impl<'m> Session<'m> {
         let c = &self.model.config;
         let t = k.len() / (c.kv_heads * c.head_dim).max(1);
         self.extend_rope(self.position() + t);
-        self.with_own_cache(|s, cache| s.attend_in(cache, l, q, k, v))
+        self.with_own_cache(|s, cache| s.attend_in(cache, l, q, k, v, t == 1))
     }
 
     /// [`Session::attend`] for the sequences `seqs`, whose rows follow each other in q, k and v.
@@ -512,8 +512,9 @@ impl<'m> Session<'m> {
         k: Vec<f32>,
         v: &[f32],
     ) -> Result<Vec<f32>> {
-        if let [(cache, _)] = seqs {
-            return self.attend_in(cache, l, q, k, v);
+        if let [(cache, t)] = seqs {
+            let one_token = *t == 1;
+            return self.attend_in(cache, l, q, k, v, one_token);
         }
         let c = &self.model.config;
         let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -527,6 +528,9 @@ impl<'m> Session<'m> {
                 q[a * qw..b * qw].to_vec(),
                 k[a * kw..b * kw].to_vec(),
                 &v[a * kw..b * kw],
+                // Several sequences: the pass's other operations run on rayon, so this one too,
+                // or the team's workers would spin beside rayon's after every sequence.
+                false,
             )?);
             row = b;
         }
@@ -541,6 +545,7 @@ impl<'m> Session<'m> {
         mut q: Vec<f32>,
         mut k: Vec<f32>,
         v: &[f32],
+        on_team: bool,
     ) -> Result<Vec<f32>> {
         let c = &self.model.config;
         let kv_dim = c.kv_heads * c.head_dim;
@@ -566,7 +571,7 @@ impl<'m> Session<'m> {
                 cache.values.write(at, value);
             }
         }
-        let out = self.attention(cache, l, &q, t);
+        let out = self.attention(cache, l, &q, t, on_team);
         if let Some(p) = &self.profile {
             p.add(Op::Attention, started.elapsed());
         }
@@ -764,7 +769,8 @@ impl<'m> Session<'m> {
     }
 
     /// Causal GQA attention of `q` `[T, heads·d]` over a cache's positions `0..=pos+i`.
-    fn attention(&self, cache: &KvCache, l: usize, q: &[f32], t: usize) -> Vec<f32> {
+    /// `on_team`: a one-token pass, whose parallel operations run on the session's team.
+    fn attention(&self, cache: &KvCache, l: usize, q: &[f32], t: usize, on_team: bool) -> Vec<f32> {
         let c = &self.model.config;
         let d = c.head_dim;
         let n_rep = c.heads / c.kv_heads;
@@ -780,7 +786,7 @@ impl<'m> Session<'m> {
         // cost more to hand out than they took. The group's heads go through the core together,
         // so each row is read once for all of them, not once per head.
         let groups = c.heads / n_rep;
-        self.for_each_chunk(&mut out, n_rep * d, t == 1, |task, o| {
+        self.for_each_chunk(&mut out, n_rep * d, on_team, |task, o| {
             let (i, g) = (task / groups, task % groups);
             let head = HeadRows { keys: &keys, values: &values, stride: d, offset: g * head_stride };
             let qs = &q[task * n_rep * d..(task + 1) * n_rep * d];
@@ -813,6 +819,12 @@ impl<'m> Session<'m> {
         let four_streams = cpu::weight_streams() == 4;
         let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
         self.for_each_chunk(&mut by_vocab, n * HEAD_CHUNK_ROWS, n == 1, |chunk, o| {
+            if m.ty == TensorType::F16 && n > 1 {
+                // Several positions (sequences decoding together): each row widened once for all.
+                let rows = self.model.float_rows(m, chunk * HEAD_CHUNK_ROWS, o.len() / n);
+                float::dot_f16_rows_positions(isa, rows, &h, c.hidden, o);
+                return;
+            }
             if m.ty == TensorType::F16 {
                 // The chunk's rows are consecutive in the map: one call per position for them all.
                 let count = o.len() / n;
