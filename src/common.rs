@@ -109,3 +109,11 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
         .map(|s| s.parse::<u32>().with_context(|| format!("{s:?} is not a token id")))
         .collect()
 }
+
+/// MemAvailable from /proc/meminfo, in bytes (None where there is no such file).
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

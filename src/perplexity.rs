@@ -57,6 +57,28 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// The f32 reference on a checkpoint folder: every layer loaded at once when that fits in the
+/// available memory (each window then runs at full speed), else streamed a layer at a time (any
+/// size fits; each window decodes the layers again).
+fn load_reference(path: &Path) -> Result<Reference> {
+    use tern_runtime::reference::Arithmetic;
+    let streamed = Reference::streamed(path, Arithmetic::Transformers)?;
+    let whole = streamed.layer_bytes() * streamed.spec.layers as u64
+        + 8 * (streamed.spec.vocab * streamed.spec.hidden) as u64;
+    match crate::common::available_memory() {
+        Some(available) if whole > available / 10 * 8 => {
+            eprintln!(
+                "note: the f32 reference of {} needs {:.1} GiB whole, {:.1} GiB are available: running it a layer at a time (slower)",
+                path.display(),
+                whole as f64 / (1u64 << 30) as f64,
+                available as f64 / (1u64 << 30) as f64
+            );
+            Ok(streamed)
+        }
+        _ => Ok(Reference::load(path)?),
+    }
+}
+
 /// A loaded engine: the runtime on a GGUF, or the f32 reference on a checkpoint folder.
 enum Engine {
     Gguf(Box<Model>),
@@ -66,7 +88,7 @@ enum Engine {
 impl Engine {
     fn load(path: &Path) -> Result<(Engine, Option<Tokenizer>)> {
         if path.is_dir() {
-            let reference = Reference::load(path)?;
+            let reference = load_reference(path)?;
             let tokenizer = Tokenizer::from_hf_dir(path)?;
             Ok((Engine::Checkpoint(Box::new(reference)), tokenizer))
         } else {

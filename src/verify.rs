@@ -19,6 +19,11 @@ use tern_runtime::verify::{VerifyOptions, VerifyReport, default_prompts, verify}
 /// those include int8 rounding flips that compound through the network, and gate only with
 /// --strict. Exits 1 when the gate fails (details: docs/reference.md).
 ///
+/// The reference runs one decoder layer at a time over every prompt, so it holds about one
+/// layer's weights in f32 (0.28 GB for 2B-4T, 0.87 GB for an 8B model) beside the mapped
+/// files: any model that converts also verifies. The summary ends with the time and the peak
+/// memory.
+///
 /// Example:
 ///   tern verify 2b4t-i2_s.gguf --reference bitnet-b1.58-2B-4T-bf16
 #[derive(clap::Args, Clone)]
@@ -103,8 +108,19 @@ fn read_prompts(path: &Path, tk: Option<&tern_runtime::tokenizer::Tokenizer>) ->
 /// Runs the check; `Ok(report)` whether or not it passed.
 pub fn check(args: &Args) -> Result<VerifyReport> {
     let (model, tokenizer) = load_model(&args.model)?;
-    // The exact-integer form: what a correct kernel computes (runtime/src/reference/bitlinear.rs).
-    let reference = Reference::load_with(&args.reference, Arithmetic::Exact)?;
+    // The exact-integer form: what a correct kernel computes (runtime/src/reference/bitlinear.rs),
+    // streamed: one layer's f32 weights at a time, whatever the model's size.
+    let reference = Reference::streamed(&args.reference, Arithmetic::Exact)?;
+    if let Some(available) = crate::common::available_memory()
+        && reference.layer_bytes() > available
+    {
+        bail!(
+            "the f32 reference needs {:.2} GiB for one layer of {}, and only {:.2} GiB are available",
+            reference.layer_bytes() as f64 / (1u64 << 30) as f64,
+            args.reference.display(),
+            available as f64 / (1u64 << 30) as f64
+        );
+    }
     let prompts = match &args.prompts {
         Some(p) => read_prompts(p, tokenizer.as_ref())?,
         None => {
@@ -193,9 +209,23 @@ pub fn json(r: &VerifyReport) -> serde_json::Value {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let started = std::time::Instant::now();
     let report = check(&args)?;
-    let text =
-        if args.json { serde_json::to_string_pretty(&json(&report))? + "\n" } else { render(&args, &report) };
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = tern_runtime::bench::peak_rss_bytes();
+    let text = if args.json {
+        let mut j = json(&report);
+        j["seconds"] = serde_json::json!(seconds);
+        j["peak_rss_bytes"] = serde_json::json!(peak);
+        j["peak_virtual_bytes"] = serde_json::json!(tern_runtime::bench::peak_virtual_bytes());
+        serde_json::to_string_pretty(&j)? + "\n"
+    } else {
+        let cost = match peak {
+            Some(b) => format!("{seconds:.1} s, peak memory {:.2} GiB", b as f64 / (1u64 << 30) as f64),
+            None => format!("{seconds:.1} s"),
+        };
+        render(&args, &report) + &format!("({cost})\n")
+    };
     crate::print_stdout(&text)?;
     match report.failure {
         None => Ok(()),

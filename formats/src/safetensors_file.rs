@@ -181,6 +181,47 @@ impl SafetensorsFile {
         Ok(())
     }
 
+    /// Elements `range` of a float tensor (BF16, F16, F32) as f32 — e.g. a few rows of a large
+    /// embedding — refusing NaN and ±Inf like [`to_f32`](Self::to_f32).
+    pub fn range_to_f32(&self, t: &StTensor, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        if range.start > range.end || range.end > t.elements() {
+            return Err(FormatError::tensor(
+                &self.path,
+                &t.name,
+                format!("elements {range:?} are outside the tensor's {}", t.elements()),
+            ));
+        }
+        let width = match t.dtype {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+            other => {
+                return Err(FormatError::tensor(
+                    &self.path,
+                    &t.name,
+                    format!("dtype {other:?} where a float tensor (BF16, F16 or F32) was expected"),
+                ));
+            }
+        };
+        let bytes = &self.data(t)[range.start * width..range.end * width];
+        let values: Vec<f32> = match t.dtype {
+            Dtype::F32 => {
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            Dtype::BF16 => {
+                bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            _ => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        };
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(FormatError::tensor(
+                &self.path,
+                &t.name,
+                format!("value #{} is {} (weights must be finite)", range.start + i, values[i]),
+            ));
+        }
+        Ok(values)
+    }
+
     #[cfg(unix)]
     /// Tells the kernel this tensor's pages will not be read again soon, so they leave this
     /// process's resident set (the file stays in the page cache; a later read maps it back in).

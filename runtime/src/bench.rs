@@ -60,8 +60,18 @@ pub fn summary(samples: &[f64]) -> (f64, f64, f64) {
 
 /// Peak resident memory of this process (VmHWM), in bytes, where /proc tells.
 pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Peak address space of this process (VmPeak: mapped files, reserved stacks and heaps), in
+/// bytes — what a `setrlimit(RLIMIT_AS)` cap is held against.
+pub fn peak_virtual_bytes() -> Option<u64> {
+    proc_status_bytes("VmPeak:")
+}
+
+fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -15,9 +15,9 @@
 //! so in an untrained (random) model they diverge even between two correct implementations
 //! (docs/reference.md); they gate only with `strict`.
 
-use crate::model::{Model, Session, Want, rms_norm};
+use crate::model::{Model, Session, rms_norm};
 use crate::parity::{LogitsReport, Thresholds, compare_logits, rel_l2};
-use crate::reference::{KvCache, Reference};
+use crate::reference::{LayerByLayer, Reference};
 use crate::tokenizer::Tokenizer;
 use crate::{Result, RuntimeError};
 use candle_core::Tensor;
@@ -137,9 +137,6 @@ pub fn verify(
             free_running: 0.0,
         })
         .collect();
-    let (mut embedding, mut output_head) = (0f64, 0f64);
-    let (mut head_kl, mut head_positions) = (0f64, 0usize);
-    let mut logits = Vec::new();
     for tokens in prompts {
         if tokens.is_empty() || tokens.len() > c.context {
             return Err(RuntimeError::Input(format!(
@@ -148,105 +145,57 @@ pub fn verify(
                 tokens.len()
             )));
         }
-        // Reference, with every intermediate value.
-        let mut taps: HashMap<String, Tensor> = HashMap::new();
-        let ref_logits =
-            reference.forward(tokens, &mut KvCache::default(), &mut |name: &str, t: &Tensor| {
-                taps.insert(name.to_string(), t.clone());
-            })?;
-        let r: HashMap<String, Vec<f32>> =
-            taps.iter().map(|(k, v)| Ok((k.clone(), flat(v)?))).collect::<Result<_>>()?;
-        let ref_logits = flat(&ref_logits)?;
-        let get = |name: String| -> Result<&Vec<f32>> {
-            r.get(&name).ok_or_else(|| RuntimeError::Input(format!("reference produced no {name}")))
-        };
-        let session = Session::new(model, tokens.len());
-        embedding = embedding.max(rel_l2(&session.embed(tokens)?, get("residual.0".into())?));
-        let head_logits = session.logits(get(format!("residual.{}", c.layers))?);
+    }
+    // The reference runs layer by layer over every prompt, so it holds one layer at a time; the
+    // runtime's checks of a layer run right after the reference's, on its recorded values.
+    let mut run = LayerByLayer::new(reference, prompts)?;
+    let session = Session::new(model, 1);
+    let mut embedding = 0f64;
+    for (p, tokens) in prompts.iter().enumerate() {
+        embedding = embedding.max(rel_l2(&session.embed(tokens)?, &flat(run.residual(p))?));
+    }
+    // Free running: each prompt's own runtime session and residual stream, layer after layer.
+    let mut free: Vec<(Session, Vec<f32>)> = prompts
+        .iter()
+        .map(|t| Ok((Session::new(model, t.len()), session.embed(t)?)))
+        .collect::<Result<_>>()?;
+    for (l, report) in layers.iter_mut().enumerate() {
+        let inputs: Vec<Vec<f32>> =
+            (0..prompts.len()).map(|p| flat(run.residual(p))).collect::<Result<_>>()?;
+        let mut taps: Vec<HashMap<String, Vec<f32>>> = vec![HashMap::new(); prompts.len()];
+        let mut failed = None;
+        run.step(&mut |p, name, t| match flat(t) {
+            Ok(v) => {
+                taps[p].insert(name.to_string(), v);
+            }
+            Err(e) => failed = Some(e),
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        for (p, tokens) in prompts.iter().enumerate() {
+            let r = &taps[p];
+            let get = |name: String| -> Result<&Vec<f32>> {
+                r.get(&name).ok_or_else(|| RuntimeError::Input(format!("reference produced no {name}")))
+            };
+            let output = flat(run.residual(p))?;
+            check_layer(model, l, tokens.len(), &inputs[p], &output, &get, report)?;
+            let (s, x) = &mut free[p];
+            s.layer(l, x)?;
+            report.free_running = report.free_running.max(rel_l2(x, &output));
+        }
+    }
+    let (mut output_head, mut head_kl, mut head_positions) = (0f64, 0f64, 0usize);
+    let mut logits = Vec::new();
+    for (p, (s, x)) in free.iter().enumerate() {
+        let ref_logits = flat(&run.logits(p)?)?;
+        let head_logits = session.logits(&flat(run.residual(p))?);
         output_head = output_head.max(rel_l2(&head_logits, &ref_logits));
         for (a, b) in head_logits.chunks(c.vocab).zip(ref_logits.chunks(c.vocab)) {
             head_kl += crate::parity::kl_divergence(a, b);
             head_positions += 1;
         }
-
-        for (l, report) in layers.iter_mut().enumerate() {
-            let m = |name: &str| format!("module.model.layers.{l}.{name}.out");
-            let layer = &model.layers[l];
-            let res = get(format!("residual.{l}"))?;
-            let h1 = get(m("input_layernorm"))?;
-            let h2 = get(m("post_attention_layernorm"))?;
-            let mid: Vec<f32> = res.iter().zip(get(m("self_attn"))?).map(|(a, b)| a + b).collect();
-            // q/k as the file stores them (rows permuted per head for an interleaved RoPE).
-            let ref_q = c.rope_pairing.reorder(get(m("self_attn.q_proj"))?, c.head_dim, 1);
-            let ref_k = c.rope_pairing.reorder(get(m("self_attn.k_proj"))?, c.head_dim, 1);
-            let mut fresh = Session::new(model, tokens.len());
-            let ctx = fresh.attend(l, ref_q.clone(), ref_k.clone(), get(m("self_attn.v_proj"))?)?;
-            let mut checks: Vec<(&str, Vec<f32>, &Vec<f32>)> = vec![
-                ("attn_norm", rms_norm(res, &layer.attn_norm, c.rms_eps), h1),
-                ("attn_q", session.project(&layer.q, h1), &ref_q),
-                ("attn_k", session.project(&layer.k, h1), &ref_k),
-                ("attn_v", session.project(&layer.v, h1), get(m("self_attn.v_proj"))?),
-                ("attention", ctx, get(m("self_attn.context"))?),
-                (
-                    "attn_output",
-                    session.project(&layer.o, get(format!("module.model.layers.{l}.self_attn.o_proj.in"))?),
-                    get(m("self_attn.o_proj"))?,
-                ),
-                ("ffn_norm", rms_norm(&mid, &layer.ffn_norm, c.rms_eps), h2),
-                ("ffn_gate", session.project(&layer.gate, h2), get(m("mlp.gate_proj"))?),
-                ("ffn_up", session.project(&layer.up, h2), get(m("mlp.up_proj"))?),
-                (
-                    "activation",
-                    session.activate(get(m("mlp.gate_proj"))?, get(m("mlp.up_proj"))?),
-                    get(m("mlp.act"))?,
-                ),
-                (
-                    "ffn_down",
-                    session.project(&layer.down, get(format!("module.model.layers.{l}.mlp.down_proj.in"))?),
-                    get(m("mlp.down_proj"))?,
-                ),
-            ];
-            if let Some(w) = &layer.attn_sub_norm {
-                checks.push((
-                    "attn_sub_norm",
-                    rms_norm(get(m("self_attn.context"))?, w, c.rms_eps),
-                    get(m("self_attn.attn_sub_norm"))?,
-                ));
-            }
-            if let Some(w) = &layer.ffn_sub_norm {
-                checks.push((
-                    "ffn_sub_norm",
-                    rms_norm(get(m("mlp.act"))?, w, c.rms_eps),
-                    get(m("mlp.ffn_sub_norm"))?,
-                ));
-            }
-            for (name, got, expected) in checks {
-                let e = rel_l2(&got, expected);
-                if e > report.modules || report.worst_module.is_empty() {
-                    report.modules = report.modules.max(e);
-                    report.worst_module = name.to_string();
-                }
-            }
-            // A whole layer, teacher forced.
-            let mut x = res.clone();
-            Session::new(model, tokens.len()).layer(l, &mut x)?;
-            report.teacher_forced =
-                report.teacher_forced.max(rel_l2(&x, get(format!("residual.{}", l + 1))?));
-        }
-        // End to end, free running.
-        let mut rt_res: HashMap<String, Vec<f32>> = HashMap::new();
-        let rt_logits = Session::new(model, tokens.len()).forward(
-            tokens,
-            Want::All,
-            Some(&mut |name: &str, x: &[f32]| {
-                rt_res.insert(name.to_string(), x.to_vec());
-            }),
-        )?;
-        for (l, report) in layers.iter_mut().enumerate() {
-            let key = format!("residual.{}", l + 1);
-            report.free_running = report.free_running.max(rel_l2(&rt_res[&key], get(key.clone())?));
-        }
-        logits.push(compare_logits(&rt_logits, &ref_logits, c.vocab, opts.thresholds.min_gap));
+        logits.push(compare_logits(&s.logits(x), &ref_logits, c.vocab, opts.thresholds.min_gap));
     }
 
     let limit = opts.max_module_rel_l2;
@@ -289,4 +238,81 @@ pub fn verify(
         failure,
         end_to_end,
     })
+}
+
+/// Layer `l`'s module checks and its teacher-forced check for one prompt of `t` tokens: each
+/// runtime piece fed the reference's own input to it (`get` gives the reference's recorded
+/// values of this layer, `input` and `output` its residual stream around the layer).
+fn check_layer<'a>(
+    model: &Model,
+    l: usize,
+    t: usize,
+    input: &[f32],
+    output: &[f32],
+    get: &dyn Fn(String) -> Result<&'a Vec<f32>>,
+    report: &mut LayerReport,
+) -> Result<()> {
+    let c = &model.config;
+    let session = Session::new(model, t);
+    let m = |name: &str| format!("module.model.layers.{l}.{name}.out");
+    let layer = &model.layers[l];
+    let h1 = get(m("input_layernorm"))?;
+    let h2 = get(m("post_attention_layernorm"))?;
+    let mid: Vec<f32> = input.iter().zip(get(m("self_attn"))?).map(|(a, b)| a + b).collect();
+    // q/k as the file stores them (rows permuted per head for an interleaved RoPE).
+    let ref_q = c.rope_pairing.reorder(get(m("self_attn.q_proj"))?, c.head_dim, 1);
+    let ref_k = c.rope_pairing.reorder(get(m("self_attn.k_proj"))?, c.head_dim, 1);
+    let mut fresh = Session::new(model, t);
+    let ctx = fresh.attend(l, ref_q.clone(), ref_k.clone(), get(m("self_attn.v_proj"))?)?;
+    let mut checks: Vec<(&str, Vec<f32>, &Vec<f32>)> = vec![
+        ("attn_norm", rms_norm(input, &layer.attn_norm, c.rms_eps), h1),
+        ("attn_q", session.project(&layer.q, h1), &ref_q),
+        ("attn_k", session.project(&layer.k, h1), &ref_k),
+        ("attn_v", session.project(&layer.v, h1), get(m("self_attn.v_proj"))?),
+        ("attention", ctx, get(m("self_attn.context"))?),
+        (
+            "attn_output",
+            session.project(&layer.o, get(format!("module.model.layers.{l}.self_attn.o_proj.in"))?),
+            get(m("self_attn.o_proj"))?,
+        ),
+        ("ffn_norm", rms_norm(&mid, &layer.ffn_norm, c.rms_eps), h2),
+        ("ffn_gate", session.project(&layer.gate, h2), get(m("mlp.gate_proj"))?),
+        ("ffn_up", session.project(&layer.up, h2), get(m("mlp.up_proj"))?),
+        (
+            "activation",
+            session.activate(get(m("mlp.gate_proj"))?, get(m("mlp.up_proj"))?),
+            get(m("mlp.act"))?,
+        ),
+        (
+            "ffn_down",
+            session.project(&layer.down, get(format!("module.model.layers.{l}.mlp.down_proj.in"))?),
+            get(m("mlp.down_proj"))?,
+        ),
+    ];
+    if let Some(w) = &layer.attn_sub_norm {
+        checks.push((
+            "attn_sub_norm",
+            rms_norm(get(m("self_attn.context"))?, w, c.rms_eps),
+            get(m("self_attn.attn_sub_norm"))?,
+        ));
+    }
+    if let Some(w) = &layer.ffn_sub_norm {
+        checks.push((
+            "ffn_sub_norm",
+            rms_norm(get(m("mlp.act"))?, w, c.rms_eps),
+            get(m("mlp.ffn_sub_norm"))?,
+        ));
+    }
+    for (name, got, expected) in checks {
+        let e = rel_l2(&got, expected);
+        if e > report.modules || report.worst_module.is_empty() {
+            report.modules = report.modules.max(e);
+            report.worst_module = name.to_string();
+        }
+    }
+    // The whole layer, teacher forced.
+    let mut x = input.to_vec();
+    Session::new(model, t).layer(l, &mut x)?;
+    report.teacher_forced = report.teacher_forced.max(rel_l2(&x, output));
+    Ok(())
 }

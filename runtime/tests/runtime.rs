@@ -433,11 +433,57 @@ fn batched_sequences_give_each_ones_own_logits() {
                     for (i, (a, b)) in alone.iter().zip(&got).enumerate() {
                         assert_eq!(a.len(), b.len(), "{name}: sequence {i} steps");
                         for (step, (a, b)) in a.iter().zip(b).enumerate() {
-                            assert!(bits(a) == bits(b), "{name}: sequence {i} step {step} differs from alone");
+                            assert!(
+                                bits(a) == bits(b),
+                                "{name}: sequence {i} step {step} differs from alone"
+                            );
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The reference streamed a layer at a time computes what the reference loaded whole computes,
+/// bit for bit: logits through `forward` and through `LayerByLayer` over several prompts, and
+/// every number of a verify report, in both arithmetics, on every fixture family.
+#[test]
+fn streamed_reference_gives_the_whole_model_s_bits() {
+    use tern_runtime::reference::{Arithmetic, LayerByLayer, Reference};
+    use tern_runtime::verify::{VerifyOptions, verify};
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let tmp = tempfile::tempdir().unwrap();
+    for form in FORMS {
+        let (prompts, _) = golden(form);
+        for arithmetic in [Arithmetic::Transformers, Arithmetic::Exact] {
+            let whole = Reference::load_with(fixture(form), arithmetic).unwrap();
+            let streamed = Reference::streamed(fixture(form), arithmetic).unwrap();
+            assert!(whole.layers.len() == whole.spec.layers && streamed.layers.is_empty());
+            let mut run = LayerByLayer::new(&streamed, &prompts).unwrap();
+            while run.layer() < streamed.spec.layers {
+                run.step(&mut |_, _, _| {}).unwrap();
+            }
+            for (p, tokens) in prompts.iter().enumerate() {
+                let want = whole.prompt_logits(tokens).unwrap();
+                assert!(
+                    bits(&streamed.prompt_logits(tokens).unwrap()) == bits(&want),
+                    "{form} {arithmetic:?} {p}"
+                );
+                let by_layer: Vec<f32> = run.logits(p).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                assert!(bits(&by_layer) == bits(&want), "{form} {arithmetic:?} prompt {p} layer by layer");
+            }
+        }
+        let model = Model::load(convert(form, tmp.path())).unwrap();
+        let report = |r: &Reference| {
+            let v = verify(&model, r, &prompts, &VerifyOptions::default()).unwrap();
+            format!(
+                "{:?} {:?} {:?} {:?} {:?}",
+                v.layers, v.logits, v.embedding, v.output_head, v.output_head_kl
+            )
+        };
+        let whole = Reference::load_with(fixture(form), Arithmetic::Exact).unwrap();
+        let streamed = Reference::streamed(fixture(form), Arithmetic::Exact).unwrap();
+        assert_eq!(report(&streamed), report(&whole), "{form}: verify reports differ");
     }
 }

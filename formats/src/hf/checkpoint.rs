@@ -40,6 +40,11 @@ impl<'a> TensorRef<'a> {
         self.file.to_f32_into(self.info, values)
     }
 
+    /// See [`SafetensorsFile::range_to_f32`].
+    pub fn range_to_f32(&self, range: std::ops::Range<usize>) -> Result<Vec<f32>> {
+        self.file.range_to_f32(self.info, range)
+    }
+
     /// See [`SafetensorsFile::for_each_f32_chunk`].
     pub fn for_each_f32_chunk(&self, chunk: usize, f: impl FnMut(&[f32]) -> Result<()>) -> Result<()> {
         self.file.for_each_f32_chunk(self.info, chunk, f)

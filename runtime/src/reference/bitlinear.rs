@@ -32,6 +32,7 @@ pub enum Arithmetic {
     Exact,
 }
 
+#[derive(Clone)]
 pub struct BitLinear {
     /// `[in, out]`: the transposed ternary codes as f32.
     codes_t: Tensor,

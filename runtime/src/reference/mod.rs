@@ -2,9 +2,14 @@
 //! written llama2.c-style over candle-core tensors, straight from a Hugging Face checkpoint.
 //! Semantics: `../shared/docs/hf-checkpoints.md` §2; deviations are listed in docs/reference.md.
 //!
-//! It is the yardstick for every packed layout and kernel, so it is plain rather than fast:
-//! weights are dequantised to f32 matrices once at load, each BitLinear fake-quantises its input
-//! exactly as transformers does (round half to even, `q / s`), and matmuls go through candle.
+//! It is the yardstick for every packed layout and kernel, so it is plain rather than fast: each
+//! BitLinear fake-quantises its input exactly as transformers does (round half to even, `q / s`),
+//! and matmuls go through candle. Weights are f32 matrices, about 4 bytes per parameter, held in
+//! one of two ways with the same arithmetic (tested bit for bit):
+//! - [`Reference::load`]: every layer dequantised once at load — fast for repeated forwards.
+//! - [`Reference::streamed`]: the checkpoint stays mapped; a layer is dequantised when it is
+//!   needed and dropped after ([`LayerByLayer`] runs many prompts through each layer once), and
+//!   embedding rows and the head are read from the map — any model fits in about one layer.
 
 mod bitlinear;
 mod rope;
@@ -28,6 +33,7 @@ pub fn no_tap() -> impl FnMut(&str, &Tensor) {
     |_, _| {}
 }
 
+#[derive(Clone)]
 pub struct Norm {
     /// `[n]` f32.
     weight: Tensor,
@@ -43,6 +49,7 @@ impl Norm {
     }
 }
 
+#[derive(Clone)]
 pub struct Layer {
     pub input_norm: Norm,
     pub attn_sub_norm: Option<Norm>,
@@ -75,14 +82,23 @@ impl KvCache {
     }
 }
 
+/// Rows of the output head per matmul. The head is always applied in these chunks, loaded or
+/// streamed, so both give the same bits; 4096 rows of a 4096-wide model are 64 MiB of f32.
+const HEAD_CHUNK_ROWS: usize = 4096;
+
 pub struct Reference {
     pub spec: ModelSpec,
-    /// `[vocab, hidden]`.
-    embed: Tensor,
+    /// Every layer's weights when loaded whole ([`Reference::load`]); empty when streamed.
     pub layers: Vec<Layer>,
+    /// `[vocab, hidden]` when loaded whole.
+    embed: Option<Tensor>,
+    /// The head (the embedding when tied) transposed, `[hidden, ≤ HEAD_CHUNK_ROWS]` per chunk,
+    /// when loaded whole.
+    head_chunks: Vec<Tensor>,
+    /// The mapped checkpoint, when streamed.
+    ckpt: Option<HfCheckpoint>,
+    arithmetic: Arithmetic,
     pub final_norm: Norm,
-    /// `[hidden, vocab]`, the transposed lm_head (the embedding when tied), never quantised.
-    lm_head_t: Tensor,
     rope: Rope,
 }
 
@@ -93,52 +109,122 @@ fn load_norm(ckpt: &HfCheckpoint, name: &str, eps: f64) -> Result<Norm> {
     Ok(Norm { weight: Tensor::from_vec(values, n, &Device::Cpu)?, eps })
 }
 
+/// Layer `l`'s weights from the checkpoint.
+fn load_layer(ckpt: &HfCheckpoint, spec: &ModelSpec, l: usize, arithmetic: Arithmetic) -> Result<Layer> {
+    let eps = spec.rms_eps as f64;
+    let fam = spec.family.traits();
+    let name = |s: &str| format!("model.layers.{l}.{s}.weight");
+    let proj = PROJECTIONS
+        .iter()
+        .map(|&p| {
+            let (rows, cols) = spec.projection_shape(p);
+            let layer = BitLinear::load(ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant, arithmetic);
+            // The projection's source pages are not needed again soon.
+            #[cfg(unix)]
+            for n in ckpt_names_of(spec, l, p) {
+                if let Some(t) = ckpt.get(&n) {
+                    t.release();
+                }
+            }
+            layer
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Layer {
+        input_norm: load_norm(ckpt, &name("input_layernorm"), eps)?,
+        attn_sub_norm: fam.attn_sub_norm.map(|n| load_norm(ckpt, &name(n), eps)).transpose()?,
+        post_norm: load_norm(ckpt, &name("post_attention_layernorm"), eps)?,
+        ffn_sub_norm: fam.ffn_sub_norm.map(|n| load_norm(ckpt, &name(n), eps)).transpose()?,
+        proj,
+    })
+}
+
+/// The checkpoint tensors a projection is read from (master weight, or packed codes and scale).
+#[cfg(unix)]
+fn ckpt_names_of(spec: &ModelSpec, l: usize, p: Projection) -> [String; 2] {
+    let base = spec.hf_projection(l, p);
+    [base.clone(), base.replace(".weight", ".weight_scale")]
+}
+
+/// The head's name in the checkpoint (the embedding when tied).
+fn head_name(spec: &ModelSpec) -> &'static str {
+    if spec.tied { "model.embed_tokens.weight" } else { "lm_head.weight" }
+}
+
 impl Reference {
     /// Loads a checkpoint with transformers' arithmetic (see [`Arithmetic`]).
     pub fn load(dir: impl AsRef<std::path::Path>) -> Result<Reference> {
         Self::load_with(dir, Arithmetic::Transformers)
     }
 
+    /// Loads every layer (and the embedding and head) as f32 at once.
     pub fn load_with(dir: impl AsRef<std::path::Path>, arithmetic: Arithmetic) -> Result<Reference> {
-        let ckpt = HfCheckpoint::open(dir)?;
-        let spec = ModelSpec::from_checkpoint(&ckpt)?;
+        let mut r = Self::streamed(dir, arithmetic)?;
+        let ckpt = r.ckpt.take().expect("streamed keeps the checkpoint");
+        let spec = &r.spec;
         let dev = Device::Cpu;
-        let eps = spec.rms_eps as f64;
         let embed = ckpt.require("model.embed_tokens.weight")?.to_f32()?;
         let embed = Tensor::from_vec(embed, (spec.vocab, spec.hidden), &dev)?;
-        let lm_head = if spec.tied {
+        let head = if spec.tied {
             embed.clone()
         } else {
             let w = ckpt.require("lm_head.weight")?.to_f32()?;
             Tensor::from_vec(w, (spec.vocab, spec.hidden), &dev)?
         };
-        let fam = spec.family.traits();
-        let mut layers = Vec::with_capacity(spec.layers);
-        for l in 0..spec.layers {
-            let name = |s: &str| format!("model.layers.{l}.{s}.weight");
-            let proj = PROJECTIONS
-                .iter()
-                .map(|&p| {
-                    let (rows, cols) = spec.projection_shape(p);
-                    BitLinear::load(&ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant, arithmetic)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            layers.push(Layer {
-                input_norm: load_norm(&ckpt, &name("input_layernorm"), eps)?,
-                attn_sub_norm: fam.attn_sub_norm.map(|n| load_norm(&ckpt, &name(n), eps)).transpose()?,
-                post_norm: load_norm(&ckpt, &name("post_attention_layernorm"), eps)?,
-                ffn_sub_norm: fam.ffn_sub_norm.map(|n| load_norm(&ckpt, &name(n), eps)).transpose()?,
-                proj,
-            });
+        let mut chunks = Vec::new();
+        for start in (0..spec.vocab).step_by(HEAD_CHUNK_ROWS) {
+            let n = HEAD_CHUNK_ROWS.min(spec.vocab - start);
+            chunks.push(head.narrow(0, start, n)?.t()?.contiguous()?);
+        }
+        r.layers = (0..spec.layers).map(|l| load_layer(&ckpt, spec, l, arithmetic)).collect::<Result<_>>()?;
+        r.embed = Some(embed);
+        r.head_chunks = chunks;
+        Ok(r)
+    }
+
+    /// Opens a checkpoint for layer-by-layer use: nothing but the norms is decoded now.
+    pub fn streamed(dir: impl AsRef<std::path::Path>, arithmetic: Arithmetic) -> Result<Reference> {
+        let ckpt = HfCheckpoint::open(dir)?;
+        let spec = ModelSpec::from_checkpoint(&ckpt)?;
+        for name in ["model.embed_tokens.weight", head_name(&spec)] {
+            let t = ckpt.require(name)?;
+            if t.info.shape != [spec.vocab, spec.hidden] {
+                return Err(RuntimeError::Input(format!(
+                    "{}: {name} has shape {:?}, expected [{}, {}]",
+                    t.path().display(),
+                    t.info.shape,
+                    spec.vocab,
+                    spec.hidden
+                )));
+            }
         }
         Ok(Reference {
-            final_norm: load_norm(&ckpt, "model.norm.weight", eps)?,
-            lm_head_t: lm_head.t()?.contiguous()?,
+            final_norm: load_norm(&ckpt, "model.norm.weight", spec.rms_eps as f64)?,
             rope: Rope::new(spec.head_dim, spec.rope_theta, spec.context)?,
-            embed,
-            layers,
+            layers: Vec::new(),
+            embed: None,
+            head_chunks: Vec::new(),
+            ckpt: Some(ckpt),
+            arithmetic,
             spec,
         })
+    }
+
+    /// Layer `l`'s weights: borrowed when loaded whole, decoded from the checkpoint when streamed.
+    pub fn layer_weights(&self, l: usize) -> Result<std::borrow::Cow<'_, Layer>> {
+        match (&self.ckpt, self.layers.get(l)) {
+            (_, Some(layer)) => Ok(std::borrow::Cow::Borrowed(layer)),
+            (Some(ckpt), None) if l < self.spec.layers => {
+                Ok(std::borrow::Cow::Owned(load_layer(ckpt, &self.spec, l, self.arithmetic)?))
+            }
+            _ => Err(RuntimeError::Input(format!("layer {l} is past the model's {}", self.spec.layers))),
+        }
+    }
+
+    /// Bytes of f32 weights one decoder layer takes (what a streamed reference holds at a time).
+    pub fn layer_bytes(&self) -> u64 {
+        let s = &self.spec;
+        let params: usize = PROJECTIONS.iter().map(|&p| s.projection_shape(p)).map(|(r, c)| r * c).sum();
+        4 * params as u64
     }
 
     /// Embedding rows for `tokens`, `[T, hidden]`.
@@ -149,15 +235,36 @@ impl Reference {
                 self.spec.vocab
             )));
         }
-        let ids = Tensor::new(tokens, &Device::Cpu)?;
-        Ok(self.embed.index_select(&ids, 0)?)
+        if let Some(embed) = &self.embed {
+            let ids = Tensor::new(tokens, &Device::Cpu)?;
+            return Ok(embed.index_select(&ids, 0)?);
+        }
+        let ckpt = self.ckpt.as_ref().expect("a reference is loaded or streamed");
+        let t = ckpt.require("model.embed_tokens.weight")?;
+        let h = self.spec.hidden;
+        let mut rows = Vec::with_capacity(tokens.len() * h);
+        for &id in tokens {
+            let id = id as usize;
+            rows.extend(t.range_to_f32(id * h..(id + 1) * h)?);
+        }
+        Ok(Tensor::from_vec(rows, (tokens.len(), h), &Device::Cpu)?)
     }
 
     /// The attention block of layer `l` on normed input `h` `[T, hidden]` at positions
     /// `cache.len()..`: q/k/v BitLinear, RoPE, GQA causal attention, attn_sub_norm, o BitLinear.
     /// Appends this block's keys and values to `cache` (layer `l`).
     pub fn attention(&self, l: usize, h: &Tensor, cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
-        let layer = &self.layers[l];
+        self.attention_with(&*self.layer_weights(l)?, l, h, cache, tap)
+    }
+
+    fn attention_with(
+        &self,
+        layer: &Layer,
+        l: usize,
+        h: &Tensor,
+        cache: &mut KvCache,
+        tap: Tap,
+    ) -> Result<Tensor> {
         let p = |name: &str| format!("module.model.layers.{l}.self_attn.{name}.out");
         let q = layer.projection(Projection::Q).forward(h)?;
         let k = layer.projection(Projection::K).forward(h)?;
@@ -240,7 +347,10 @@ impl Reference {
 
     /// The MLP of layer `l` on normed input `h`: `down(sub_norm(act(gate(h)) · up(h)))`.
     pub fn mlp(&self, l: usize, h: &Tensor, tap: Tap) -> Result<Tensor> {
-        let layer = &self.layers[l];
+        self.mlp_with(&*self.layer_weights(l)?, l, h, tap)
+    }
+
+    fn mlp_with(&self, layer: &Layer, l: usize, h: &Tensor, tap: Tap) -> Result<Tensor> {
         let p = |name: &str| format!("module.model.layers.{l}.mlp.{name}.out");
         let gate = layer.projection(Projection::Gate).forward(h)?;
         let up = layer.projection(Projection::Up).forward(h)?;
@@ -264,21 +374,58 @@ impl Reference {
 
     /// One decoder layer on the residual stream `x` `[T, hidden]`.
     pub fn layer(&self, l: usize, x: &Tensor, cache: &mut KvCache, tap: Tap) -> Result<Tensor> {
-        let layer = &self.layers[l];
+        self.layer_with(&*self.layer_weights(l)?, l, x, cache, tap)
+    }
+
+    /// [`Reference::layer`] with the layer's weights at hand.
+    pub fn layer_with(
+        &self,
+        layer: &Layer,
+        l: usize,
+        x: &Tensor,
+        cache: &mut KvCache,
+        tap: Tap,
+    ) -> Result<Tensor> {
         let h = layer.input_norm.forward(x)?;
         tap(&format!("module.model.layers.{l}.input_layernorm.out"), &h);
-        let attn = self.attention(l, &h, cache, tap)?;
+        let attn = self.attention_with(layer, l, &h, cache, tap)?;
         tap(&format!("module.model.layers.{l}.self_attn.out"), &attn);
         let x = (x + attn)?;
         let h = layer.post_norm.forward(&x)?;
         tap(&format!("module.model.layers.{l}.post_attention_layernorm.out"), &h);
-        let mlp = self.mlp(l, &h, tap)?;
+        let mlp = self.mlp_with(layer, l, &h, tap)?;
         Ok((x + mlp)?)
     }
 
     /// Final norm and lm_head: `[T, hidden]` → `[T, vocab]`.
     pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.final_norm.forward(x)?.matmul(&self.lm_head_t)?)
+        let h = self.final_norm.forward(x)?;
+        let mut parts = Vec::new();
+        if self.head_chunks.is_empty() {
+            let ckpt = self.ckpt.as_ref().expect("a reference is loaded or streamed");
+            let hidden = self.spec.hidden;
+            // The chunk callback returns format errors; a candle error is kept aside and raised after.
+            let mut failed = None;
+            ckpt.require(head_name(&self.spec))?.for_each_f32_chunk(HEAD_CHUNK_ROWS * hidden, |rows| {
+                let product = Tensor::from_slice(rows, (rows.len() / hidden, hidden), &Device::Cpu)
+                    .and_then(|w| w.t()?.contiguous())
+                    .and_then(|w| h.matmul(&w));
+                match product {
+                    Ok(p) if failed.is_none() => parts.push(p),
+                    Ok(_) => {}
+                    Err(e) => failed = Some(e),
+                }
+                Ok(())
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+        } else {
+            for chunk in &self.head_chunks {
+                parts.push(h.matmul(chunk)?);
+            }
+        }
+        Ok(Tensor::cat(&parts, 1)?)
     }
 
     /// Runs `tokens` (positions `cache.len()..`) through the model; returns logits `[T, vocab]`.
@@ -289,7 +436,7 @@ impl Reference {
         let mut x = self.embed(tokens)?;
         for l in 0..self.spec.layers {
             tap(&format!("residual.{l}"), &x);
-            x = self.layer(l, &x, cache, tap)?;
+            x = self.layer_with(&*self.layer_weights(l)?, l, &x, cache, tap)?;
         }
         tap(&format!("residual.{}", self.spec.layers), &x);
         self.logits(&x)
@@ -317,6 +464,69 @@ impl Reference {
             input = vec![next];
         }
         Ok(out)
+    }
+}
+
+/// Several prompts through the reference one decoder layer at a time: each layer's weights are
+/// obtained once (decoded from the checkpoint when streamed), every prompt goes through it, and
+/// they are dropped before the next. Each prompt's numbers are the bits [`Reference::forward`]
+/// gives it alone: a prompt's computation never mixes with another's.
+pub struct LayerByLayer<'r> {
+    reference: &'r Reference,
+    /// Each prompt's residual stream entering layer `next`.
+    residuals: Vec<Tensor>,
+    next: usize,
+}
+
+impl<'r> LayerByLayer<'r> {
+    pub fn new(reference: &'r Reference, prompts: &[Vec<u32>]) -> Result<LayerByLayer<'r>> {
+        let residuals = prompts
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    return Err(RuntimeError::Input("no tokens to run".into()));
+                }
+                reference.embed(p)
+            })
+            .collect::<Result<_>>()?;
+        Ok(LayerByLayer { reference, residuals, next: 0 })
+    }
+
+    /// The layer the next [`step`](Self::step) runs (the model's layer count when done).
+    pub fn layer(&self) -> usize {
+        self.next
+    }
+
+    /// Prompt `p`'s residual stream entering layer [`layer`](Self::layer) (`residual.{layer}`).
+    pub fn residual(&self, p: usize) -> &Tensor {
+        &self.residuals[p]
+    }
+
+    /// Runs every prompt through the next layer; `tap(p, name, value)` sees prompt `p`'s
+    /// intermediate values under [`Tap`]'s names.
+    pub fn step(&mut self, tap: &mut dyn FnMut(usize, &str, &Tensor)) -> Result<()> {
+        let l = self.next;
+        let weights = self.reference.layer_weights(l)?;
+        for (p, x) in self.residuals.iter_mut().enumerate() {
+            // A prompt's keys and values are needed only within this layer.
+            let mut cache = KvCache::default();
+            *x = self
+                .reference
+                .layer_with(&weights, l, x, &mut cache, &mut |name: &str, t: &Tensor| tap(p, name, t))?;
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Prompt `p`'s logits `[T, vocab]`, once every layer has run.
+    pub fn logits(&self, p: usize) -> Result<Tensor> {
+        if self.next != self.reference.spec.layers {
+            return Err(RuntimeError::Input(format!(
+                "logits asked for after {} of {} layers",
+                self.next, self.reference.spec.layers
+            )));
+        }
+        self.reference.logits(&self.residuals[p])
     }
 }
 
