@@ -45,7 +45,8 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (vocab, logits) = crate::common::with_threads(args.threads, || -> Result<(usize, Vec<f32>)> {
         if args.model.is_dir() {
-            let model = Reference::load(&args.model)?;
+            // One forward pass decodes each layer once either way: streamed, it holds one at a time.
+            let model = Reference::streamed(&args.model, tern_runtime::reference::Arithmetic::Transformers)?;
             Ok((model.spec.vocab, model.prompt_logits(&args.tokens)?))
         } else {
             let model = tern_runtime::model::Model::load(&args.model)?;

@@ -75,6 +75,9 @@ fn write_checkpoint(dir: &Path) {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixtures().join("wide/packed").join(name), dir.join(name)).unwrap();
+    }
 }
 
 /// Runs `tern ARGS` with its address space capped at `limit` bytes (None: no cap).
@@ -122,9 +125,17 @@ fn verify_passes_under_a_cap_the_whole_model_reference_cannot_fit() {
     );
     let out = tern_capped(&verify_args, Some(cap));
     assert!(out.status.success(), "streamed verify under the cap: {}", String::from_utf8_lossy(&out.stderr));
-    // The whole-model reference (tern logits on the folder loads every layer) cannot run in it.
-    let out = tern_capped(&["logits", c, "--tokens", "1,2,3", "--json", "--threads", "2"], Some(cap));
+    // The whole-model reference cannot run in it: `tern perplexity` on the folder loads every
+    // layer at once when the machine's memory allows (it does here; the cap is not memory).
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "It is a truth universally acknowledged. ".repeat(40)).unwrap();
+    let perplexity =
+        ["perplexity", c, "--file", text.to_str().unwrap(), "--ctx", "64", "--chunks", "1", "--quiet"];
+    let out = tern_capped(&perplexity, Some(cap));
     assert!(!out.status.success(), "the whole-model reference ran under a cap meant to be too small for it");
-    let uncapped = tern_capped(&["logits", c, "--tokens", "1,2,3", "--json", "--threads", "2"], None);
+    let uncapped = tern_capped(&perplexity, None);
     assert!(uncapped.status.success(), "{}", String::from_utf8_lossy(&uncapped.stderr));
+    // tern logits on the folder streams the reference too: it runs under the cap.
+    let out = tern_capped(&["logits", c, "--tokens", "1,2,3", "--json", "--threads", "2"], Some(cap));
+    assert!(out.status.success(), "tern logits under the cap: {}", String::from_utf8_lossy(&out.stderr));
 }
