@@ -83,8 +83,8 @@ fn install_signal_handlers(exit_on_interrupt: bool) {
 
 /// The forward pass allocates a few MB per matmul of a prompt (integer sums, outputs). glibc
 /// serves blocks above its mmap threshold with fresh mappings, so every prompt matmul paid page
-/// faults and zeroing (≈ 10 % of a 128-token prompt). Keeping such blocks in the heap for reuse
-/// makes pp128 ≈ 11 % faster on the 2B-4T shape at the same peak RSS (docs/benchmarks.md).
+/// faults and zeroing. Keeping such blocks in the heap for reuse avoids both at the same peak
+/// RSS (docs/performance-notes.md, "Allocator").
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.

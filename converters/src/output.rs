@@ -10,7 +10,7 @@
 //! Data reaches the file in whole 2 MiB chunks at 2 MiB-aligned offsets ([`ChunkWriter`]): page
 //! caches that support large folios (ext4 on Linux 6.18, for one) then keep the new file in
 //! 2 MiB folios, which a later mmap maps with 2 MiB pages. Streaming the weights through 4 KiB
-//! pages instead cost up to a third of the read bandwidth here (docs/benchmarks.md).
+//! pages instead can cost read bandwidth (docs/performance-notes.md, "Page sizes").
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -94,10 +94,10 @@ pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
 /// file's own mapping, so the test reads what generation reads, through the same pages): the
 /// best of `reps` passes of each of two ways of reading, each thread over its own contiguous
 /// part, the way a GEMV reads its weight rows: one forward stream, and four streams in lock step
-/// from the part's quarters with a prefetch a little ahead. Cores differ in which is faster: on
-/// the AMD EPYC tern was first measured on one stream reads as fast as any; on a 2026-12 Intel
-/// Xeon host one stream reads 7-9 GB/s and four 11-13 (docs/benchmarks.md), so the ceiling takes
-/// the faster — a kernel can only be held to what the machine can be made to stream.
+/// from the part's quarters with a prefetch a little ahead. Cores differ in which is faster (on
+/// AMD one stream reads as fast as any, on Intel four read faster; docs/performance-notes.md,
+/// "Four quarter streams"), so the ceiling takes the faster — a kernel can only be held to what
+/// the machine can be made to stream.
 pub fn read_bandwidth_of(bytes: &[u8], reps: usize) -> f64 {
     use rayon::prelude::*;
     // SAFETY: every bit pattern is a valid u64; `align_to` only hands out aligned words.
@@ -130,8 +130,8 @@ fn sum_words(c: &[u64]) -> u64 {
 }
 
 /// The same sum read as four streams, one from each quarter of `c`, a 64-byte line of each in
-/// turn, each asking for the line 1 KiB ahead of it (the distance that read fastest on the Intel
-/// host, against 0.5-16 KiB).
+/// turn, each asking for the line 1 KiB ahead of it (the distance that read fastest;
+/// docs/performance-notes.md, "Four quarter streams").
 fn sum_words_four_streams(c: &[u64]) -> u64 {
     const LINE: usize = 8;
     #[cfg(target_arch = "x86_64")]
@@ -258,9 +258,9 @@ mod tests {
         let r = Roofline::new(20e9, 1_000_000_000, 17.0);
         assert_eq!(r.ceiling_tokens_per_s, 20.0);
         assert_eq!(r.fraction, 0.85);
-        // Three runs at 20, 40 and 30 GB/s making 18, 30 and 21 t/s: 90, 75 and 70 % of their own
-        // ceilings. Medians 30 GB/s and 21 t/s (70 % of each other), but the fraction is the
-        // runs' median, 75 %.
+        // Three runs reading 20e9, 40e9 and 30e9 bytes/s and making 18, 30 and 21 tokens/s: 90, 75
+        // and 70 % of their own ceilings. The medians (30e9 and 21) are 70 % of each other, but
+        // the fraction is the runs' median, 75 %.
         let r = Roofline::paired(&[(18.0, 20e9), (30.0, 40e9), (21.0, 30e9)], 1_000_000_000);
         assert_eq!(
             (r.bandwidth_bytes_per_s, r.measured_tokens_per_s, r.ceiling_tokens_per_s),

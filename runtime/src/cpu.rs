@@ -54,9 +54,9 @@ impl Isa {
 
 /// Every instruction set this CPU supports, in order of preference: AVX-512 VNNI first, for its
 /// I2_S kernels (256-bit `vpdpbusd` through AVX-512VL; the other layouts and the head use the
-/// AVX2 kernels under it). On the AMD EPYC (Zen 4) machine tern is measured on, one generating
-/// thread reaches 86-87 % of the bandwidth ceiling instead of 73-77 %, and prompts run 10-20 %
-/// faster (docs/benchmarks.md). `TERN_KERNEL=avx2` selects AVX2.
+/// AVX2 kernels under it): its GEMV needs no shifts and shares activation loads across four rows,
+/// so generation gets closer to the bandwidth ceiling and prompts run faster
+/// (docs/performance-notes.md, "Four quarter streams"). `TERN_KERNEL=avx2` selects AVX2.
 pub fn available() -> Vec<Isa> {
     [Isa::Avx512Vnni, Isa::Avx2, Isa::Neon, Isa::Scalar].into_iter().filter(|i| i.supported()).collect()
 }
@@ -82,10 +82,10 @@ pub fn selected() -> Isa {
 
 /// How many weight streams each thread of a one-token matmul keeps in flight: 4 (rows taken in
 /// lock step from four far-apart places, each with a short software prefetch) or 1 (one forward
-/// stream). One core of the 2026-12 Intel Xeon host streams an F16 head at 5-6 GB/s through one
-/// stream and 10-14 GB/s through four, while on the AMD EPYC host four head streams were slower
-/// than one (docs/benchmarks.md), so the choice follows the CPU's vendor: 4 on Intel, 1
-/// elsewhere. `TERN_STREAMS=1|4` overrides it (to measure either way); the bits are the same.
+/// stream). An Intel core streams much faster through four, while on AMD four head streams were
+/// slower than one (docs/performance-notes.md, "Four quarter streams"), so the choice follows
+/// the CPU's vendor: 4 on Intel, 1 elsewhere. `TERN_STREAMS=1|4` overrides it (to measure either
+/// way); the bits are the same.
 pub fn weight_streams() -> usize {
     static CHOICE: OnceLock<usize> = OnceLock::new();
     *CHOICE.get_or_init(|| match std::env::var("TERN_STREAMS").ok().as_deref() {

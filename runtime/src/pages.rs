@@ -3,7 +3,8 @@
 
 /// How much of the file at `path` this process has mapped in memory, and how much of that is
 /// mapped with 2 MiB pages (Linux `/proc/self/smaps`; `None` elsewhere). Weights read through
-/// 4 KiB pages streamed up to a third slower on this host, so `tern bench` reports it.
+/// 4 KiB pages can stream more slowly, so `tern bench` reports it (docs/performance-notes.md,
+/// "Page sizes").
 pub fn mapped_file_pages(path: &std::path::Path) -> Option<(u64, u64)> {
     let path = std::fs::canonicalize(path).ok()?;
     let path = path.to_str()?;

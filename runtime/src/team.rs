@@ -1,14 +1,14 @@
 //! A persistent team of threads for the parallel work of generating one token: the caller and
 //! `threads - 1` workers that spin between jobs instead of sleeping.
 //!
-//! Why not rayon here: a generated token runs about 240 parallel operations of 20-100 µs each
-//! (the ternary GEMVs, attention, the output head) with serial work between them (norms,
-//! quantisation, residual adds). Between two of them rayon's idle workers fall asleep, and
-//! waking one through the kernel costs tens of microseconds on a virtual machine: with two
-//! threads the ternary matmuls streamed 64 % of the read bandwidth while the output head, one
-//! long operation, streamed 96 % (docs/benchmarks.md). A team worker notices a new job within
-//! a few hundred nanoseconds. Prompts keep rayon: their operations are long and uneven, and
-//! work stealing balances them.
+//! Why not rayon here: a generated token runs about 240 short parallel operations, tens of
+//! microseconds each (the ternary GEMVs, attention, the output head), with serial work between
+//! them (norms, quantisation, residual adds). Between two of them rayon's idle workers fall
+//! asleep, and waking one through the kernel costs tens of microseconds on a virtual machine, so
+//! the many short ternary matmuls streamed far below the read bandwidth while the output head,
+//! one long operation, nearly reached it (docs/performance-notes.md, "Threads and the spinning
+//! team"). A team worker notices a new job within a few hundred nanoseconds. Prompts keep rayon:
+//! their operations are long and uneven, and work stealing balances them.
 //!
 //! Workers spin for [`SPIN_FOR`] after their last job and then park, so an idle session (or one
 //! running a prompt on rayon's threads) costs no CPU beyond that.

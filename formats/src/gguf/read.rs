@@ -309,8 +309,8 @@ impl GgufFile {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| FormatError::io(&path, e))?;
         // Ask for 2 MiB pages: pages read in through this map then come in 2 MiB folios where the
         // filesystem supports them, and streaming the weights through 2 MiB pages instead of
-        // 4 KiB ones was up to a third faster here (fewer TLB misses, prefetchers not stopped every
-        // 4 KiB). Only advice: kernels without it change nothing.
+        // 4 KiB ones can be faster (fewer TLB misses, prefetchers not stopped every 4 KiB;
+        // docs/performance-notes.md, "Page sizes"). Only advice: kernels without it change nothing.
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
         let header = parse_header(&map).map_err(|msg| FormatError::corrupt(&path, msg))?;

@@ -40,8 +40,8 @@ pub fn quantise_scalar(x: &[f32], out: &mut [i8]) -> (f32, i32) {
 /// Two passes of 32 values: the largest |x| (`max` with the new value first skips NaN, as
 /// `f32::max` does), then x·s rounded with the same magic-number add and subtract, NaN masked
 /// to 0 (the saturating cast's answer), clamped, converted and packed; the i32 codes are summed
-/// on the way. 2560 values took 1.1 ns each as the SSE2 loop the scalar code compiles to (the
-/// saturating float→int cast stays scalar); see docs/benchmarks.md for the AVX2 figure.
+/// on the way. The SSE2 loop the scalar code compiles to leaves the saturating float→int cast
+/// scalar (docs/performance-notes.md, "Activation quantisation").
 ///
 /// # Safety
 /// The CPU must support AVX2; `out.len() >= x.len()`.

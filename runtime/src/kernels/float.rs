@@ -29,7 +29,7 @@ pub(crate) fn f16_simd(isa: Isa) -> bool {
 
 /// `out[r] = Σ w[r][i]·x[i]` for consecutive F16 rows, each as [`dot_f16`] computes it (the same
 /// bits), in one call: the lm_head has 128256 rows of 2560, and a call, a dispatch and a feature
-/// check per row cost about 1 ms of a generated token.
+/// check per row add up over that many rows (docs/performance-notes.md, "F16 head").
 pub fn dot_f16_rows(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f32]) {
     assert_eq!(rows.len(), out.len() * x.len() * 2);
     if f16_simd(isa) {
@@ -43,10 +43,10 @@ pub fn dot_f16_rows(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f32]) {
 }
 
 /// [`dot_f16_rows`] with the rows read as four streams: rows `i`, `i + q`, `i + 2q` and `i + 3q`
-/// (`q` = a quarter of the rows) go through the core together, each asking for its bytes 512 bytes
+/// (`q` = a quarter of the rows) go through the core together, each asking for its bytes 2 KiB
 /// ahead, and any rows past the four quarters follow one at a time. Each row gets the same bits
 /// as [`dot_f16`]; what changes is how many places memory is read from at once (see
-/// `cpu::weight_streams`: an Intel core streams one F16 row at half the rate of four).
+/// `cpu::weight_streams`: an Intel core streams one F16 row much more slowly than four).
 pub fn dot_f16_rows_four_streams(isa: Isa, rows: &[u8], x: &[f32], out: &mut [f32]) {
     assert_eq!(rows.len(), out.len() * x.len() * 2);
     #[cfg(target_arch = "x86_64")]
@@ -155,9 +155,9 @@ unsafe fn dot_widened_avx2(w: &[f32], x: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f16_four_rows_avx2(rows: [&[u8]; 4], x: &[f32]) -> [f32; 4] {
     use std::arch::x86_64::*;
-    /// How far ahead each stream asks for its bytes. A C probe of this loop on one Intel host
-    /// read fastest at 512 (against 0, 1, 2 and 4 KiB); in the whole generation on a quieter
-    /// one, 2 KiB ran the head 9 % faster than 512 and 1 KiB, 4 KiB slower (docs/benchmarks.md).
+    /// How far ahead each stream asks for its bytes: chosen by timing the whole generation, not
+    /// an isolated probe of this loop, which favoured a shorter distance on another host
+    /// (docs/performance-notes.md, "F16 head").
     const AHEAD: usize = 2048;
     let n = x.len();
     let xp = x.as_ptr();

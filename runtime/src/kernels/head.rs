@@ -97,9 +97,8 @@ pub type HeadDot4 = fn([&[u8]; 4], &HeadActs) -> [f32; 4];
 
 /// The four-row dot for `ty` on `isa` where one exists (x86-64 with AVX2: `vpdpbusd` on AVX-512
 /// VNNI, `maddubs` + `madd` on AVX2). Four rows share each block's activation load, offsets and
-/// scale, and read four streams at once with a prefetch each: a one-row Q4_0 dot computes about
-/// 5 GB/s on one core of the 2026-12 Intel host, below what the core can stream
-/// (docs/benchmarks.md).
+/// scale, and read four streams at once with a prefetch each: a one-row Q4_0 dot computes more
+/// slowly than an Intel core can stream (docs/performance-notes.md, "Quantised heads").
 pub fn dot4_fn(isa: Isa, ty: TensorType) -> Option<HeadDot4> {
     let q4 = match ty {
         TensorType::Q8_0 => false,
@@ -183,8 +182,7 @@ mod x86 {
     /// (exact, like `half`'s conversion) and multiplied lane by lane (the same f32 product as a
     /// scalar multiply). Broadcasting the scale bytes first matters: a scalar insert of them
     /// merged into whatever register the compiler picked — once the FMA accumulator, which made
-    /// every block wait for the previous block's FMA (one thread, per token: Q4_0 head 19.1-19.4 →
-    /// 16.1-17.8 ms, Q8_0 19.1-23.3 → 13.1-13.4 ms; docs/benchmarks.md).
+    /// every block wait for the previous block's FMA (docs/performance-notes.md, "Quantised heads").
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn block_scale(b: *const u8, dx: f32) -> __m256 {
@@ -217,8 +215,7 @@ mod x86 {
 
     /// Q4_0's stored codes q + 8 (0..15) in element order: the 16 bytes in both halves, the
     /// upper half shifted down a nibble, both masked: two operations after a broadcast load
-    /// instead of four (Q4_0 head 16.1-17.8 → 12.9-14.0 ms per token with one thread,
-    /// docs/benchmarks.md).
+    /// instead of four (docs/performance-notes.md, "Quantised heads").
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn q4_codes(b: *const u8) -> __m256i {
@@ -265,9 +262,8 @@ mod x86 {
     }
 
     /// How far ahead of each of the four rows the four-row dots ask for bytes, every line of
-    /// them: about 1900 weights either way. On the Intel host, against asking 512 bytes ahead
-    /// once per four blocks (which skipped half of Q8_0's lines), Q8_0 24.1 → 22.5 ms per token
-    /// and Q4_0 14.6 → 14.0 (1 KiB and 2 KiB tried for each; docs/benchmarks.md).
+    /// them: about 1900 weights either way. Asking once per four blocks instead skipped half of
+    /// Q8_0's lines (docs/performance-notes.md, "Quantised heads").
     const AHEAD_Q4_0: usize = 1024;
     const AHEAD_Q8_0: usize = 2048;
 

@@ -71,8 +71,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// How far ahead of the block being multiplied the GEMV asks for weight bytes (into L1):
-    /// rows are a separate call each, too short for the hardware prefetcher alone (−4 % of
-    /// TQ2_0's ternary time per generated token; docs/benchmarks.md).
+    /// rows are a separate call each, too short for the hardware prefetcher alone
+    /// (docs/performance-notes.md, "GEMV prefetch distance").
     const PREFETCH_AHEAD: usize = 2048;
 
     /// Σ c·q with unsigned codes c = t + 1 (the caller subtracts Σq).

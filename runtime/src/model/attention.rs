@@ -40,8 +40,8 @@ pub(super) fn attend_heads(isa: Isa, q: Queries, head: &HeadRows, o: &mut [f32])
     }
 }
 
-/// The core compiled for AVX2, with [`dot4_f32_avx2`]. Built for SSE2 (the binary's baseline),
-/// attention took a tenth of a 128-token prompt on 2B-4T.
+/// The core compiled for AVX2, with [`dot4_f32_avx2`]: built for SSE2 (the binary's baseline),
+/// attention was a large share of a prompt (docs/performance-notes.md, "Attention and the KV cache").
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn attend_heads_avx2(q: Queries, head: &HeadRows, o: &mut [f32]) {
@@ -56,8 +56,9 @@ unsafe fn attend_heads_avx2(q: Queries, head: &HeadRows, o: &mut [f32]) {
 }
 
 /// f16 → f32 eight at a time with F16C, inline in the core: the `half` crate's slice conversion
-/// (a call and two copies per eight elements) made an f16 cache's attention cost twice an f32
-/// cache's. f16 → f32 is exact, so the bits are the same either way.
+/// (a call and two copies per eight elements) made an f16 cache's attention far slower than an
+/// f32 cache's (docs/performance-notes.md, "Attention and the KV cache"). f16 → f32 is exact, so
+/// the bits are the same either way.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
@@ -145,9 +146,9 @@ fn attend_heads_with(
 }
 
 /// `x.exp()`, with the arguments whose exponential rounds to +0 answered without libm: glibc's
-/// `expf` sends them through its errno-setting underflow path, which cost as much as all the
-/// other exponentials of a prompt together. Below −104 the f32 result is +0 either way (e^x
-/// is under half the smallest subnormal, e^−103.28), so the bits are the same.
+/// `expf` sends them through its errno-setting underflow path, far slower than its common one
+/// (docs/performance-notes.md, "Attention and the KV cache"). Below −104 the f32 result is +0
+/// either way (e^x is under half the smallest subnormal, e^−103.28), so the bits are the same.
 #[inline(always)]
 fn exp_or_zero(x: f32) -> f32 {
     if x < -104.0 { 0.0 } else { x.exp() }

@@ -1,9 +1,8 @@
 //! The prompt GEMM on AMX-INT8 tiles (Intel Sapphire Rapids and later), for the layouts whose
 //! rows unpack to unsigned codes c = t + 1 (I2_S, TQ2_0, TQ1_0): one `tdpbusd` multiplies a
 //! 16 × 64 tile of codes by a 64 × 16 tile of int8 activations into 16 × 16 i32 sums, 16384
-//! exact multiply-adds, where AVX-512 VNNI's `vpdpbusd` does 32 (one core of the 2026-12 Intel
-//! Xeon host: about 1000 G multiply-adds/s in a loop of `tdpbusd` alone, against 90 for the VNNI
-//! GEMM; docs/benchmarks.md). The sums are integers, so the results are the scalar kernel's bits.
+//! exact multiply-adds, where AVX-512 VNNI's `vpdpbusd` does 32 (docs/performance-notes.md,
+//! "Prompt GEMM"). The sums are integers, so the results are the scalar kernel's bits.
 //!
 //! Layout. A tile (`tmm4`, `tmm5`): 16 weight rows × 64 codes, straight from a buffer of
 //! unpacked code rows (stride k). B tile (`tmm6`, `tmm7`): 16 rows of 64 bytes, row `i` holding
@@ -113,8 +112,9 @@ pub(crate) unsafe fn gemm_rows(
     debug_assert_eq!(out.len(), rows.len() / row_bytes * panel.tokens);
     let k = panel.k;
     thread_local! {
-        /// Each thread's code rows, kept between calls: zeroing a fresh 80-220 KiB buffer per
-        /// row chunk cost 5 % of a prompt (`memset` in `perf`); every byte used is unpacked first.
+        /// Each thread's code rows, kept between calls, because zeroing a fresh 80-220 KiB buffer
+        /// per row chunk showed up in prompt profiles (`memset` in `perf`;
+        /// docs/performance-notes.md, "Prompt GEMM"); every byte used is unpacked first.
         static CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     CODES.with_borrow_mut(|codes| {
@@ -230,8 +230,8 @@ unsafe fn gemm_rows_with(
 /// Unpacks an I2_S row into its codes as `x86::unpack_codes_avx2` does (the same bytes), with
 /// 512-bit shifts: a block's 32 bytes twice in one register, each half shifted by its own count,
 /// give 64 codes per `and` and store (8 operations per block instead of 13). AMX hosts have
-/// AVX-512; the AMX GEMM unpacks every row once per prompt micro-batch, and with the AVX2
-/// unpacker that took 10 % of a prompt (`perf`).
+/// AVX-512; the AMX GEMM unpacks every row once per prompt micro-batch, so the unpacker's speed
+/// shows in a prompt's time (docs/performance-notes.md, "Prompt GEMM").
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW; `out.len() == row.len() * 4`.

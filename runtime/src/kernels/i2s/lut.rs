@@ -14,9 +14,10 @@
 //! side, as i16), shared by every call, thread and matrix that reads the input. The table is
 //! built from them once per block and chunk of tokens and then serves every row of the call
 //! (32 groups × 81 entries × 64 bytes = 162 KiB for 32 tokens, resident in L2), so a call
-//! should bring many rows: at 256 rows a call the build and layout took 40 % of the time
-//! (docs/benchmarks.md). The table is indexed by the raw byte, so its slots of the invalid code
-//! 3, which readers reject (`formats::i2s`), are never written and read zero.
+//! should bring many rows, or building and laying out the tables dominates
+//! (docs/performance-notes.md, "Prompt GEMM"). The table is indexed by the raw byte, so its
+//! slots of the invalid code 3, which readers reject (`formats::i2s`), are never written and
+//! read zero.
 //!
 //! Exact: an entry is at most 4·128 = 512 in magnitude, a block's 32 of them at most 16384, so
 //! the i16 sums never wrap before each block is widened into the i32 accumulators.
@@ -25,8 +26,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Tokens from which the prompt GEMM runs on tables: fewer leave too much of a 16-token chunk
-/// empty, and the `maddubs` GEMM was faster (`gemm_probe`: 16 tokens 104 against 83 G
-/// multiply-adds/s, 24 tokens 109 against 123).
+/// empty, and the `maddubs` GEMM was faster (`gemm_probe`; docs/performance-notes.md, "Prompt GEMM").
 pub(super) const MIN_TOKENS: usize = 24;
 /// Tokens per chunk of the tables: two vectors of sixteen i16 per slot.
 const CHUNK_TOKENS: usize = super::LOOKUP_CHUNK_TOKENS;
@@ -34,15 +34,15 @@ const CHUNK_TOKENS: usize = super::LOOKUP_CHUNK_TOKENS;
 const GROUPS: usize = 32;
 /// How many rows ahead a block pass asks for the weight bytes it will read. The pass reads 32
 /// bytes of each row, a row apart; on long rows (down's 1728 bytes) that is a couple of reads
-/// per 4 KiB page, too few for the hardware prefetcher, which never crosses a page: down ran at
-/// 75 G multiply-adds/s without, 164 with (`gemm_probe`).
+/// per 4 KiB page, too few for the hardware prefetcher, which never crosses a page (`gemm_probe`;
+/// docs/performance-notes.md, "Prompt GEMM").
 const ROWS_AHEAD: usize = 16;
 
 /// Rows that share one table per block and chunk of tokens. Their i32 sums (128 bytes a row for
 /// 32 tokens) are read and written once per block, beside the table's random reads: gate's
-/// 6912 rows in one band (864 KiB of sums) ran at 140-144 G multiply-adds/s, two bands of 3456
-/// at 156-158 despite building every table twice, bands of 1728 at 144-152 (`gemm_probe`, 128
-/// tokens).
+/// 6912 rows in one band keep 864 KiB of sums live, so two bands of 3456 run faster despite
+/// building every table twice, while shorter bands lose again (`gemm_probe`;
+/// docs/performance-notes.md, "Prompt GEMM").
 pub(super) const BAND_ROWS: usize = 3584;
 
 /// Vectors from one group's slots to the next: 256 slots of `halves` vectors, and one 64-byte

@@ -163,7 +163,7 @@ impl Panel {
 ///
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
 /// buffer of codes, and tokens then run two at a time with only loads and `maddubs`, each
-/// activation load serving four rows (docs/benchmarks.md: pp128 25.9 → 38 t/s); with AVX-512
+/// activation load serving four rows (docs/performance-notes.md, "Prompt GEMM"); with AVX-512
 /// VNNI the same with `vpdpbusd`. One token (generation): AVX2 runs rows one at a time through
 /// one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from the four quarters
 /// of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the hardware prefetcher.

@@ -10,27 +10,23 @@
 
 use std::arch::x86_64::*;
 
-/// How far ahead the I2_S GEMV asks for weight bytes, into L2. Streaming a 600 MB matrix through
-/// 2 MiB pages (a one-off version of `runtime/examples/gemv_probe.rs` holding the variants;
-/// docs/benchmarks.md): 2 KiB into L1 gave 22.5-24.5 GB/s, 12-24 KiB into L2 25-27.6 GB/s,
-/// 80-85 % of a plain read of the same bytes, near the 27-28 GB/s the kernel computes on cached
-/// rows (which the kept probe reproduces).
+/// How far ahead the I2_S GEMV asks for weight bytes, into L2: far enough to cover the memory
+/// latency of a 2 MiB-page stream, near enough to stay in L2 (docs/performance-notes.md,
+/// "GEMV prefetch distance").
 const GEMV_PREFETCH_AHEAD: usize = 16 << 10;
 
 /// Whether the AVX2 GEMV asks for weight bytes [`GEMV_PREFETCH_AHEAD`] ahead of one row stream,
 /// or reads four quarter streams with no prefetch ([`gemv_avx2`]), where the CPU is not one that
-/// wants four prefetched streams (`cpu::weight_streams`). Through 2 MiB pages the prefetch
-/// gained 5-8 % of AVX2 generation; through 4 KiB pages, where it lands four pages ahead, it
-/// cost 10-15 % (docs/benchmarks.md), and four streams beat one, so the model loader turns it
-/// off when the page cache holds most of the weights in 4 KiB pages
-/// (`super::set_weight_prefetch`).
+/// wants four prefetched streams (`cpu::weight_streams`). The prefetch pays through 2 MiB pages
+/// and costs through 4 KiB pages, where it lands pages ahead and four streams beat one, so the
+/// model loader turns it off when the page cache holds the weights in 4 KiB pages
+/// (`super::set_weight_prefetch`; docs/performance-notes.md, "Page sizes").
 pub(super) static WEIGHT_PREFETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// How far ahead of each of its four quarter streams the VNNI GEMV (and the AVX2 one where the
-/// CPU wants four streams) asks for weight bytes, into L1, once per 64-byte line. The hardware
-/// prefetcher alone kept four quarter streams at 13.5 GB/s on an Intel Xeon (Sapphire Rapids class) where a plain read streams 17-18 GB/s; 1-4 KiB ahead gave
-/// 15.5-16.6 GB/s with one thread and 26 → 32 GB/s with two (`gemv_probe`, docs/benchmarks.md),
-/// 256-512 bytes too little and 8 KiB too much, and T1 no better than T0.
+/// CPU wants four streams) asks for weight bytes, into L1, once per 64-byte line: on Intel the
+/// hardware prefetcher alone leaves four quarter streams well below a plain read
+/// (docs/performance-notes.md, "Four quarter streams").
 const QUARTERS_PREFETCH_AHEAD: usize = 2 << 10;
 
 /// Blocks summed in i16 before widening to i32 in the GEMV: five keep the sums exact even for
@@ -57,10 +53,9 @@ pub(super) enum Avx2Streams {
     OnePrefetched,
     /// Four quarter streams, left to the hardware prefetcher.
     Quarters,
-    /// Four quarter streams, each prefetched [`QUARTERS_PREFETCH_AHEAD`] ahead into L1: on the
-    /// Intel Xeon host 14.7-15.2 GB/s (one prefetched stream) → 16.2-16.5 GB/s on the model's
-    /// matrices, where four streams without the prefetch read 12.6 (`gemv_probe`); 1 and 4 KiB
-    /// ahead did no better.
+    /// Four quarter streams, each prefetched [`QUARTERS_PREFETCH_AHEAD`] ahead into L1: the
+    /// fastest of the three where the CPU wants four streams (docs/performance-notes.md, "Four
+    /// quarter streams").
     QuartersPrefetched,
 }
 
@@ -73,9 +68,8 @@ pub(super) enum Avx2Streams {
 /// - 4 KiB pages (no prefetch): four rows in lock step from the four quarters of the call (r,
 ///   r + n/4, r + n/2, r + 3n/4), four streams the hardware prefetcher follows across page
 ///   boundaries, sharing each activation load, as the VNNI GEMV does; the last `n mod 4` rows
-///   one at a time. On the model's matrices in file order: 15-18 → 20-21 GB/s through 4 KiB
-///   pages, while through 2 MiB pages the one prefetched stream stays ahead (27 GB/s against
-///   22 with the prefetch, 25-26 without; docs/benchmarks.md).
+///   one at a time. Four streams win through 4 KiB pages, the one prefetched stream through
+///   2 MiB pages (docs/performance-notes.md, "Page sizes").
 ///
 /// # Safety
 /// The CPU must support AVX2; `rows.len() == out.len() * row_bytes`, `act.len() == 4 * row_bytes`,
@@ -148,12 +142,11 @@ pub(super) unsafe fn gemv_avx2_streams(
 /// and `p` with 0x03 and 0x0C gives the four 32-weight pieces, two of them as 4·c. `maddubs` of
 /// the ×4 pieces is at most 2·12·128 = 3072 in magnitude even for the invalid code 3, the ×1 ones
 /// 768; [`GEMV_SPAN`] blocks of each (≤ 30720 and 7680) stay exact in i16, and the ×4 sum is a
-/// multiple of 4, so shifting it right by 2 before adding is exact. 13 vector operations per
-/// block instead of 16: 27-28 GB/s on cached rows instead of 24.5-25.
+/// multiple of 4, so shifting it right by 2 before adding is exact: 13 vector operations per
+/// block instead of 16.
 ///
 /// Each whole span is one straight run of five blocks, with the prefetch decided once per call
-/// and asked once per 64-byte line: 27 → 29 GB/s on cached rows, and on the model's matrices
-/// in file order through 2 MiB pages 24.5 → 27.5 GB/s (`gemv_probe`; docs/benchmarks.md).
+/// and asked once per 64-byte line, which keeps the loop free of branches.
 ///
 /// # Safety
 /// The CPU must support AVX2; `w` must point to `32 · blocks` readable bytes and `a` to
@@ -315,11 +308,10 @@ pub(super) fn dot_avx512vnni(row: &[u8], act: &[i8], act_sum: i32) -> i32 {
 /// The four rows of a pass come from the four quarters of the call's rows (r, r + n/4, r + n/2,
 /// r + 3n/4), so the weight bytes arrive as four forward streams, each long and in its own pages,
 /// which the hardware prefetcher follows: on a 2B-4T-shaped file, rows one after another in one
-/// stream can't keep up, and four adjacent rows per pass (four interleaved strands 640 bytes
-/// apart) defeat the prefetcher — 6-7 GB/s without software prefetch, 80-85 % of a plain read
-/// with it; four quarters without software prefetch stream at 89-95 % on an AMD host
-/// (docs/benchmarks.md), while an Intel one needs a software prefetch on each quarter as well
-/// ([`QUARTERS_PREFETCH_AHEAD`]). The last `n mod 4` rows go one at a time.
+/// stream can't keep up, and four adjacent rows per pass (four interleaved strands) defeat the
+/// prefetcher; four quarters need no software prefetch on AMD, while Intel wants one on each
+/// quarter as well ([`QUARTERS_PREFETCH_AHEAD`]; docs/performance-notes.md, "Four quarter
+/// streams"). The last `n mod 4` rows go one at a time.
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; `rows.len() == out.len() * row_bytes`,
@@ -375,7 +367,8 @@ pub(super) unsafe fn gemv_vnni_quarters(band: super::QuarterBand, out: [&mut [i3
 /// shifts are exact. Per block and row: 4 `and` + 4 `vpdpbusd`, and the four activation loads are
 /// shared by the rows (AVX2 needs 13 operations and its own loads per row). Each stream is
 /// prefetched [`QUARTERS_PREFETCH_AHEAD`] ahead. (512-bit vectors, on activations re-ordered so one
-/// load covers two blocks' pieces, computed cached rows only 5 % faster and streamed none faster.)
+/// load covers two blocks' pieces, computed cached rows barely faster and streamed none faster;
+/// docs/performance-notes.md, "Four quarter streams".)
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL and VNNI; each `w[r]` must point to `32 · blocks`
