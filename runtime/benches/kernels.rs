@@ -2,7 +2,7 @@
 //! runtime would select. GEMV (one token) reports GB/s of weight bytes — decode is bound by them;
 //! GEMM (32 tokens) reports G multiply-accumulates/s — prompts are bound by compute. The output
 //! head is the f16 128256 × 2560 GEMV. Run: `cargo bench -p tern-runtime --bench kernels`
-//! (docs/benchmarks.md records the numbers).
+//! (docs/performance-notes.md records the numbers).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -1,6 +1,6 @@
 //! What a rayon fork-join costs in a two-thread pool shaped like generation's: a parallel region
 //! whose whole work is two units (so ideally one unit of wall time), then a short serial gap, over
-//! and over (docs/kernels.md, "Threads"; docs/benchmarks.md).
+//! and over (docs/kernels.md, "Threads"; docs/performance-notes.md, "Threads and the spinning team").
 //!
 //!     cargo run --release -p tern-runtime --example fork_join_probe
 //!

@@ -1,6 +1,6 @@
 //! The prompt GEMM at the 2B-4T shapes, timed as the best of many short calls: on a shared host
 //! other tenants only ever add time, so the fastest call is the steadiest estimate of what the
-//! kernel itself does (criterion's means moved ±30 % between runs here; docs/benchmarks.md).
+//! kernel itself does (criterion's means moved ±30 % between runs here; docs/performance-notes.md, "Prompt GEMM").
 //!
 //!     cargo run --release -p tern-runtime --example gemm_probe [TOKENS] [LAYOUT]
 //!

@@ -1,5 +1,5 @@
 //! How close the I2_S GEMV comes to a plain read of the same bytes, on rows that sit in cache
-//! and on rows streaming from memory through 2 MiB pages (docs/benchmarks.md, "GEMV").
+//! and on rows streaming from memory through 2 MiB pages (docs/performance-notes.md, "GEMV prefetch distance").
 //!
 //!     cargo run --release -p tern-runtime --example gemv_probe [COLS] [MODEL.gguf]
 //!

@@ -1,4 +1,4 @@
-//! How page size sets the speed of streaming weights (docs/benchmarks.md, "Page size"): one
+//! How page size sets the speed of streaming weights (docs/performance-notes.md, "Page sizes"): one
 //! thread sums the same bytes through a file map advised to 2 MiB pages (as `GgufFile::open`
 //! maps models), through anonymous memory in 4 KiB pages and in 2 MiB pages, and, with
 //! `--writes DIR`, through fresh 512 MiB files written in 8 KiB, 64 KiB and 2 MiB pieces.
