@@ -2,6 +2,7 @@
 //! a batch, portable and 256-bit compilations alike), residual adds, and the rule for when a
 //! batch's rows go across threads.
 
+#[cfg(target_arch = "x86_64")]
 use crate::cpu::{self, Isa};
 use rayon::prelude::*;
 
