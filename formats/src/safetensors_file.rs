@@ -146,35 +146,10 @@ impl SafetensorsFile {
         chunk: usize,
         mut f: impl FnMut(&[f32]) -> Result<()>,
     ) -> Result<()> {
-        let width = match t.dtype {
-            Dtype::F32 => 4,
-            Dtype::BF16 | Dtype::F16 => 2,
-            other => {
-                return Err(FormatError::tensor(
-                    &self.path,
-                    &t.name,
-                    format!("dtype {other:?} where a float tensor (BF16, F16 or F32) was expected"),
-                ));
-            }
-        };
+        let width = self.float_width(t)?;
         let mut done = 0;
         for bytes in self.data(t).chunks(chunk.saturating_mul(width).max(width)) {
-            let values: Vec<f32> = match t.dtype {
-                Dtype::F32 => {
-                    bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-                }
-                Dtype::BF16 => {
-                    bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-                }
-                _ => bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            };
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(FormatError::tensor(
-                    &self.path,
-                    &t.name,
-                    format!("value #{} is {} (weights must be finite)", done + i, values[i]),
-                ));
-            }
+            let values = self.decode_finite(t, bytes, done)?;
             done += values.len();
             f(&values)?;
         }
@@ -191,32 +166,40 @@ impl SafetensorsFile {
                 format!("elements {range:?} are outside the tensor's {}", t.elements()),
             ));
         }
-        let width = match t.dtype {
-            Dtype::F32 => 4,
-            Dtype::BF16 | Dtype::F16 => 2,
-            other => {
-                return Err(FormatError::tensor(
-                    &self.path,
-                    &t.name,
-                    format!("dtype {other:?} where a float tensor (BF16, F16 or F32) was expected"),
-                ));
-            }
-        };
-        let bytes = &self.data(t)[range.start * width..range.end * width];
+        let width = self.float_width(t)?;
+        self.decode_finite(t, &self.data(t)[range.start * width..range.end * width], range.start)
+    }
+
+    /// Bytes per element of a float tensor; an error for any other dtype.
+    fn float_width(&self, t: &StTensor) -> Result<usize> {
+        match t.dtype {
+            Dtype::F32 => Ok(4),
+            Dtype::BF16 | Dtype::F16 => Ok(2),
+            other => Err(FormatError::tensor(
+                &self.path,
+                &t.name,
+                format!("dtype {other:?} where a float tensor (BF16, F16 or F32) was expected"),
+            )),
+        }
+    }
+
+    /// `bytes` of `t` (whose first element is element `first` of the tensor) as f32, every value
+    /// finite.
+    fn decode_finite(&self, t: &StTensor, bytes: &[u8], first: usize) -> Result<Vec<f32>> {
         let values: Vec<f32> = match t.dtype {
             Dtype::F32 => {
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
             }
             Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
             }
-            _ => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         };
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(FormatError::tensor(
                 &self.path,
                 &t.name,
-                format!("value #{} is {} (weights must be finite)", range.start + i, values[i]),
+                format!("value #{} is {} (weights must be finite)", first + i, values[i]),
             ));
         }
         Ok(values)
