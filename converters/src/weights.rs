@@ -27,7 +27,17 @@ pub struct TernaryWeight {
 /// `weight_scale` (the same values [`load_ternary`] returns).
 pub fn beta(ckpt: &HfCheckpoint, name: &str, mode: QuantMode) -> Result<f32> {
     if mode == QuantMode::Online {
-        return Ok(ternary::absmean(&ckpt.require(name)?.to_f32()?));
+        // Piece by piece, and the pages let go after: β of every projection is needed before the
+        // header, and holding the whole checkpoint resident (or one tensor as f32) is not.
+        let t = ckpt.require(name)?;
+        let mut mean = ternary::AbsMean::default();
+        t.for_each_f32_chunk(1 << 20, |piece| {
+            mean.add(piece);
+            Ok(())
+        })?;
+        #[cfg(unix)]
+        t.release();
+        return Ok(mean.value());
     }
     let (ws, _) = weight_scale(ckpt, name)?;
     Ok(if mode == QuantMode::OfflineMultiply { ws } else { 1.0 / ws })

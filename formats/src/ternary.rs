@@ -22,11 +22,28 @@ pub const SCALE_FLOOR: f32 = 1e-5;
 /// torch's own f32 sum uses a cascade of partial sums, so on rare tensors its sum differs from the
 /// correctly rounded one by one ulp; the tests compare against torch's β and allow exactly that.
 pub fn absmean(values: &[f32]) -> f32 {
-    if values.is_empty() {
-        return 0.0;
+    let mut mean = AbsMean::default();
+    mean.add(values);
+    mean.value()
+}
+
+/// [`absmean`] over a tensor that arrives in pieces: Σ|v| runs through the pieces in element
+/// order, so the result is the bits of one call on the whole tensor.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AbsMean {
+    sum: f64,
+    count: usize,
+}
+
+impl AbsMean {
+    pub fn add(&mut self, values: &[f32]) {
+        self.sum = values.iter().fold(self.sum, |s, v| s + v.abs() as f64);
+        self.count += values.len();
     }
-    let sum: f64 = values.iter().map(|v| v.abs() as f64).sum();
-    (sum as f32) / (values.len() as f32)
+
+    pub fn value(&self) -> f32 {
+        if self.count == 0 { 0.0 } else { (self.sum as f32) / (self.count as f32) }
+    }
 }
 
 /// The multiplier transformers applies before rounding: `1 / max(β, 1e-5)` in f32.
@@ -146,6 +163,30 @@ mod tests {
         let mut with_nan = row.clone();
         with_nan[17] = f32::NAN;
         assert_eq!(activation_scale(&with_nan), (1.0 / fold) * 127.0);
+    }
+
+    #[test]
+    fn absmean_in_pieces_is_absmean_whole() {
+        // Magnitudes over twelve orders, so the f64 sum rounds and its order would show.
+        let mut x = 0x9e37_79b9u32;
+        let values: Vec<f32> = (0..100_003)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let m = (x % 10_000) as f32 / 1e4 - 0.5;
+                m * 10f32.powi((x >> 20) as i32 % 12 - 6)
+            })
+            .collect();
+        let whole = absmean(&values);
+        let mut pieces = AbsMean::default();
+        for piece in values.chunks(7919).chain(std::iter::once(&[][..])) {
+            pieces.add(piece);
+        }
+        assert_eq!(pieces.value().to_bits(), whole.to_bits());
+        let sequential = values.iter().fold(0f64, |s, v| s + v.abs() as f64) as f32 / values.len() as f32;
+        assert_eq!(whole.to_bits(), sequential.to_bits());
+        assert_eq!(AbsMean::default().value(), 0.0);
     }
 
     #[test]
