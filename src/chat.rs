@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use tern_runtime::generate::generate;
 use tern_runtime::model::Session;
 use tern_runtime::sampler::Sampler;
-use tern_runtime::tokenizer::{StreamDecoder, render_chat};
+use tern_runtime::tokenizer::StreamDecoder;
 
 /// Chat with a GGUF model. Type a message and press Enter; `/reset` starts over, `/quit` (or
 /// end of input) leaves.
@@ -40,8 +40,6 @@ pub fn run(args: Args) -> Result<()> {
     let (model, tokenizer) = load_model(&args.model)?;
     let Some(tk) = tokenizer else { bail!("{} has no tokenizer; tern chat needs one", args.model.display()) };
     let ctx = args.ctx.unwrap_or(model.config.context.min(4096));
-    let token_text = |id: Option<u32>| id.map(|i| tk.decode(&[i], false)).unwrap_or_default();
-    let (bos, eos) = (token_text(tk.bos), token_text(tk.stop.first().copied()));
     let config = args.sampling.config();
     with_threads(args.threads, || -> Result<()> {
         let mut session = Session::with_kv_type(&model, ctx, args.kv.kv_type);
@@ -72,8 +70,7 @@ pub fn run(args: Args) -> Result<()> {
                 _ => {}
             }
             messages.push(("user".into(), line.to_string()));
-            let prompt =
-                tk.encode(&render_chat(tk.chat_template.as_deref(), &messages, &bos, &eos)?, false)?;
+            let prompt = tk.encode_chat(&messages)?;
             // Reuse the cache for the shared prefix; process only what is new.
             let common = cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
             session.rewind(common);

@@ -210,16 +210,8 @@ fn tern_run_tokens(model: &Path, ids: &[u32], n: usize) -> String {
 fn chat_ids(model: &Path, messages: &[(&str, &str)]) -> Vec<u32> {
     let m = tern_runtime::model::Model::load(model).unwrap();
     let tk = tern_runtime::tokenizer::Tokenizer::from_gguf(&m.file).unwrap().unwrap();
-    let text_of = |id: Option<u32>| id.map(|i| tk.decode(&[i], false)).unwrap_or_default();
     let msgs: Vec<(String, String)> = messages.iter().map(|(r, c)| (r.to_string(), c.to_string())).collect();
-    let text = tern_runtime::tokenizer::render_chat(
-        tk.chat_template.as_deref(),
-        &msgs,
-        &text_of(tk.bos),
-        &text_of(tk.stop.first().copied()),
-    )
-    .unwrap();
-    tk.encode(&text, false).unwrap()
+    tk.encode_chat(&msgs).unwrap()
 }
 
 const PROMPTS: [&str; 8] = [

@@ -133,6 +133,14 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).unwrap_or_default()
     }
 
+    /// The token ids of a chat `(role, content)` rendered with the model's template
+    /// ([`render_chat`]), BOS and end-of-turn as this tokenizer spells them.
+    pub fn encode_chat(&self, messages: &[(String, String)]) -> Result<Vec<u32>> {
+        let text_of = |id: Option<u32>| id.map(|i| self.decode(&[i], false)).unwrap_or_default();
+        let (bos, eos) = (text_of(self.bos), text_of(self.stop.first().copied()));
+        self.encode(&render_chat(self.chat_template.as_deref(), messages, &bos, &eos)?, false)
+    }
+
     pub fn token_count(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -22,7 +22,6 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tern_runtime::sampler::SamplerConfig;
-use tern_runtime::tokenizer::render_chat;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 pub struct App {
@@ -212,11 +211,7 @@ async fn complete(app: Arc<App>, body: Body, chat: bool) -> Result<Response, Api
 fn prompt_tokens(request: &Request, loaded: &Loaded) -> Result<Vec<u32>, ApiError> {
     let tk = &loaded.tokenizer;
     let (param, ids) = match &request.input {
-        Input::Chat(messages) => {
-            let text = render_chat(tk.chat_template.as_deref(), messages, &loaded.bos_text, &loaded.eos_text)
-                .map_err(|e| ApiError::invalid("messages".to_string(), e.to_string()))?;
-            ("messages", tk.encode(&text, false))
-        }
+        Input::Chat(messages) => ("messages", tk.encode_chat(messages)),
         Input::Text(text) => ("prompt", tk.encode(text, true)),
         Input::Tokens(ids) => ("prompt", Ok(ids.clone())),
     };

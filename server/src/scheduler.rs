@@ -59,9 +59,6 @@ pub struct Loaded {
     /// Positions per sequence.
     pub ctx: usize,
     pub vocab: usize,
-    /// The text of BOS and of the first stop token, for chat templates.
-    pub bos_text: String,
-    pub eos_text: String,
 }
 
 /// State both sides of the server see.
@@ -112,8 +109,6 @@ fn load_and_serve(options: &Options, shared: &Arc<Shared>, jobs: Receiver<Job>) 
         })?;
     let c = &model.config;
     let ctx = options.ctx.unwrap_or(c.context.min(4096)).clamp(1, c.context.max(1));
-    let token_text = |id: Option<u32>| id.map(|i| tokenizer.decode(&[i], false)).unwrap_or_default();
-    let (bos_text, eos_text) = (token_text(tokenizer.bos), token_text(tokenizer.stop.first().copied()));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads.unwrap_or(0))
         .thread_name(|i| format!("tern-compute-{i}"))
@@ -129,8 +124,6 @@ fn load_and_serve(options: &Options, shared: &Arc<Shared>, jobs: Receiver<Job>) 
             tokenizer,
             ctx,
             vocab: model.config.vocab,
-            bos_text,
-            eos_text,
         });
         shared.metrics.slots_total.store(options.parallel, Ordering::Relaxed);
         eprintln!(

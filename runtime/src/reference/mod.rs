@@ -142,7 +142,8 @@ fn load_layer(ckpt: &HfCheckpoint, spec: &ModelSpec, l: usize, arithmetic: Arith
 #[cfg(unix)]
 fn ckpt_names_of(spec: &ModelSpec, l: usize, p: Projection) -> [String; 2] {
     let base = spec.hf_projection(l, p);
-    [base.clone(), base.replace(".weight", ".weight_scale")]
+    let scale = format!("{base}_scale");
+    [base, scale]
 }
 
 /// The head's name in the checkpoint (the embedding when tied).
