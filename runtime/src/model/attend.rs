@@ -13,11 +13,11 @@ use tern_converters::model::RopePairing;
 impl Session<'_> {
     /// The attention core of layer `l` on projected `q`, `k`, `v` (`[T, heads·d]`, `[T, kv·d]`)
     /// at positions `position()..`: RoPE, cache write, causal GQA attention → `[T, heads·d]`.
-    pub fn attend(&mut self, l: usize, q: Vec<f32>, k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
+    pub fn attend(&mut self, l: usize, mut q: Vec<f32>, mut k: Vec<f32>, v: &[f32]) -> Result<Vec<f32>> {
         let c = &self.model.config;
         let t = k.len() / (c.kv_heads * c.head_dim).max(1);
         self.extend_rope(self.position() + t);
-        self.with_own_cache(|s, cache| s.attend_in(cache, l, q, k, v, t == 1))
+        self.with_own_cache(|s, cache| s.attend_in(cache, l, &mut q, &mut k, v, t == 1))
     }
 
     /// [`Session::attend`] for the sequences `seqs`, whose rows follow each other in q, k and v.
@@ -25,13 +25,13 @@ impl Session<'_> {
         &self,
         seqs: &mut [Seq],
         l: usize,
-        q: Vec<f32>,
-        k: Vec<f32>,
+        mut q: Vec<f32>,
+        mut k: Vec<f32>,
         v: &[f32],
     ) -> Result<Vec<f32>> {
         if let [(cache, t)] = seqs {
             let one_token = *t == 1;
-            return self.attend_in(cache, l, q, k, v, one_token);
+            return self.attend_in(cache, l, &mut q, &mut k, v, one_token);
         }
         let c = &self.model.config;
         let (qw, kw) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -42,8 +42,8 @@ impl Session<'_> {
             out.extend(self.attend_in(
                 cache,
                 l,
-                q[a * qw..b * qw].to_vec(),
-                k[a * kw..b * kw].to_vec(),
+                &mut q[a * qw..b * qw],
+                &mut k[a * kw..b * kw],
                 &v[a * kw..b * kw],
                 // Several sequences: the pass's other operations run on rayon, so this one too,
                 // or the team's workers would spin beside rayon's after every sequence.
@@ -59,8 +59,8 @@ impl Session<'_> {
         &self,
         cache: &mut KvCache,
         l: usize,
-        mut q: Vec<f32>,
-        mut k: Vec<f32>,
+        q: &mut [f32],
+        k: &mut [f32],
         v: &[f32],
         on_team: bool,
     ) -> Result<Vec<f32>> {
@@ -79,8 +79,8 @@ impl Session<'_> {
         }
         let started = std::time::Instant::now();
         let d = c.head_dim;
-        self.rope(&mut q, c.heads, cache.pos);
-        self.rope(&mut k, c.kv_heads, cache.pos);
+        self.rope(q, c.heads, cache.pos);
+        self.rope(k, c.kv_heads, cache.pos);
         for (i, (key, value)) in k.chunks_exact(kv_dim).zip(v.chunks_exact(kv_dim)).enumerate() {
             for (g, (key, value)) in key.chunks_exact(d).zip(value.chunks_exact(d)).enumerate() {
                 let at = self.kv_index(cache, l, g, cache.pos + i);
@@ -88,7 +88,7 @@ impl Session<'_> {
                 cache.values.write(at, value);
             }
         }
-        let out = self.attention(cache, l, &q, t, on_team);
+        let out = self.attention(cache, l, q, t, on_team);
         if let Some(p) = &self.profile {
             p.add(Op::Attention, started.elapsed());
         }

@@ -218,6 +218,10 @@ impl<'m> Session<'m> {
             first += n;
         }
         let logits = if rows.is_empty() { Vec::new() } else { self.time(Op::LmHead, || self.logits(&rows)) };
+        if let [_] = counts[..] {
+            // One sequence (generation): its logits as they are, not a copy.
+            return Ok(vec![logits]);
+        }
         let mut rest = logits.as_slice();
         Ok(counts
             .into_iter()
