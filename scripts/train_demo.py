@@ -37,6 +37,7 @@ How to run (from the repository root)
     python3 scripts/train_demo.py                 # everything; resumes where it stopped
     python3 scripts/train_demo.py --golden-only   # re-export + golden data from the last state
     python3 scripts/train_demo.py --check 300     # retrain 300 steps from scratch, compare the curve
+                                                  # (resumes an interrupted check; --restart to start over)
 
 About an hour on 2 cores (AMD EPYC, 2026-12), nearly all of it training. Training state is
 kept in --cache (default /tmp/tern-demo-cache, outside the repository) every 100 steps; run the
@@ -414,7 +415,8 @@ def new_model(cache):
 
 
 def train(train_ids, held_ids, cache, stop_at=None):
-    """Trains to STEPS (or only to `stop_at`, for --check) from the state saved in `cache`."""
+    """Trains to STEPS (or only to `stop_at`, for --check) from the state saved in `cache`, saving
+    there as it goes so that an interrupted run (training or check) resumes where it stopped."""
     state_path = os.path.join(cache, "train_state.pt")
     model = new_model(cache)
     model.config.use_cache = False
@@ -456,7 +458,7 @@ def train(train_ids, held_ids, cache, stop_at=None):
             log(f"step {step}/{STEPS}  loss {entry['train_loss']:.4f}"
                 + (f"  held-out {entry['heldout_loss']:.4f}" if "heldout_loss" in entry else "")
                 + f"  {rate * BATCH * SEQ:.0f} tok/s  eta {eta:.1f} min")
-        if (step % SAVE_EVERY == 0 or step == STEPS) and stop_at is None:
+        if step % SAVE_EVERY == 0 or step == STEPS or step == stop_at:
             tmp = state_path + ".tmp"
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                         "history": history}, tmp)
@@ -602,9 +604,11 @@ def golden(tok, held_text, train_ids, packed_dir, golden_dir, history, files):
 
 # ----------------------------------------------------------------------------- main
 
-def check(cache, n):
+def check(cache, n, restart):
     """Reproduces the first `n` steps of the committed loss curve (3 significant digits asked;
-    deterministic algorithms make it exact on the same library versions)."""
+    deterministic algorithms make it exact on the same library versions). The check trains in its
+    own state folder and resumes there if interrupted (a full check takes about an hour), so it
+    also tests that a resumed run continues the uninterrupted curve."""
     with open(os.path.join(OUT, "train_log.json"), encoding="utf-8") as f:
         committed = {h["step"]: h for h in json.load(f)["history"]}
     train_text, held_text, _ = build_corpus(cache)
@@ -612,7 +616,8 @@ def check(cache, n):
     train_ids = torch.tensor(encode_text(tok, train_text), dtype=torch.int64)
     held_ids = torch.tensor(encode_text(tok, held_text), dtype=torch.int64)
     fresh = os.path.join(cache, "check")
-    shutil.rmtree(fresh, ignore_errors=True)
+    if restart:
+        shutil.rmtree(fresh, ignore_errors=True)
     _, history = train(train_ids, held_ids, fresh, stop_at=n)
     worst = 0.0
     for h in history:
@@ -633,10 +638,12 @@ def main():
     ap.add_argument("--golden-only", action="store_true", help="skip training; use the last saved state")
     ap.add_argument("--check", type=int, metavar="N",
                     help="retrain the first N steps from scratch in a fresh state folder and compare the loss "
-                         "curve with the committed train_log.json (nothing in the repository is written)")
+                         "curve with the committed train_log.json (nothing in the repository is written); "
+                         "resumes an interrupted check unless --restart")
+    ap.add_argument("--restart", action="store_true", help="with --check: discard an interrupted check's state")
     args = ap.parse_args()
     if args.check:
-        return check(args.cache, args.check)
+        return check(args.cache, args.check, args.restart)
     t0 = time.time()
     train_text, held_text, files = build_corpus(args.cache)
     os.makedirs(OUT, exist_ok=True)

@@ -4,8 +4,8 @@ use crate::common::{KvArgs, load_model, with_threads};
 use anyhow::Result;
 use std::path::PathBuf;
 use tern_runtime::bench::{
-    OpProfile, Roofline, generation_profile, generation_rate, peak_rss_bytes, prompt_profile, prompt_rate,
-    read_bandwidth, read_bandwidth_of, summary,
+    OpProfile, Roofline, batch_generation_profile, batch_generation_rate, generation_profile,
+    generation_rate, peak_rss_bytes, prompt_profile, prompt_rate, read_bandwidth, read_bandwidth_of, summary,
 };
 use tern_runtime::model::Op;
 use tern_runtime::pages::mapped_file_pages;
@@ -15,6 +15,11 @@ use tern_runtime::pages::mapped_file_pages;
 /// pp: N random tokens run as a prompt from an empty cache (in micro-batches of 128); tg: N
 /// tokens generated one at a time. Each test runs --reps times per thread count; the table
 /// shows the median and the range. Random token ids, so any model works, tokenizer or not.
+///
+/// --batch B1,B2,… adds "tgN bB": B sequences generating N tokens each in lock step, one
+/// forward pass per step for all of them (every weight read once per step), each wanting its
+/// logits — what `tern serve --parallel B` does with B busy streams. Its rate counts every
+/// sequence's tokens.
 ///
 /// --roofline also measures this machine's streaming read bandwidth with each thread count and
 /// compares generation with the ceiling it sets: every generated token reads every ternary
@@ -27,8 +32,8 @@ use tern_runtime::pages::mapped_file_pages;
 /// could sit in the caches, so then the test streams through a fresh --roofline-mib buffer
 /// after the runs instead.
 ///
-/// --profile runs one prompt (unless -p 0) and one generation per thread count with timers on
-/// every operation and prints where a token's time goes in each; for generation also the rate
+/// --profile runs one prompt (unless -p 0), one generation and one of each --batch per thread
+/// count with timers on every operation and prints where a token's time goes in each; for generation also the rate
 /// at which the ternary matmuls and the output head stream their weights, and with --roofline
 /// the read bandwidth measured around that run to set them against. --kv-type f16 halves the KV cache (and changes the logits).
 ///
@@ -41,6 +46,7 @@ use tern_runtime::pages::mapped_file_pages;
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3
 ///   tern bench model-i2_s.gguf -p 0 -n 64 --roofline --profile
+///   tern bench model-i2_s.gguf -p 0 -n 32 -b 1,4,8,16 -t 2
 ///   TERN_AMX=off tern bench model-i2_s.gguf -p 128 -n 0
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -55,6 +61,9 @@ pub struct Args {
     /// Thread counts to test, comma-separated.
     #[arg(short, long, value_delimiter = ',', default_value = "1,2")]
     pub threads: Vec<usize>,
+    /// Batch sizes for the batched generation test (tgN bB), comma-separated; none by default.
+    #[arg(short, long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
     /// Repetitions per test.
     #[arg(short, long, default_value_t = 3)]
     pub reps: usize,
@@ -142,6 +151,22 @@ pub fn run(args: Args) -> Result<()> {
             }
             rows.push(serde_json::json!({"threads": t, "test": format!("{test}{n}"), "samples": samples, "median": median, "min": min, "max": max}));
         }
+        for &b in args.batch.iter().filter(|&&b| b > 0 && args.generate > 0) {
+            let n = args.generate;
+            let samples: Vec<f64> = with_threads(Some(t), || {
+                if !args.no_warmup {
+                    batch_generation_rate(&model, n.min(2), b, 0, kv)?;
+                }
+                (0..args.reps.max(1))
+                    .map(|r| batch_generation_rate(&model, n, b, r as u64 + 1, kv))
+                    .collect::<tern_runtime::Result<Vec<f64>>>()
+            })??;
+            let (median, min, max) = summary(&samples);
+            if !args.json {
+                eprintln!("tg{n} b{b} threads {t}: {median:.2} t/s");
+            }
+            rows.push(serde_json::json!({"threads": t, "test": format!("tg{n} b{b}"), "batch": b, "samples": samples, "median": median, "min": min, "max": max}));
+        }
         let after = args.roofline && stream_model && runs.is_empty();
         bandwidths.push(if after {
             Some(with_threads(Some(t), || read_bandwidth_of(model.file.as_bytes(), 5))?)
@@ -167,7 +192,10 @@ pub fn run(args: Args) -> Result<()> {
             };
             let tg = rows
                 .iter()
-                .find(|r| r["threads"] == t && r["test"].as_str().is_some_and(|s| s.starts_with("tg")))
+                .find(|r| {
+                    r["threads"] == t
+                        && r["test"].as_str().is_some_and(|s| s.starts_with("tg") && r["batch"].is_null())
+                })
                 .and_then(|r| r["median"].as_f64());
             roofs.push((t, Roofline::new(bandwidth, bytes_per_token, tg.unwrap_or(f64::NAN)), Vec::new()));
         }
@@ -192,12 +220,17 @@ pub fn run(args: Args) -> Result<()> {
                 })?;
                 profiles.push((t, format!("tg{n}"), p?, bandwidth));
             }
+            for &b in args.batch.iter().filter(|&&b| b > 0 && n > 0) {
+                let p = with_threads(Some(t), || batch_generation_profile(&model, n, b, 1, kv))??;
+                profiles.push((t, format!("tg{n} b{b}"), p, None));
+            }
         }
     }
     // A generated token streams every ternary matrix and the head once: their rates per op.
     let (ternary_bytes, head_bytes) = (model.ternary_bytes() as f64, model.head_bytes() as f64);
     let streamed = |test: &str, p: &OpProfile| -> Vec<(Op, f64)> {
-        if !test.starts_with("tg") {
+        // A batch of B reads the weights once per B tokens: no one-token streaming rate.
+        if !test.starts_with("tg") || test.contains(" b") {
             return Vec::new();
         }
         p.per_op

@@ -414,3 +414,31 @@ fn bench_roofline_and_profile() {
         assert!(p["read_bytes_per_s"].is_null());
     }
 }
+
+/// `--batch` adds one batched-generation test per size after tg, each with its own profile, which
+/// (weights read once per step for all sequences) rates no weight streaming.
+#[test]
+fn bench_batched_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = converted("tiny/bf16", tmp.path());
+    let args = ["bench", gguf.to_str().unwrap(), "-p", "0", "-n", "4", "-b", "1,3", "-t", "1", "-r", "1"];
+    let mut with_flags = args.to_vec();
+    with_flags.extend(["--profile", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&tern_ok(&with_flags)).unwrap();
+    let results = j["results"].as_array().unwrap();
+    let tests: Vec<_> = results.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["tg4", "tg4 b1", "tg4 b3"]);
+    assert_eq!((results[1]["batch"].as_u64(), results[2]["batch"].as_u64()), (Some(1), Some(3)));
+    assert!(results.iter().all(|r| r["median"].as_f64().unwrap() > 0.0));
+    let profiles = j["profile"].as_array().unwrap();
+    let tests: Vec<_> = profiles.iter().map(|p| p["test"].as_str().unwrap()).collect();
+    assert_eq!(tests, ["tg4", "tg4 b1", "tg4 b3"]);
+    for p in &profiles[1..] {
+        assert!(p["weight_bytes_per_s_by_op"].as_object().unwrap().is_empty());
+        let ops = p["seconds_per_token_by_op"].as_object().unwrap();
+        assert!(ops["ternary matmuls"].as_f64().unwrap() > 0.0 && ops["output head"].as_f64().unwrap() > 0.0);
+    }
+    // The table names each test.
+    let text = tern_ok(&args);
+    assert!(text.contains("| tg4 b3 |"), "{text}");
+}

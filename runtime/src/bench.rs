@@ -1,8 +1,9 @@
 //! Measurements like llama-bench's: prompt processing (pp: N tokens in one forward from an empty
-//! cache) and token generation (tg: N single-token forwards), repeated, in tokens per second.
+//! cache) and token generation (tg: N single-token forwards), repeated, in tokens per second;
+//! and, as a server decodes, batched generation (B sequences taking one step together, N times).
 
 use crate::Result;
-use crate::model::{KvType, Model, Session, Want};
+use crate::model::{BatchPart, KvCache, KvType, Model, Session, Want};
 use std::time::Instant;
 
 /// A deterministic pseudo-random stream (xorshift64) for benchmark inputs: fast, and the same
@@ -42,6 +43,45 @@ pub fn generation_rate(model: &Model, n: usize, seed: u64, kv: KvType) -> Result
         logits = s.forward(&[next], Want::Last, None)?;
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Generated tokens per second of `b` sequences decoding `n` tokens each in lock step (one
+/// `forward_batch` per step, every sequence wanting its logits), as `tern serve` decodes `b`
+/// streams. Each starts from its own random token; the next token is greedy.
+pub fn batch_generation_rate(model: &Model, n: usize, b: usize, seed: u64, kv: KvType) -> Result<f64> {
+    batch_generation(model, n, b, seed, kv, None)
+}
+
+fn batch_generation(
+    model: &Model,
+    n: usize,
+    b: usize,
+    seed: u64,
+    kv: KvType,
+    profile: Option<std::sync::Arc<crate::model::Profile>>,
+) -> Result<f64> {
+    let mut s = Session::with_kv_type(model, 1, kv);
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(&model.config, n + 1, kv)).collect();
+    let mut next: Vec<u32> = random_tokens(b, model.config.vocab, seed);
+    let step = |s: &mut Session, caches: &mut [KvCache], next: &mut [u32]| -> Result<()> {
+        let tokens: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let mut parts: Vec<BatchPart> = caches
+            .iter_mut()
+            .zip(&tokens)
+            .map(|(cache, t)| BatchPart { cache, tokens: t, want: Want::Last })
+            .collect();
+        for (slot, logits) in next.iter_mut().zip(s.forward_batch(&mut parts)?) {
+            *slot = crate::parity::argmax(&logits) as u32;
+        }
+        Ok(())
+    };
+    step(&mut s, &mut caches, &mut next)?;
+    s.profile = profile;
+    let t = Instant::now();
+    for _ in 0..n {
+        step(&mut s, &mut caches, &mut next)?;
+    }
+    Ok((n * b) as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Median, min and max of samples.
@@ -240,6 +280,21 @@ pub fn generation_profile(model: &Model, n: usize, seed: u64, kv: KvType) -> Res
         logits = s.forward(&[next], Want::Last, None)?;
     }
     Ok(OpProfile::per_token(&profile, n, t.elapsed().as_secs_f64()))
+}
+
+/// One batched generation run (`b` sequences, `n` steps) with a profile attached; per generated
+/// token, as for one sequence.
+pub fn batch_generation_profile(
+    model: &Model,
+    n: usize,
+    b: usize,
+    seed: u64,
+    kv: KvType,
+) -> Result<OpProfile> {
+    let profile = std::sync::Arc::new(crate::model::Profile::default());
+    let rate = batch_generation(model, n, b, seed, kv, Some(profile.clone()))?;
+    let tokens = n * b;
+    Ok(OpProfile::per_token(&profile, tokens, tokens as f64 / rate))
 }
 
 #[cfg(test)]

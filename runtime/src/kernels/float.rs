@@ -76,6 +76,13 @@ pub fn dot_f16_rows_positions(isa: Isa, rows: &[u8], xs: &[f32], cols: usize, ou
     let n = xs.len() / cols.max(1);
     assert!(cols > 0 && xs.len() == n * cols && rows.len() * n == out.len() * cols * 2);
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && f16_simd(isa) && n > 1 {
+        // SAFETY: AVX-512F (part of Isa::Avx512Vnni, supported), FMA and F16C were detected;
+        // sizes as asserted.
+        unsafe { dot_f16_rows_positions_avx512(rows, xs, cols, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if f16_simd(isa) {
         let mut buf = vec![0f32; cols];
         for (row, o) in rows.chunks_exact(cols * 2).zip(out.chunks_exact_mut(n.max(1))) {
@@ -94,6 +101,134 @@ pub fn dot_f16_rows_positions(isa: Isa, rows: &[u8], xs: &[f32], cols: usize, ou
             *slot = dot_f16(isa, row, x);
         }
     }
+}
+
+/// Rows per block of [`dot_f16_rows_positions_avx512`].
+#[cfg(target_arch = "x86_64")]
+const POSITION_BLOCK_ROWS: usize = 4;
+/// Positions per pass of [`dot_f16_rows_positions_avx512`].
+#[cfg(target_arch = "x86_64")]
+const POSITION_PASS: usize = 4;
+
+/// [`dot_f16_rows_positions`] with 512-bit FMAs, register-blocked: four rows against up to four
+/// positions per pass, so each converted weight vector serves four positions and each
+/// activation load four rows (the widening kernel does two loads per FMA and is bound by them).
+///
+/// The same bits as [`dot_f16_avx2`]: that function's chains 0 and 1 (elements 32m..32m+8 and
+/// 32m+8..32m+16) are the low and high halves of one 512-bit chain over 32m..32m+16, lane for
+/// lane the same FMAs, as are chains 2 and 3 over 32m+16..32m+32. Each pass runs one 512-bit
+/// chain over the whole row (sixteen accumulators live at once), the second pass the other;
+/// the 8-wide tail, the scalar tail and the final sum then run on the four 256-bit halves.
+///
+/// # Safety
+/// The CPU must support AVX-512F, FMA and F16C; `xs` holds n ≥ 1 vectors of `cols` floats,
+/// `rows` whole rows of `cols` halves and `out` n floats per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot_f16_rows_positions_avx512(rows: &[u8], xs: &[f32], cols: usize, out: &mut [f32]) {
+    let n = xs.len() / cols;
+    let row_count = rows.len() / (2 * cols);
+    let mut r = 0;
+    while r < row_count {
+        // Blocks of four rows, then any rows left one at a time.
+        let block = if row_count - r >= POSITION_BLOCK_ROWS { POSITION_BLOCK_ROWS } else { 1 };
+        let w = &rows[2 * r * cols..2 * (r + block) * cols];
+        let mut p = 0;
+        while p < n {
+            let pass = (n - p).min(POSITION_PASS);
+            let x = &xs[p * cols..(p + pass) * cols];
+            // SAFETY: the caller's features and sizes; `block` rows and `pass` vectors in bounds.
+            let got = unsafe {
+                match (block, pass) {
+                    (POSITION_BLOCK_ROWS, 4) => f16_block::<POSITION_BLOCK_ROWS, 4>(w, x, cols),
+                    (POSITION_BLOCK_ROWS, 3) => f16_block::<POSITION_BLOCK_ROWS, 3>(w, x, cols),
+                    (POSITION_BLOCK_ROWS, 2) => f16_block::<POSITION_BLOCK_ROWS, 2>(w, x, cols),
+                    (POSITION_BLOCK_ROWS, _) => f16_block::<POSITION_BLOCK_ROWS, 1>(w, x, cols),
+                    (_, 4) => f16_block::<1, 4>(w, x, cols),
+                    (_, 3) => f16_block::<1, 3>(w, x, cols),
+                    (_, 2) => f16_block::<1, 2>(w, x, cols),
+                    _ => f16_block::<1, 1>(w, x, cols),
+                }
+            };
+            for (i, row) in got.chunks_exact(pass).enumerate() {
+                out[(r + i) * n + p..(r + i) * n + p + pass].copy_from_slice(row);
+            }
+            p += pass;
+        }
+        r += block;
+    }
+}
+
+/// `R` F16 rows (consecutive in `w`) against the `P` vectors of `x`: `[row][position]`, each
+/// with [`dot_f16_avx2`]'s bits (see [`dot_f16_rows_positions_avx512`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F, FMA and F16C; `w` holds `R` rows of `cols` halves, `x` `P`
+/// vectors of `cols` floats.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn f16_block<const R: usize, const P: usize>(w: &[u8], x: &[f32], cols: usize) -> Vec<f32> {
+    use std::arch::x86_64::*;
+    let main = cols / 32 * 32;
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    // chains[half][r][p]: the 512-bit chain over elements 32m + 16·half .. + 16.
+    let mut chains = [[[_mm512_setzero_ps(); P]; R]; 2];
+    for (half, chain) in chains.iter_mut().enumerate() {
+        let mut i = 16 * half;
+        while i < main {
+            // SAFETY: elements i..i+16 < main ≤ cols of every row and vector; the prefetch is
+            // only a hint (wrapping_add: never dereferenced).
+            unsafe {
+                if half == 0 {
+                    // The next block's rows (the next R after these), asked for while this
+                    // block computes: the hardware prefetcher runs too little ahead of
+                    // arithmetic this dense.
+                    for r in 0..R {
+                        _mm_prefetch::<_MM_HINT_T1>(
+                            wp.wrapping_add(2 * ((4 * R + r) * cols + i)) as *const i8
+                        );
+                    }
+                }
+                let wv: [__m512; R] = std::array::from_fn(|r| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(2 * (r * cols + i)) as *const __m256i))
+                });
+                for p in 0..P {
+                    let xv = _mm512_loadu_ps(xp.add(p * cols + i));
+                    for (acc, wv) in chain.iter_mut().zip(&wv) {
+                        acc[p] = _mm512_fmadd_ps(*wv, xv, acc[p]);
+                    }
+                }
+            }
+            i += 32;
+        }
+    }
+    let mut out = vec![0f32; R * P];
+    for r in 0..R {
+        let row = &w[2 * r * cols..2 * (r + 1) * cols];
+        for p in 0..P {
+            let xv = &x[p * cols..(p + 1) * cols];
+            let (c01, c23) = (chains[0][r][p], chains[1][r][p]);
+            // SAFETY: the caller's features; the tails read elements main..cols, in bounds.
+            unsafe {
+                let mut acc = [
+                    _mm512_castps512_ps256(c01),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c01))),
+                    _mm512_castps512_ps256(c23),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(c23))),
+                ];
+                let mut k = main;
+                while k + 8 <= cols {
+                    let h = _mm_loadu_si128(row.as_ptr().add(2 * k) as *const __m128i);
+                    acc[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xv.as_ptr().add(k)), acc[0]);
+                    k += 8;
+                }
+                let tail = if k < cols { dot_f16_scalar(&row[2 * k..], &xv[k..]) } else { 0.0 };
+                out[r * P + p] = sum_lanes_avx2(acc) + tail;
+            }
+        }
+    }
+    out
 }
 
 /// An F16 row as f32 (exact: every half is an f32).
@@ -291,7 +426,11 @@ mod tests {
     /// Several vectors against the same rows: each result is the single-row dot's bits.
     #[test]
     fn position_batched_f16_dots_equal_single_dots() {
-        for (rows, n, positions) in [(1, 8, 2), (5, 33, 3), (7, 40, 8), (9, 71, 5), (64, 2560, 16)] {
+        // Row blocks of four and rows left over, position passes of four and fewer, and rows
+        // with 8-wide and scalar tails after the 32-wide chains.
+        let cases =
+            [(1, 8, 2), (5, 33, 3), (7, 40, 8), (9, 71, 5), (64, 2560, 16), (6, 104, 7), (11, 100, 9)];
+        for (rows, n, positions) in cases {
             let w: Vec<u8> = (0..rows * n)
                 .flat_map(|i| f16::from_f32(((i * 29 % 103) as f32 - 51.0) / 19.0).to_le_bytes())
                 .collect();

@@ -163,8 +163,11 @@ impl Panel {
 ///
 /// With AVX2 and several tokens, each block of four rows is unpacked once into an L1-resident
 /// buffer of codes, and tokens then run two at a time with only loads and `maddubs`, each
-/// activation load serving four rows (docs/performance-notes.md, "Prompt GEMM"); with AVX-512
-/// VNNI the same with `vpdpbusd`. One token (generation): AVX2 runs rows one at a time through
+/// activation load serving four rows (docs/performance-notes.md, "Prompt GEMM"). With AVX-512
+/// VNNI (and no AMX tiles to run a prompt), rows two at a time are decoded in registers for each
+/// pass of up to eight tokens (`x86::gemm_few_vnni`): faster than codes through memory at every
+/// token count, and what lets a batch of decoding sequences cost little more than one
+/// (docs/performance-notes.md, "Small-batch GEMM"). One token (generation): AVX2 runs rows one at a time through
 /// one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from the four quarters
 /// of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the hardware prefetcher.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
@@ -205,6 +208,11 @@ pub fn gemm_with_panel(
             unsafe { x86::gemv_vnni(rows, row_bytes, acts, act_sums[0], out) };
             return;
         }
+        (Isa::Avx512Vnni, 2..) if !runs_on_amx(isa, tokens, k) => {
+            // SAFETY: AVX-512 VNNI was checked (isa supported); sizes as above.
+            unsafe { x86::gemm_few_vnni(rows, row_bytes, acts, act_sums, out) };
+            return;
+        }
         (Isa::Avx2, 2..) if runs_on_tables(isa, tokens) => {
             let mut own = None;
             let given = panel.and_then(Panel::columns).filter(|c| c.fits(tokens, k));
@@ -214,7 +222,8 @@ pub fn gemm_with_panel(
             return;
         }
         (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
-            // On AMX hosts (AVX-512 too) the codes unpack with 512-bit shifts.
+            // AVX2, or AMX tiles then VNNI for the rows left; on AMX hosts (AVX-512 too) the
+            // codes unpack with 512-bit shifts.
             let unpack: Unpack = if runs_on_amx(isa, tokens, k) {
                 amx::unpack_i2s_codes_avx512
             } else {
@@ -577,7 +586,10 @@ mod tests {
     fn gemm_equals_gemv_per_token() {
         // Small; and an odd row count (a row left over after the pairs), 54 blocks (several i16
         // widening rounds) with activations at the extremes.
-        for (rows, cols, tokens, extreme) in [(6, 256, 5, false), (7, 6912, 3, true), (9, 384, 1, true)] {
+        // Then every token count around the small-batch GEMM's passes and its limit.
+        let few = (2..=18).map(|t| (5 + t % 3, 128 * (1 + t % 5), t, t % 2 == 0));
+        let cases = [(6, 256, 5, false), (7, 6912, 3, true), (9, 384, 1, true), (3, 6912, 16, true)];
+        for (rows, cols, tokens, extreme) in cases.into_iter().chain(few) {
             let (codes, packed, _) = random_case(rows, cols, 7, false);
             let rb = i2s::row_bytes(cols);
             let mut r = stream(99);

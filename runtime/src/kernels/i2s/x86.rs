@@ -607,3 +607,153 @@ pub(crate) unsafe fn gemm_unpacked_rows(
     }
     done
 }
+
+/// Tokens per pass of [`gemm_few_vnni`]: with two rows, 16 accumulators and 8 code vectors live
+/// in AVX-512's 32 vector registers beside one activation vector.
+pub(super) const FEW_TOKENS_PER_PASS: usize = 8;
+
+/// Small-batch GEMM with 256-bit `vpdpbusd` (AVX-512 VNNI + VL), for a few tokens at once (a
+/// server's sequences decoding together): `out[r·tokens + t] = Σ t·q`. Rows go two at a time
+/// and tokens up to [`FEW_TOKENS_PER_PASS`] at a time; each 32-byte block of the two rows is
+/// decoded into its four code vectors in registers and used for every token of the pass, each
+/// activation load serving both rows. The prompt GEMM ([`gemm_unpacked_rows`]) writes codes to
+/// memory and reads them back per token pair, which a few tokens do not amortise.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; `rows` whole rows of `row_bytes` (a multiple
+/// of 32), `acts` `sums.len()` tokens of `4 · row_bytes` activations, `out` one slot per row
+/// and token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+pub(super) unsafe fn gemm_few_vnni(
+    rows: &[u8],
+    row_bytes: usize,
+    acts: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+) {
+    let (tokens, k, blocks) = (sums.len(), row_bytes * 4, row_bytes / 32);
+    let n_rows = rows.len() / row_bytes;
+    debug_assert!(row_bytes.is_multiple_of(32) && acts.len() == tokens * k && out.len() == n_rows * tokens);
+    let mut r = 0;
+    while r < n_rows {
+        let pair = n_rows - r >= 2;
+        let mut t = 0;
+        while t < tokens {
+            let group = (tokens - t).min(FEW_TOKENS_PER_PASS);
+            // SAFETY: rows r (and r + 1 for a pair) are within rows; tokens t..t + group within
+            // acts; the caller's sizes.
+            unsafe {
+                let w = rows.as_ptr().add(r * row_bytes);
+                let a = acts.as_ptr().add(t * k);
+                let mut got = [[0i32; FEW_TOKENS_PER_PASS]; 2];
+                // The first pass over these rows asks for the rows FEW_PREFETCH_ROWS on.
+                let ahead = if t == 0 { FEW_PREFETCH_ROWS * row_bytes } else { 0 };
+                if pair {
+                    few_pass_dispatch::<2>([w, w.add(row_bytes)], (blocks, ahead), a, k, group, &mut got);
+                } else {
+                    let mut one = [[0i32; FEW_TOKENS_PER_PASS]; 1];
+                    few_pass_dispatch::<1>([w], (blocks, ahead), a, k, group, &mut one);
+                    got[0] = one[0];
+                }
+                for (i, sums_of_row) in got.iter().enumerate().take(if pair { 2 } else { 1 }) {
+                    let o = &mut out[(r + i) * tokens + t..(r + i) * tokens + t + group];
+                    for ((slot, &s), &sum) in o.iter_mut().zip(sums_of_row).zip(&sums[t..t + group]) {
+                        *slot = s - sum;
+                    }
+                }
+            }
+            t += group;
+        }
+        r += if pair { 2 } else { 1 };
+    }
+}
+
+/// How many rows ahead [`gemm_few_vnni`] asks for weights: its arithmetic is dense enough that
+/// the hardware prefetcher alone left a batch of 8 waiting on memory (docs/performance-notes.md,
+/// "Small-batch GEMM").
+const FEW_PREFETCH_ROWS: usize = 8;
+
+/// [`few_pass`] for a run-time token count (1..=[`FEW_TOKENS_PER_PASS`]).
+///
+/// # Safety
+/// As [`few_pass`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn few_pass_dispatch<const R: usize>(
+    w: [*const u8; R],
+    (blocks, ahead): (usize, usize),
+    a: *const i8,
+    k: usize,
+    tokens: usize,
+    out: &mut [[i32; FEW_TOKENS_PER_PASS]; R],
+) {
+    macro_rules! pass {
+        ($t:literal) => {{
+            // SAFETY: forwarded from the caller.
+            let got = unsafe { few_pass::<R, $t>(w, (blocks, ahead), a, k) };
+            for (o, g) in out.iter_mut().zip(got) {
+                o[..$t].copy_from_slice(&g);
+            }
+        }};
+    }
+    match tokens {
+        1 => pass!(1),
+        2 => pass!(2),
+        3 => pass!(3),
+        4 => pass!(4),
+        5 => pass!(5),
+        6 => pass!(6),
+        7 => pass!(7),
+        _ => pass!(8),
+    }
+}
+
+/// `Σ c·q` of `R` rows against `T` tokens: per block, each row's four code vectors (shift and
+/// mask, in registers), then for each piece and token one activation load and `R` `vpdpbusd`.
+/// Codes ≤ 2 (3 only in an invalid file) times |q| ≤ 128, four per lane and block: i32 holds
+/// millions of blocks. With `ahead` > 0, the bytes that far past each row's are prefetched.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; each `w[r]` points to `32 · blocks` readable
+/// bytes and `a` to `T` tokens of `k = 128 · blocks` activations.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn few_pass<const R: usize, const T: usize>(
+    w: [*const u8; R],
+    (blocks, ahead): (usize, usize),
+    a: *const i8,
+    k: usize,
+) -> [[i32; T]; R] {
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    for b in 0..blocks {
+        // SAFETY: block b < blocks of every row, and of every token's activations; a prefetch
+        // is only a hint (wrapping_add: never dereferenced).
+        unsafe {
+            if ahead > 0 && b % 2 == 0 {
+                for p in w {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(32 * b + ahead) as *const i8);
+                }
+            }
+            // I2_S: weights 0-31 in bits 7-6, 32-63 in 5-4, 64-95 in 3-2, 96-127 in 1-0.
+            let codes: [[__m256i; 4]; R] = std::array::from_fn(|r| {
+                let p = _mm256_loadu_si256(w[r].add(32 * b) as *const __m256i);
+                [
+                    _mm256_and_si256(_mm256_srli_epi16::<6>(p), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(p), mask),
+                    _mm256_and_si256(_mm256_srli_epi16::<2>(p), mask),
+                    _mm256_and_si256(p, mask),
+                ]
+            });
+            for piece in 0..4 {
+                for t in 0..T {
+                    let q = _mm256_loadu_si256(a.add(t * k + 128 * b + 32 * piece) as *const __m256i);
+                    for (acc, codes) in acc.iter_mut().zip(&codes) {
+                        acc[t] = _mm256_dpbusd_epi32(acc[t], codes[piece], q);
+                    }
+                }
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum256(v)))
+}
