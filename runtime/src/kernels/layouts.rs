@@ -283,10 +283,14 @@ mod tests {
             let mut r = stream(m as u64 * 31 + k as u64);
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let acts: Vec<i8> =
-                (0..3 * k).map(|i| if i % 17 == 0 { -127 } else { (r() % 255) as i8 }).collect();
+                (0..11 * k).map(|i| if i % 17 == 0 { -127 } else { (r() % 255) as i8 }).collect();
             for layout in [Layout::I2S, Layout::TL1, Layout::TL2, Layout::TQ1_0, Layout::TQ2_0] {
                 let Some(tiles) = layout.fit(m, k) else { continue };
-                check(layout, tiles, &codes, &acts, m, k);
+                // One token (generation), three, and eleven (a full pass of the small-batch GEMM
+                // and a partial one).
+                for tokens in [1, 3, 11] {
+                    check(layout, tiles, &codes, &acts[..tokens * k], m, k);
+                }
             }
             // Tiles other than the rule's choice: TL1 with bm = 64 (bitnet.cpp's presets use it),
             // small and large K blocks; TL2 with other K blocks (other tails).
@@ -300,7 +304,7 @@ mod tests {
             ];
             for (layout, t) in extra {
                 if tern_formats::tiles::check(layout, m, k, t).is_ok() {
-                    check(layout, Some(t), &codes, &acts, m, k);
+                    check(layout, Some(t), &codes, &acts[..3 * k], m, k);
                 }
             }
         }

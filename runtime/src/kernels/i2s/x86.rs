@@ -498,37 +498,13 @@ unsafe fn dot4x2_codes_avx2(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[
     sums
 }
 
-/// [`dot4x2_codes_avx2`] with 256-bit `vpdpbusd` (AVX-512 VNNI + VL): each product goes
-/// straight into i32 (codes ≤ 2 · 128 · 4 per lane and vector), so no i16 sums, no widening and
-/// no adds: 8 `vpdpbusd` per 6 loads instead of 8 `maddubs` and 8 adds.
-///
-/// # Safety
-/// The CPU must support AVX-512F/BW/VL and VNNI; sizes as for [`dot4x2_codes_avx2`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-unsafe fn dot4x2_codes_vnni(c: [&[u8]; 4], a0: &[i8], a1: &[i8], k: usize) -> [[i32; 2]; 4] {
-    let mut acc = [[_mm256_setzero_si256(); 2]; 4];
-    for v in 0..k / 32 {
-        // SAFETY: 32 bytes at 32v of each slice, in bounds (k bytes each).
-        unsafe {
-            let x0 = _mm256_loadu_si256(a0.as_ptr().add(32 * v) as *const __m256i);
-            let x1 = _mm256_loadu_si256(a1.as_ptr().add(32 * v) as *const __m256i);
-            for (acc, c) in acc.iter_mut().zip(&c) {
-                let w = _mm256_loadu_si256(c.as_ptr().add(32 * v) as *const __m256i);
-                acc[0] = _mm256_dpbusd_epi32(acc[0], w, x0);
-                acc[1] = _mm256_dpbusd_epi32(acc[1], w, x1);
-            }
-        }
-    }
-    acc.map(|[t0, t1]| [hsum256(t0), hsum256(t1)])
-}
-
 /// Prompt GEMM over blocks of rows, shared by every 2-bit layout: each block of four rows (then
 /// a last pair) is unpacked once with `unpack` (a row's unsigned codes in activation order, `k`
 /// per row) into an L1-resident buffer, then tokens run two at a time through
 /// [`dot4x2_codes_avx2`] (an odd last token, and a last pair of rows, through
 /// [`dot2_codes_avx2`]). `out[r·tokens + t]` as in `i2s::gemm`. Handles the first 2·⌊rows/2⌋
-/// rows and returns how many that is; the caller does the last. `vnni` runs the four-row dots
-/// with `vpdpbusd` ([`dot4x2_codes_vnni`]).
+/// rows and returns how many that is; the caller does the last. `vnni` runs every row instead
+/// through [`gemm_codes_few_vnni`].
 ///
 /// # Safety
 /// The CPU must support AVX2, and AVX-512F/BW/VL and VNNI if `vnni`; `unpack(row, codes)` must
@@ -546,6 +522,11 @@ pub(crate) unsafe fn gemm_unpacked_rows(
     unpack: super::Unpack,
     vnni: bool,
 ) -> usize {
+    if vnni {
+        // SAFETY: forwarded from the caller, who granted VNNI with `vnni`.
+        unsafe { gemm_codes_few_vnni(rows, row_bytes, k, acts, sums, out, unpack) };
+        return rows.len() / row_bytes;
+    }
     let tokens = sums.len();
     let mut done = 0;
     let mut quad = vec![0u8; 4 * k];
@@ -567,8 +548,7 @@ pub(crate) unsafe fn gemm_unpacked_rows(
             let mut t = 0;
             while t + 2 <= tokens {
                 let (a0, a1) = (&acts[t * k..(t + 1) * k], &acts[(t + 1) * k..(t + 2) * k]);
-                let got =
-                    if vnni { dot4x2_codes_vnni(c, a0, a1, k) } else { dot4x2_codes_avx2(c, a0, a1, k) };
+                let got = dot4x2_codes_avx2(c, a0, a1, k);
                 for (r, pair) in got.iter().enumerate() {
                     o[r * tokens + t] = pair[0] - sums[t];
                     o[r * tokens + t + 1] = pair[1] - sums[t + 1];
@@ -751,6 +731,126 @@ unsafe fn few_pass<const R: usize, const T: usize>(
                     for (acc, codes) in acc.iter_mut().zip(&codes) {
                         acc[t] = _mm256_dpbusd_epi32(acc[t], codes[piece], q);
                     }
+                }
+            }
+        }
+    }
+    acc.map(|row| row.map(|v| hsum256(v)))
+}
+
+/// The VNNI GEMM over rows of another layout, unpacked to codes: each pair of rows is unpacked
+/// once into an L1-resident buffer (by `unpack`, `k` codes a row), then runs against the tokens
+/// up to [`FEW_TOKENS_PER_PASS`] at a time as [`gemm_few_vnni`] runs I2_S rows, the codes loaded
+/// rather than decoded. `out[r·tokens + t]`, every row.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; `unpack(row, codes)` must fill `k` codes (a
+/// multiple of 32) from a `row_bytes` row; `acts` holds `sums.len()` tokens of `k` activations
+/// and `out` one slot per row and token.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn gemm_codes_few_vnni(
+    rows: &[u8],
+    row_bytes: usize,
+    k: usize,
+    acts: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+    unpack: super::Unpack,
+) {
+    let tokens = sums.len();
+    let n_rows = rows.len() / row_bytes;
+    let mut codes = vec![0u8; 2 * k];
+    let mut r = 0;
+    while r < n_rows {
+        let count = (n_rows - r).min(2);
+        for (i, c) in codes.chunks_exact_mut(k).take(count).enumerate() {
+            // SAFETY: the caller's unpacker and sizes; row r + i < n_rows.
+            unsafe { unpack(&rows[(r + i) * row_bytes..(r + i + 1) * row_bytes], c) };
+        }
+        let mut t = 0;
+        while t < tokens {
+            let group = (tokens - t).min(FEW_TOKENS_PER_PASS);
+            let mut got = [[0i32; FEW_TOKENS_PER_PASS]; 2];
+            let (c, a) = (codes.as_ptr(), acts[t * k..].as_ptr());
+            // SAFETY: `count` code rows of k bytes, tokens t..t + group of k activations.
+            unsafe {
+                if count == 2 {
+                    few_codes_dispatch::<2>([c, c.add(k)], a, k, group, &mut got);
+                } else {
+                    let mut one = [[0i32; FEW_TOKENS_PER_PASS]; 1];
+                    few_codes_dispatch::<1>([c], a, k, group, &mut one);
+                    got[0] = one[0];
+                }
+            }
+            for (i, sums_of_row) in got.iter().enumerate().take(count) {
+                let o = &mut out[(r + i) * tokens + t..(r + i) * tokens + t + group];
+                for ((slot, &s), &sum) in o.iter_mut().zip(sums_of_row).zip(&sums[t..t + group]) {
+                    *slot = s - sum;
+                }
+            }
+            t += group;
+        }
+        r += count;
+    }
+}
+
+/// [`few_codes_pass`] for a run-time token count (1..=[`FEW_TOKENS_PER_PASS`]).
+///
+/// # Safety
+/// As [`few_codes_pass`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn few_codes_dispatch<const R: usize>(
+    c: [*const u8; R],
+    a: *const i8,
+    k: usize,
+    tokens: usize,
+    out: &mut [[i32; FEW_TOKENS_PER_PASS]; R],
+) {
+    macro_rules! pass {
+        ($t:literal) => {{
+            // SAFETY: forwarded from the caller.
+            let got = unsafe { few_codes_pass::<R, $t>(c, a, k) };
+            for (o, g) in out.iter_mut().zip(got) {
+                o[..$t].copy_from_slice(&g);
+            }
+        }};
+    }
+    match tokens {
+        1 => pass!(1),
+        2 => pass!(2),
+        3 => pass!(3),
+        4 => pass!(4),
+        5 => pass!(5),
+        6 => pass!(6),
+        7 => pass!(7),
+        _ => pass!(8),
+    }
+}
+
+/// `Σ c·q` of `R` unpacked code rows against `T` tokens: per 32 codes, one load per row, then per
+/// token one activation load and `R` `vpdpbusd` (exact, as in [`few_pass`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL and VNNI; each `c[r]` points to `k` codes and `a` to `T`
+/// tokens of `k` activations, `k` a multiple of 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+unsafe fn few_codes_pass<const R: usize, const T: usize>(
+    c: [*const u8; R],
+    a: *const i8,
+    k: usize,
+) -> [[i32; T]; R] {
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    for v in 0..k / 32 {
+        // SAFETY: 32 bytes at 32v of every code row and token, in bounds.
+        unsafe {
+            let codes: [__m256i; R] =
+                std::array::from_fn(|r| _mm256_loadu_si256(c[r].add(32 * v) as *const __m256i));
+            for t in 0..T {
+                let q = _mm256_loadu_si256(a.add(t * k + 32 * v) as *const __m256i);
+                for (acc, codes) in acc.iter_mut().zip(&codes) {
+                    acc[t] = _mm256_dpbusd_epi32(acc[t], *codes, q);
                 }
             }
         }
