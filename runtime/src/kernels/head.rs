@@ -121,6 +121,31 @@ pub fn dot4_fn(isa: Isa, ty: TensorType) -> Option<HeadDot4> {
     }
 }
 
+/// Several positions' dots of consecutive rows: `(rows' bytes, one HeadActs per position, out)`
+/// with `out[r·n + p]` = row r against position p, each the bits [`HeadDot`] gives.
+pub type HeadDotPositions = fn(&[u8], &[HeadActs], &mut [f32]);
+
+/// The several-position dot for `ty` on `isa` where one exists (AVX-512 VNNI): each block of
+/// each row is decoded once for all positions (sequences decoding together), where the one-row
+/// dots decode it again per position.
+pub fn dot_positions_fn(isa: Isa, ty: TensorType) -> Option<HeadDotPositions> {
+    let q4 = match ty {
+        TensorType::Q8_0 => false,
+        TensorType::Q4_0 => true,
+        _ => return None,
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+            Some(if q4 { x86::dot_positions_vnni::<true> } else { x86::dot_positions_vnni::<false> })
+        }
+        _ => {
+            let _ = q4;
+            None
+        }
+    }
+}
+
 /// `Σ w·x` of one row of the head (`row`: that row's bytes) against `acts`.
 pub fn dot(isa: Isa, ty: TensorType, row: &[u8], acts: &HeadActs) -> f32 {
     dot_fn(isa, ty)(row, acts)
@@ -373,6 +398,134 @@ mod x86 {
         unsafe { dot_blocks4_vnni::<Q4>(rows, acts) }
     }
 
+    /// Rows per block and positions per pass of [`dot_positions_vnni`]: 16 accumulators (even
+    /// and odd per row and position) beside the rows' codes and scales.
+    const POSITION_ROWS: usize = 2;
+    const POSITION_PASS: usize = 4;
+
+    /// Only handed out by `dot_positions_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were
+    /// detected.
+    pub(super) fn dot_positions_vnni<const Q4: bool>(rows: &[u8], acts: &[HeadActs], out: &mut [f32]) {
+        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        let n = acts.len();
+        let row_bytes = bytes * acts.first().map_or(0, |a| a.d.len());
+        assert!(n > 0 && row_bytes > 0 && rows.len().is_multiple_of(row_bytes));
+        assert!(acts.iter().all(|a| a.d.len() * bytes == row_bytes), "rows and activations differ in length");
+        let count = rows.len() / row_bytes;
+        assert_eq!(out.len(), count * n);
+        let mut r = 0;
+        while r < count {
+            let block = (count - r).min(POSITION_ROWS);
+            let mut p = 0;
+            while p < n {
+                let pass = (n - p).min(POSITION_PASS);
+                let w = &rows[r * row_bytes..(r + block) * row_bytes];
+                let a = &acts[p..p + pass];
+                // SAFETY: the features were detected (see above); lengths checked.
+                let got: [[f32; POSITION_PASS]; POSITION_ROWS] = unsafe {
+                    macro_rules! run {
+                        ($r:literal, $p:literal) => {{
+                            let g = positions_block::<Q4, $r, $p>(w, a, row_bytes);
+                            std::array::from_fn(|i| {
+                                std::array::from_fn(|j| if i < $r && j < $p { g[i][j] } else { 0.0 })
+                            })
+                        }};
+                    }
+                    match (block, pass) {
+                        (2, 4) => run!(2, 4),
+                        (2, 3) => run!(2, 3),
+                        (2, 2) => run!(2, 2),
+                        (2, _) => run!(2, 1),
+                        (_, 4) => run!(1, 4),
+                        (_, 3) => run!(1, 3),
+                        (_, 2) => run!(1, 2),
+                        _ => run!(1, 1),
+                    }
+                };
+                for (i, row) in got.iter().enumerate().take(block) {
+                    out[(r + i) * n + p..(r + i) * n + p + pass].copy_from_slice(&row[..pass]);
+                }
+                p += pass;
+            }
+            r += block;
+        }
+    }
+
+    /// `R` rows (consecutive, `row_bytes` each) against the `P` positions of `acts`: per block,
+    /// each row's codes and `d_w` decoded once, then per position the quads, the scale and the
+    /// FMA of [`dot_blocks`] (even and odd blocks apart, summed as it sums), so each result has
+    /// its bits. Q8_0's signed weights go in as w + 128 (u8) with 128 · Σ x per quad taken out,
+    /// the same exact quad sums as its |w| · sign(x, w).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL, VNNI, FMA and F16C; `w` holds `R` rows of
+    /// `row_bytes`, matching every `acts[p]`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn positions_block<const Q4: bool, const R: usize, const P: usize>(
+        w: &[u8],
+        acts: &[HeadActs],
+        row_bytes: usize,
+    ) -> [[f32; P]; R] {
+        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        let n = row_bytes / bytes;
+        let (mut even, mut odd) = ([[_mm256_setzero_ps(); P]; R], [[_mm256_setzero_ps(); P]; R]);
+        let wp = w.as_ptr();
+        let mut i = 0;
+        while i < n {
+            // SAFETY: blocks i and i + 1 (when < n) lie inside every row, their activations and
+            // offsets inside every acts[p] (the caller's sizes).
+            unsafe {
+                even = positions_step::<Q4, R, P>(wp, row_bytes, i, acts, even);
+                if i + 1 < n {
+                    odd = positions_step::<Q4, R, P>(wp, row_bytes, i + 1, acts, odd);
+                }
+            }
+            i += 2;
+        }
+        std::array::from_fn(|r| std::array::from_fn(|p| sum_lanes(_mm256_add_ps(even[r][p], odd[r][p]))))
+    }
+
+    /// Block `i` of `R` rows at `w` (`row_bytes` apart) against `P` positions, added to `acc`
+    /// (taken and returned by value so the accumulators stay in registers).
+    ///
+    /// # Safety
+    /// As [`positions_block`], with block i inside every row.
+    #[inline(always)]
+    unsafe fn positions_step<const Q4: bool, const R: usize, const P: usize>(
+        w: *const u8,
+        row_bytes: usize,
+        i: usize,
+        acts: &[HeadActs],
+        mut acc: [[__m256; P]; R],
+    ) -> [[__m256; P]; R] {
+        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        // SAFETY: the caller's sizes.
+        unsafe {
+            let b: [*const u8; R] = std::array::from_fn(|r| w.add(r * row_bytes + i * bytes));
+            let codes: [__m256i; R] = std::array::from_fn(|r| {
+                if Q4 { q4_codes(b[r]) } else { _mm256_xor_si256(q8_weights(b[r]), _mm256_set1_epi8(-128)) }
+            });
+            let wscale: [__m256; R] = std::array::from_fn(|r| {
+                _mm256_cvtph_ps(_mm_set1_epi16((b[r] as *const i16).read_unaligned()))
+            });
+            for p in 0..P {
+                let a = &acts[p];
+                let x = _mm256_loadu_si256(a.q.as_ptr().add(i * 32) as *const __m256i);
+                let offsets = _mm256_loadu_si256(a.offset_quads.as_ptr().add(i * 8) as *const __m256i);
+                // Q4_0 stores q + 8 (offset 8 · Σx); Q8_0 goes in as w + 128 (16 times that).
+                let offsets = if Q4 { offsets } else { _mm256_slli_epi32::<4>(offsets) };
+                let dx = _mm256_set1_ps(*a.d.get_unchecked(i));
+                for r in 0..R {
+                    let q =
+                        _mm256_sub_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), codes[r], x), offsets);
+                    acc[r][p] = accumulate(q, _mm256_mul_ps(wscale[r], dx), acc[r][p]);
+                }
+            }
+        }
+        acc
+    }
+
     /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
     pub(super) fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
         check_len(row, acts, Q8_0_BYTES);
@@ -455,6 +608,50 @@ mod tests {
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// The several-position dots give each row and position the one-row dot's bits: rows in
+    /// blocks and left over, positions in passes and left over, rows of odd and even block counts,
+    /// extreme Q8_0 codes (-128, -127) included.
+    #[test]
+    fn position_dots_equal_row_dots() {
+        let mut seed = 11;
+        for (rows, blocks, positions) in [(1, 1, 2), (3, 5, 4), (4, 8, 9), (5, 3, 1), (2, 80, 16)] {
+            let n = blocks * 32;
+            let acts: Vec<HeadActs> = (0..positions)
+                .map(|_| HeadActs::quantise(&(0..n).map(|_| lcg(&mut seed)).collect::<Vec<_>>()))
+                .collect();
+            for ty in [TensorType::Q8_0, TensorType::Q4_0] {
+                let mut w = Vec::new();
+                for r in 0..rows {
+                    let mut row = Vec::new();
+                    let v: Vec<f32> = (0..n).map(|_| lcg(&mut seed) * 2.0).collect();
+                    quantize_row(ty, &v, &mut row).unwrap();
+                    if ty == TensorType::Q8_0 {
+                        row[2 + r % 32] = 0x80; // -128
+                        row[3 + r % 29] = 0x81; // -127
+                    }
+                    w.extend(row);
+                }
+                let row_bytes = w.len() / rows;
+                for isa in crate::cpu::available() {
+                    let Some(f) = dot_positions_fn(isa, ty) else { continue };
+                    let mut got = vec![0f32; rows * positions];
+                    f(&w, &acts, &mut got);
+                    for r in 0..rows {
+                        for (p, a) in acts.iter().enumerate() {
+                            let want = dot(isa, ty, &w[r * row_bytes..(r + 1) * row_bytes], a);
+                            assert_eq!(
+                                got[r * positions + p].to_bits(),
+                                want.to_bits(),
+                                "{ty} {} row {r} position {p} of {rows}x{blocks}x{positions}",
+                                isa.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Every ISA gives the scalar result bit for bit, on rows of 1 to 13 blocks, extreme codes

@@ -39,6 +39,7 @@ impl Session<'_> {
         let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
         let four_streams = cpu::weight_streams() == 4;
         let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
+        let head_positions = if integer_head && n > 1 { head::dot_positions_fn(isa, m.ty) } else { None };
         self.for_each_chunk(&mut by_vocab, n * HEAD_CHUNK_ROWS, n == 1, |chunk, o| {
             if m.ty == TensorType::F16 && n > 1 {
                 // Several positions (sequences decoding together): each row widened once for all.
@@ -61,6 +62,12 @@ impl Session<'_> {
                         slot[p] = d;
                     }
                 }
+                return;
+            }
+            if let Some(dot_positions) = head_positions {
+                // Several positions on an integer head: each block decoded once for all.
+                let rows = self.model.float_rows(m, chunk * HEAD_CHUNK_ROWS, o.len() / n);
+                dot_positions(rows, &head_acts, o);
                 return;
             }
             let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
