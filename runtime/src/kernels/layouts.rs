@@ -49,7 +49,16 @@ pub enum TableKey {
 }
 
 impl Packed<'_> {
-    /// The tables this matrix's kernel reads, if any.
+    /// The tables this matrix's kernel reads for `tokens` tokens on `isa`, if any (TL1 reads none
+    /// where several tokens run decoded, `tl1::runs_decoded`).
+    pub fn tables_read(&self, isa: Isa, tokens: usize) -> Option<TableKey> {
+        if self.layout == Layout::TL1 && tl1::runs_decoded(isa, tokens) {
+            return None;
+        }
+        self.table_key()
+    }
+
+    /// The tables this matrix's kernels read, if any.
     pub fn table_key(&self) -> Option<TableKey> {
         match (self.layout, self.tiles) {
             (Layout::TL1, Some(_)) => Some(TableKey::Pairs),
@@ -160,6 +169,15 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             let rb = w.cols / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
             let (rows, dot, unpack) = (&w.bytes[r0 * rb..r1 * rb], tq1_kernels::dot, tq1_kernels::UNPACK);
             i2s::gemm_decoded(isa, rows, rb, k, (acts, sums, a.panel), out, dot, None, unpack);
+        }
+        Layout::TL1 if tl1::runs_decoded(isa, tokens) => {
+            // Several tokens: each row block decoded once for all of them, no tables.
+            let t = w.tiles.expect("tiled layouts carry tiles");
+            let block_bytes = t.rows * w.cols / 4;
+            for (i, o) in (r0 / t.rows..r1.div_ceil(t.rows)).zip(out.chunks_mut(t.rows * tokens)) {
+                let block = &w.bytes[i * block_bytes..][..block_bytes];
+                tl1::block_tokens(isa, block, w.cols, t, acts, sums, o);
+            }
         }
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");

@@ -65,6 +65,38 @@ pub fn block(isa: Isa, block: &[u8], k: usize, t: Tiles, act: &[i8], lut: &[u8],
     }
 }
 
+/// Whether [`block_tokens`] runs for `tokens` tokens on `isa`: several tokens on AVX-512 VNNI.
+/// Then a product needs no lookup tables.
+pub fn runs_decoded(isa: Isa, tokens: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && isa.supported() && tokens > 1 {
+        return true;
+    }
+    let _ = (isa, tokens);
+    false
+}
+
+/// Several tokens against one row block, decoding its weights once for all of them:
+/// `out[j·tokens + t] = Σ t·q` for rows `i0·BM + j` and the tokens of `acts` (`k` activations
+/// each, Σ in `sums`). Only where [`runs_decoded`] says so.
+///
+/// Every 16 weight bytes (16 rows × 4 columns) become two vectors of codes c = t + 1 with one
+/// row per 32-bit lane, 4 columns each, and each token's four activations at those columns are
+/// broadcast to every lane: `vpdpbusd` then adds 4 products to each row's own lane, so the rows
+/// come out with no horizontal sums. A 16-row group is decoded once into an L1-resident buffer
+/// over all of K, then read for every pass of up to 8 tokens.
+pub fn block_tokens(isa: Isa, block: &[u8], k: usize, t: Tiles, acts: &[i8], sums: &[i32], out: &mut [i32]) {
+    let tokens = sums.len();
+    assert!(runs_decoded(isa, tokens), "the decoded TL1 GEMM runs several tokens on AVX-512 VNNI");
+    assert!(block.len() == t.rows * k / 4 && acts.len() == tokens * k && out.len() == t.rows * tokens);
+    assert!((t.sub_rows == 32 || t.sub_rows == 64) && k.is_multiple_of(t.cols) && t.rows.is_multiple_of(16));
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 VNNI was detected (runs_decoded); sizes asserted above.
+    unsafe {
+        x86::block_tokens_vnni(block, k, t, acts, sums, out)
+    }
+}
+
 /// The reference: decode the block's codes, then plain dots.
 pub fn block_scalar(block: &[u8], k: usize, t: Tiles, act: &[i8], acc: &mut [i32]) {
     let mut codes = vec![0i8; t.rows * k];
@@ -78,6 +110,188 @@ pub fn block_scalar(block: &[u8], k: usize, t: Tiles, act: &[i8], acc: &mut [i32
 mod x86 {
     use super::Tiles;
     use std::arch::x86_64::*;
+
+    /// Tokens per pass of [`block_tokens_vnni`]: 2 × 8 accumulators.
+    const PASS: usize = 8;
+
+    /// See `tl1::block_tokens`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL and VNNI; `block` holds BM·K/4 bytes, `acts` the
+    /// tokens' K activations each, `out` BM slots per token; BM a multiple of 16, K of BK.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    pub(super) unsafe fn block_tokens_vnni(
+        block: &[u8],
+        k: usize,
+        t: Tiles,
+        acts: &[i8],
+        sums: &[i32],
+        out: &mut [i32],
+    ) {
+        let (bm_big, bk, bm) = (t.rows, t.cols, t.sub_rows);
+        let by = 256 / bm;
+        let tokens = sums.len();
+        let quads = k / 4;
+        // Per column quad, the codes of rows 0-7 and 8-15 of the group: 64 bytes.
+        let mut codes = vec![_mm256_setzero_si256(); 2 * quads];
+        for group in 0..bm_big / 16 {
+            let (r0, r2) = (group / (bm / 16), group % (bm / 16));
+            for j0 in 0..k / bk {
+                for j2 in 0..bk / by {
+                    // formats::tl1: byte (j0, r0, j2, r2, j4, r3) at this offset + 16·j4 + r3.
+                    let at = j0 * (bm_big * bk / 4) + r0 * (bk * bm / 4) + j2 * 64 + r2 * 4 * by;
+                    for j4 in 0..by / 4 {
+                        let q = (j0 * bk + j2 * by) / 4 + j4;
+                        // SAFETY: 16 bytes at at + 16·j4 lie in the block (the caller's size).
+                        let v =
+                            unsafe { _mm_loadu_si128(block.as_ptr().add(at + 16 * j4) as *const __m128i) };
+                        codes[2 * q] = decode_eight(v, 0);
+                        codes[2 * q + 1] = decode_eight(v, 1);
+                    }
+                }
+            }
+            let mut tok = 0;
+            while tok < tokens {
+                let n = (tokens - tok).min(PASS);
+                let a = acts[tok * k..].as_ptr();
+                // SAFETY: n tokens of k activations from tok, within acts; codes covers k.
+                let sums_of = unsafe { pass_dispatch(&codes, a, k, n) };
+                for (half, lanes) in sums_of.iter().enumerate() {
+                    for (l, per_token) in lanes.iter().enumerate() {
+                        let row = r0 * bm + r2 * 16 + 8 * half + l;
+                        for (j, &v) in per_token.iter().enumerate().take(n) {
+                            out[row * tokens + tok + j] = v - sums[tok + j];
+                        }
+                    }
+                }
+                tok += n;
+            }
+        }
+    }
+
+    /// Bytes 8h..8h+8 of `v` (rows 8h..8h+8 of a group at one column quad) as codes, one row per
+    /// 32-bit lane: (pair index j = 3c₀ + c₁) high nibble → bytes 0 and 1, low → bytes 2 and 3,
+    /// each as j / 3 (the lower column) and j % 3. Indices 9-15 (not in a valid file) give
+    /// codes 1, 1 — weights 0, as the lookup tables' zero entries.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    fn decode_eight(v: __m128i, h: usize) -> __m256i {
+        let x = _mm256_broadcastsi128_si256(v);
+        // Within each 128-bit lane: lane 0 repeats bytes 8h..8h+4 four times each, lane 1 the
+        // next four.
+        let b = 8 * h as i8;
+        let rep = _mm256_setr_epi8(
+            b,
+            b,
+            b,
+            b,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 1,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 2,
+            b + 3,
+            b + 3,
+            b + 3,
+            b + 3,
+            b + 4,
+            b + 4,
+            b + 4,
+            b + 4,
+            b + 5,
+            b + 5,
+            b + 5,
+            b + 5,
+            b + 6,
+            b + 6,
+            b + 6,
+            b + 6,
+            b + 7,
+            b + 7,
+            b + 7,
+            b + 7,
+        );
+        let x = _mm256_shuffle_epi8(x, rep);
+        // Bytes 0, 1 of each lane: the high nibble; bytes 2, 3: the low one.
+        let nib = _mm256_and_si256(_mm256_srlv_epi16(x, _mm256_set1_epi32(4)), _mm256_set1_epi8(0x0F));
+        let div = _mm256_shuffle_epi8(
+            _mm256_setr_epi8(
+                0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1,
+                1,
+            ),
+            nib,
+        );
+        let rem = _mm256_shuffle_epi8(
+            _mm256_setr_epi8(
+                0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1,
+                1,
+            ),
+            nib,
+        );
+        // Odd bytes (the upper column of each pair) from the remainders.
+        _mm256_mask_blend_epi8(0xAAAA_AAAA, div, rem)
+    }
+
+    /// [`pass`] for a run-time token count (1..=[`PASS`]): `[half][lane][token]`.
+    ///
+    /// # Safety
+    /// As [`pass`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    unsafe fn pass_dispatch(codes: &[__m256i], a: *const i8, k: usize, n: usize) -> [[[i32; PASS]; 8]; 2] {
+        let mut out = [[[0i32; PASS]; 8]; 2];
+        macro_rules! run {
+            ($t:literal) => {{
+                // SAFETY: forwarded from the caller.
+                let acc = unsafe { pass::<$t>(codes, a, k) };
+                for (half, per_token) in acc.iter().enumerate() {
+                    for (j, v) in per_token.iter().enumerate() {
+                        let mut lanes = [0i32; 8];
+                        // SAFETY: 8 i32 into an 8-i32 array.
+                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *v) };
+                        for (l, &x) in lanes.iter().enumerate() {
+                            out[half][l][j] = x;
+                        }
+                    }
+                }
+            }};
+        }
+        match n {
+            1 => run!(1),
+            2 => run!(2),
+            3 => run!(3),
+            4 => run!(4),
+            5 => run!(5),
+            6 => run!(6),
+            7 => run!(7),
+            _ => run!(8),
+        }
+        out
+    }
+
+    /// Σ c·q of a 16-row group's decoded codes against `T` tokens: per column quad, each token's
+    /// four activations broadcast to every lane and one `vpdpbusd` per half (exact: codes ≤ 2).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL and VNNI; `codes` holds 2·k/4 vectors, `a` `T` tokens
+    /// of `k` activations.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    unsafe fn pass<const T: usize>(codes: &[__m256i], a: *const i8, k: usize) -> [[__m256i; T]; 2] {
+        let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
+        for (q, pair) in codes.chunks_exact(2).enumerate() {
+            for (t, (lo, hi)) in lo.iter_mut().zip(&mut hi).enumerate() {
+                // SAFETY: activations 4q..4q+4 of token t, within its k.
+                let x = _mm256_set1_epi32(unsafe { (a.add(t * k + 4 * q) as *const i32).read_unaligned() });
+                *lo = _mm256_dpbusd_epi32(*lo, pair[0], x);
+                *hi = _mm256_dpbusd_epi32(*hi, pair[1], x);
+            }
+        }
+        [lo, hi]
+    }
 
     /// One 32-byte load of weights (16 rows × 2 runs) looked up in the high-nibble tables `h`
     /// and low-nibble tables `l` ((low-byte plane, high-byte plane) each), added as int16 to

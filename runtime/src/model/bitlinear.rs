@@ -205,7 +205,7 @@ impl Session<'_> {
         let w = self.model.packed(m);
         let isa = self.isa;
         // Lookup-table layouts: tables built once per input, shared by threads and matrices.
-        if let Some(key) = w.table_key() {
+        if let Some(key) = w.tables_read(isa, tokens) {
             self.time(Op::Tables, || {
                 a.tables(key);
             });
@@ -214,7 +214,7 @@ impl Session<'_> {
             self.time(Op::Tables, || a.prepare_panel(isa, w.layout));
         }
         let a = &*a;
-        let tables = w.table_key().and_then(|key| a.tables.iter().find(|t| t.key == key));
+        let tables = w.tables_read(isa, tokens).and_then(|key| a.tables.iter().find(|t| t.key == key));
         // Row chunks: enough for every thread to get several, large enough to amortise the task,
         // and whole row groups (tiled layouts store BM rows together). Chunks only balance
         // threads, so one thread generating takes the whole matrix in one call: the quarter-stream
