@@ -49,10 +49,15 @@ pub enum TableKey {
 }
 
 impl Packed<'_> {
-    /// The tables this matrix's kernel reads for `tokens` tokens on `isa`, if any (TL1 reads none
-    /// where several tokens run decoded, `tl1::runs_decoded`).
+    /// The tables this matrix's kernel reads for `tokens` tokens on `isa`, if any (TL1 and TL2
+    /// read none where several tokens run decoded, `tl1::runs_decoded`).
     pub fn tables_read(&self, isa: Isa, tokens: usize) -> Option<TableKey> {
-        if self.layout == Layout::TL1 && tl1::runs_decoded(isa, tokens) {
+        let decoded = match self.layout {
+            Layout::TL1 => tl1::runs_decoded(isa, tokens),
+            Layout::TL2 => tl2::runs_decoded(isa, tokens),
+            _ => false,
+        };
+        if decoded {
             return None;
         }
         self.table_key()
@@ -177,6 +182,13 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             for (i, o) in (r0 / t.rows..r1.div_ceil(t.rows)).zip(out.chunks_mut(t.rows * tokens)) {
                 let block = &w.bytes[i * block_bytes..][..block_bytes];
                 tl1::block_tokens(isa, block, w.cols, t, acts, sums, o);
+            }
+        }
+        Layout::TL2 if tl2::runs_decoded(isa, tokens) => {
+            // Several tokens: each row block decoded once for all of them, no tables.
+            let t = w.tiles.expect("tiled layouts carry tiles");
+            for (i, o) in (r0 / t.rows..r1.div_ceil(t.rows)).zip(out.chunks_mut(t.rows * tokens)) {
+                tl2::block_tokens(isa, w.bytes, w.rows, w.cols, t, i, acts, sums, o);
             }
         }
         Layout::TL1 | Layout::TL2 => {

@@ -107,12 +107,12 @@ pub fn block_scalar(block: &[u8], k: usize, t: Tiles, act: &[i8], acc: &mut [i32
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::Tiles;
     use std::arch::x86_64::*;
 
     /// Tokens per pass of [`block_tokens_vnni`]: 2 × 8 accumulators.
-    const PASS: usize = 8;
+    pub(crate) const PASS: usize = 8;
 
     /// See `tl1::block_tokens`.
     ///
@@ -155,7 +155,7 @@ mod x86 {
                 let n = (tokens - tok).min(PASS);
                 let a = acts[tok * k..].as_ptr();
                 // SAFETY: n tokens of k activations from tok, within acts; codes covers k.
-                let sums_of = unsafe { pass_dispatch(&codes, a, k, n) };
+                let sums_of = unsafe { pass_dispatch(&codes, (2, 0), a, k, n) };
                 for (half, lanes) in sums_of.iter().enumerate() {
                     for (l, per_token) in lanes.iter().enumerate() {
                         let row = r0 * bm + r2 * 16 + 8 * half + l;
@@ -241,12 +241,18 @@ mod x86 {
     /// As [`pass`].
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-    unsafe fn pass_dispatch(codes: &[__m256i], a: *const i8, k: usize, n: usize) -> [[[i32; PASS]; 8]; 2] {
+    pub(crate) unsafe fn pass_dispatch(
+        codes: &[__m256i],
+        layout: (usize, usize),
+        a: *const i8,
+        k: usize,
+        n: usize,
+    ) -> [[[i32; PASS]; 8]; 2] {
         let mut out = [[[0i32; PASS]; 8]; 2];
         macro_rules! run {
             ($t:literal) => {{
                 // SAFETY: forwarded from the caller.
-                let acc = unsafe { pass::<$t>(codes, a, k) };
+                let acc = unsafe { pass::<$t>(codes, layout, a, k) };
                 for (half, per_token) in acc.iter().enumerate() {
                     for (j, v) in per_token.iter().enumerate() {
                         let mut lanes = [0i32; 8];
@@ -272,17 +278,24 @@ mod x86 {
         out
     }
 
-    /// Σ c·q of a 16-row group's decoded codes against `T` tokens: per column quad, each token's
-    /// four activations broadcast to every lane and one `vpdpbusd` per half (exact: codes ≤ 2).
+    /// Σ c·q of 16 rows' decoded codes against `T` tokens: per column quad, each token's four
+    /// activations broadcast to every lane and one `vpdpbusd` per 8-row half (exact: codes ≤ 2).
+    /// `(stride, first)`: quad q's two vectors are `codes[q·stride + first]` and the next.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F/BW/VL and VNNI; `codes` holds 2·k/4 vectors, `a` `T` tokens
-    /// of `k` activations.
+    /// The CPU must support AVX-512F/BW/VL and VNNI; `codes` holds `stride`·k/4 vectors, `a` `T`
+    /// tokens of `k` activations.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-    unsafe fn pass<const T: usize>(codes: &[__m256i], a: *const i8, k: usize) -> [[__m256i; T]; 2] {
+    unsafe fn pass<const T: usize>(
+        codes: &[__m256i],
+        (stride, first): (usize, usize),
+        a: *const i8,
+        k: usize,
+    ) -> [[__m256i; T]; 2] {
         let (mut lo, mut hi) = ([_mm256_setzero_si256(); T], [_mm256_setzero_si256(); T]);
-        for (q, pair) in codes.chunks_exact(2).enumerate() {
+        for (q, quad) in codes.chunks_exact(stride).enumerate() {
+            let pair = &quad[first..first + 2];
             for (t, (lo, hi)) in lo.iter_mut().zip(&mut hi).enumerate() {
                 // SAFETY: activations 4q..4q+4 of token t, within its k.
                 let x = _mm256_set1_epi32(unsafe { (a.add(t * k + 4 * q) as *const i32).read_unaligned() });

@@ -98,6 +98,60 @@ pub fn block(
     }
 }
 
+/// Whether [`block_tokens`] runs for `tokens` tokens on `isa`: several tokens on AVX-512 VNNI.
+/// Then a product needs no lookup tables.
+pub fn runs_decoded(isa: Isa, tokens: usize) -> bool {
+    super::tl1::runs_decoded(isa, tokens)
+}
+
+/// Several tokens against row block `i0` of the `m × k` TL2 tensor `bytes`, decoding its
+/// weights once for all of them: `out[j·tokens + t] = Σ t·q` for rows `i0·BM + j` and the
+/// tokens of `acts` (`k` activations each, Σ in `sums`). Only where [`runs_decoded`] says so.
+///
+/// As TL1's (`tl1::block_tokens`), each 32-row group becomes codes with one row per 32-bit lane
+/// and four columns per lane: every A-plane byte gives two triples' magnitudes, looked up as
+/// lanes of three codes, negated where the S plane's bit says, and four triples shifted into
+/// three column quads; the K2 tail's pair bytes decode as TL1's. The group's codes are then read
+/// by passes of up to 8 tokens, 16 rows at a time.
+#[allow(clippy::too_many_arguments)]
+pub fn block_tokens(
+    isa: Isa,
+    bytes: &[u8],
+    m: usize,
+    k: usize,
+    t: Tiles,
+    i0: usize,
+    acts: &[i8],
+    sums: &[i32],
+    out: &mut [i32],
+) {
+    let tokens = sums.len();
+    let k3 = triple_cols(k, t);
+    let k2 = k - k3;
+    assert!(runs_decoded(isa, tokens), "the decoded TL2 GEMM runs several tokens on AVX-512 VNNI");
+    assert!(acts.len() == tokens * k && out.len() == t.rows * tokens);
+    assert!(
+        t.sub_rows == 32 && t.rows.is_multiple_of(32) && t.cols.is_multiple_of(24) && k2.is_multiple_of(32)
+    );
+    assert!(bytes.len() >= m * k3 / 6 + m * k3 / 24 + m * k2 / 4 && (i0 + 1) * t.rows <= m);
+    let planes = Planes {
+        a: i0 * t.rows * k3 / 6,
+        s: m * k3 / 6 + i0 * t.rows * k3 / 24,
+        b: m * k3 / 6 + m * k3 / 24 + i0 * t.rows * k2 / 4,
+    };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 VNNI was detected (runs_decoded); the planes' extents asserted above.
+    unsafe {
+        x86::block_tokens_vnni(bytes, planes, k, t, acts, sums, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = planes;
+}
+
+/// The 8-row run of a 32-row chunk that byte run j (bytes 8j..8j+8) holds (`formats::tl2`).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const PERM_RUNS: [usize; 4] = [0, 2, 1, 3];
+
 /// Where row block i0 starts in each plane.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 #[derive(Clone, Copy)]
@@ -110,6 +164,149 @@ struct Planes {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Planes, Tiles};
+
+    /// Per triple magnitude v (0..=13), the codes w + 1 of its balanced digits (w0, w1, w2) of
+    /// 9·w0 + 3·w1 + w2 = v in bytes 0, 1, 2 of a lane; 14 and 15 (not in a valid file) as
+    /// weights 0, as the lookup tables' zero entries.
+    const TRIPLE_CODES: [i32; 16] = {
+        let mut table = [0x0001_0101i32; 16];
+        let mut v = 0;
+        while v < 14 {
+            let i = v as i32;
+            let w2 = (i + 1).rem_euclid(3) - 1;
+            let w1 = ((i - w2) / 3 + 1).rem_euclid(3) - 1;
+            let w0 = (i - w2 - 3 * w1) / 9;
+            table[v] = (w0 + 1) | (w1 + 1) << 8 | (w2 + 1) << 16;
+            v += 1;
+        }
+        table
+    };
+
+    /// Per pair index j = 3·c₀ + c₁ (0..=8), the codes c₀, c₁ in bytes 0 and 1; 9-15 as weights 0.
+    const PAIR_CODES: [i32; 16] = {
+        let mut table = [0x0101i32; 16];
+        let mut j = 0;
+        while j < 9 {
+            table[j] = (j as i32 / 3) | (j as i32 % 3) << 8;
+            j += 1;
+        }
+        table
+    };
+
+    /// Lanes of `v` (each 0..=15) looked up in a 16-entry `table` (its two halves).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    fn lookup16(table: (__m256i, __m256i), v: __m256i) -> __m256i {
+        _mm256_permutex2var_epi32(table.0, v, table.1)
+    }
+
+    /// See `tl2::block_tokens`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL and VNNI; the planes of row block `planes` lie in
+    /// `bytes`; `acts` holds the tokens' k activations each and `out` BM slots per token.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    pub(super) unsafe fn block_tokens_vnni(
+        bytes: &[u8],
+        planes: Planes,
+        k: usize,
+        t: Tiles,
+        acts: &[i8],
+        sums: &[i32],
+        out: &mut [i32],
+    ) {
+        use crate::kernels::tl1::x86::{PASS, pass_dispatch};
+        let (bm_big, bk) = (t.rows, t.cols);
+        let k3 = super::triple_cols(k, t);
+        let k2 = k - k3;
+        let tokens = sums.len();
+        let halves = |v: [i32; 16]| {
+            // SAFETY: 8 i32 from each half of a 16-i32 array.
+            unsafe {
+                (
+                    _mm256_loadu_si256(v.as_ptr() as *const __m256i),
+                    _mm256_loadu_si256(v.as_ptr().add(8) as *const __m256i),
+                )
+            }
+        };
+        let (triples, pairs) = (halves(TRIPLE_CODES), halves(PAIR_CODES));
+        let (nib, flip) = (_mm256_set1_epi32(0x0F), _mm256_set1_epi32(0x0002_0202));
+        let eight = |at: usize| {
+            // SAFETY: the caller's plane extents cover every byte run read below.
+            unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(bytes.as_ptr().add(at) as *const __m128i)) }
+        };
+        // codes[4q + j]: column quad q of the 8-row run j (rows PERM[j]·8.. of the 32-row group).
+        let mut codes = vec![_mm256_setzero_si256(); k];
+        for r0 in 0..bm_big / 32 {
+            for t0 in 0..k3 / bk {
+                // Two sextets (12 columns: four triples, three quads) at a time.
+                for t2 in (0..bk / 6).step_by(2) {
+                    let col = t0 * bk + t2 * 6;
+                    let at = planes.a + t0 * (bm_big * bk / 6) + r0 * (32 * bk / 6) + t2 * 32;
+                    let group = planes.s + t0 * (bm_big * bk / 24) + r0 * (32 * bk / 24) + (t2 * 6 / 24) * 32;
+                    for j in 0..4 {
+                        let (x0, x1) = (eight(at + 8 * j), eight(at + 32 + 8 * j));
+                        let magnitudes = [
+                            _mm256_srli_epi32::<4>(x0),
+                            _mm256_and_si256(x0, nib),
+                            _mm256_srli_epi32::<4>(x1),
+                            _mm256_and_si256(x1, nib),
+                        ];
+                        // This run's rows: 8 sign words from u0, bit 15 − (2·tt + half).
+                        let first = super::PERM_RUNS[j] * 8;
+                        // SAFETY: 8 words of the group's 16, in the S plane.
+                        let words = unsafe {
+                            _mm_loadu_si128(bytes.as_ptr().add(group + 2 * (first % 16)) as *const __m128i)
+                        };
+                        let tri: [__m256i; 4] = std::array::from_fn(|n| {
+                            let c = col + 3 * n;
+                            let tt = (c - t0 * bk) % 24 / 3;
+                            let bit = 15 - (2 * tt + first / 16);
+                            let negative = _mm_test_epi16_mask(words, _mm_set1_epi16((1u16 << bit) as i16));
+                            let v = lookup16(triples, magnitudes[n]);
+                            _mm256_mask_sub_epi32(v, negative, flip, v)
+                        });
+                        let q = col / 4;
+                        codes[4 * q + j] = _mm256_or_si256(tri[0], _mm256_slli_epi32::<24>(tri[1]));
+                        codes[4 * (q + 1) + j] =
+                            _mm256_or_si256(_mm256_srli_epi32::<8>(tri[1]), _mm256_slli_epi32::<16>(tri[2]));
+                        codes[4 * (q + 2) + j] =
+                            _mm256_or_si256(_mm256_srli_epi32::<16>(tri[2]), _mm256_slli_epi32::<8>(tri[3]));
+                    }
+                }
+            }
+            for j0 in 0..k2 / 32 {
+                for j2 in 0..8 {
+                    let q = (k3 + j0 * 32 + j2 * 4) / 4;
+                    let at = planes.b + j0 * 8 * bm_big + r0 * 256 + j2 * 32;
+                    for j in 0..4 {
+                        let x = eight(at + 8 * j);
+                        let hi = lookup16(pairs, _mm256_srli_epi32::<4>(x));
+                        let lo = lookup16(pairs, _mm256_and_si256(x, nib));
+                        codes[4 * q + j] = _mm256_or_si256(hi, _mm256_slli_epi32::<16>(lo));
+                    }
+                }
+            }
+            // Runs 0 and 1, then 2 and 3, against every pass of tokens.
+            for half in 0..2 {
+                let mut tok = 0;
+                while tok < tokens {
+                    let n = (tokens - tok).min(PASS);
+                    // SAFETY: n tokens of k activations from tok; codes covers k/4 quads of 4.
+                    let got = unsafe { pass_dispatch(&codes, (4, 2 * half), acts[tok * k..].as_ptr(), k, n) };
+                    for (h, lanes) in got.iter().enumerate() {
+                        let first = r0 * 32 + super::PERM_RUNS[2 * half + h] * 8;
+                        for (l, per_token) in lanes.iter().enumerate() {
+                            for (i, &v) in per_token.iter().enumerate().take(n) {
+                                out[(first + l) * tokens + tok + i] = v - sums[tok + i];
+                            }
+                        }
+                    }
+                    tok += n;
+                }
+            }
+        }
+    }
     use std::arch::x86_64::*;
 
     /// 32 rows' int16 entries for the nibbles `idx` (TL2's permuted byte order) in a 32-byte
