@@ -167,9 +167,10 @@ impl Panel {
 /// VNNI (and no AMX tiles to run a prompt), rows two at a time are decoded in registers for each
 /// pass of up to eight tokens (`x86::gemm_few_vnni`): faster than codes through memory at every
 /// token count, and what lets a batch of decoding sequences cost little more than one
-/// (docs/performance-notes.md, "Small-batch GEMM"). One token (generation): AVX2 runs rows one at a time through
-/// one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from the four quarters
-/// of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the hardware prefetcher.
+/// (docs/performance-notes.md, "Small-batch GEMM"). One token (generation): AVX2 runs rows one
+/// at a time through one forward stream (`x86::gemv_avx2`); VNNI four rows at a time taken from
+/// the four quarters of the call (`x86::gemv_vnni`) — four adjacent rows would defeat the
+/// hardware prefetcher.
 pub fn gemm(isa: Isa, rows: &[u8], row_bytes: usize, acts: &[i8], act_sums: &[i32], out: &mut [i32]) {
     gemm_with_panel(isa, rows, row_bytes, acts, act_sums, None, out)
 }
@@ -586,7 +587,7 @@ mod tests {
     fn gemm_equals_gemv_per_token() {
         // Small; and an odd row count (a row left over after the pairs), 54 blocks (several i16
         // widening rounds) with activations at the extremes.
-        // Then every token count around the small-batch GEMM's passes and its limit.
+        // Then every token count from 2 to 18: whole and partial passes of the small-batch GEMM.
         let few = (2..=18).map(|t| (5 + t % 3, 128 * (1 + t % 5), t, t % 2 == 0));
         let cases = [(6, 256, 5, false), (7, 6912, 3, true), (9, 384, 1, true), (3, 6912, 16, true)];
         for (rows, cols, tokens, extreme) in cases.into_iter().chain(few) {
