@@ -54,6 +54,15 @@ pub fn block_bytes(ty: TensorType) -> Option<usize> {
     }
 }
 
+/// Whether a head type this module runs is Q4_0 (else Q8_0); `None` for other types.
+fn is_q4(ty: TensorType) -> Option<bool> {
+    match ty {
+        TensorType::Q8_0 => Some(false),
+        TensorType::Q4_0 => Some(true),
+        _ => None,
+    }
+}
+
 /// A row dot of one head type on one instruction set: `Σ w·x` of a row's bytes against `acts`.
 pub type HeadDot = fn(&[u8], &HeadActs) -> f32;
 
@@ -100,11 +109,7 @@ pub type HeadDot4 = fn([&[u8]; 4], &HeadActs) -> [f32; 4];
 /// scale, and read four streams at once with a prefetch each: a one-row Q4_0 dot computes more
 /// slowly than an Intel core can stream (docs/performance-notes.md, "Quantised heads").
 pub fn dot4_fn(isa: Isa, ty: TensorType) -> Option<HeadDot4> {
-    let q4 = match ty {
-        TensorType::Q8_0 => false,
-        TensorType::Q4_0 => true,
-        _ => return None,
-    };
+    let q4 = is_q4(ty)?;
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
@@ -129,11 +134,7 @@ pub type HeadDotPositions = fn(&[u8], &[HeadActs], &mut [f32]);
 /// each row is decoded once for all positions (sequences decoding together), where the one-row
 /// dots decode it again per position.
 pub fn dot_positions_fn(isa: Isa, ty: TensorType) -> Option<HeadDotPositions> {
-    let q4 = match ty {
-        TensorType::Q8_0 => false,
-        TensorType::Q4_0 => true,
-        _ => return None,
-    };
+    let q4 = is_q4(ty)?;
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {

@@ -7,6 +7,49 @@
 //! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
 //! - [`head`]: integer row dots for a Q8_0 / Q4_0 output head.
 
+/// Evaluates `$body` with `$t` a constant equal to `$n` (1..=8; 8 for anything larger): the
+/// small-batch kernels have one instantiation per pass length, so their accumulators are arrays
+/// of known size that live in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_pass_len {
+    ($n:expr, $t:ident => $body:expr) => {
+        match $n {
+            1 => {
+                const $t: usize = 1;
+                $body
+            }
+            2 => {
+                const $t: usize = 2;
+                $body
+            }
+            3 => {
+                const $t: usize = 3;
+                $body
+            }
+            4 => {
+                const $t: usize = 4;
+                $body
+            }
+            5 => {
+                const $t: usize = 5;
+                $body
+            }
+            6 => {
+                const $t: usize = 6;
+                $body
+            }
+            7 => {
+                const $t: usize = 7;
+                $body
+            }
+            _ => {
+                const $t: usize = 8;
+                $body
+            }
+        }
+    };
+}
+
 pub mod act;
 pub mod float;
 pub mod head;

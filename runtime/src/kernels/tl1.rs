@@ -249,32 +249,20 @@ pub(crate) mod x86 {
         n: usize,
     ) -> [[[i32; PASS]; 8]; 2] {
         let mut out = [[[0i32; PASS]; 8]; 2];
-        macro_rules! run {
-            ($t:literal) => {{
-                // SAFETY: forwarded from the caller.
-                let acc = unsafe { pass::<$t>(codes, layout, a, k) };
-                for (half, per_token) in acc.iter().enumerate() {
-                    for (j, v) in per_token.iter().enumerate() {
-                        let mut lanes = [0i32; 8];
-                        // SAFETY: 8 i32 into an 8-i32 array.
-                        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *v) };
-                        for (l, &x) in lanes.iter().enumerate() {
-                            out[half][l][j] = x;
-                        }
+        with_pass_len!(n, T => {
+            // SAFETY: forwarded from the caller.
+            let acc = unsafe { pass::<T>(codes, layout, a, k) };
+            for (half, per_token) in acc.iter().enumerate() {
+                for (j, v) in per_token.iter().enumerate() {
+                    let mut lanes = [0i32; 8];
+                    // SAFETY: 8 i32 into an 8-i32 array.
+                    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *v) };
+                    for (l, &x) in lanes.iter().enumerate() {
+                        out[half][l][j] = x;
                     }
                 }
-            }};
-        }
-        match n {
-            1 => run!(1),
-            2 => run!(2),
-            3 => run!(3),
-            4 => run!(4),
-            5 => run!(5),
-            6 => run!(6),
-            7 => run!(7),
-            _ => run!(8),
-        }
+            }
+        });
         out
     }
 

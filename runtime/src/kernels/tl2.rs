@@ -65,18 +65,8 @@ pub fn block(
     lut: &[u8],
     acc: &mut [i32],
 ) {
-    let k3 = triple_cols(k, t);
-    let k2 = k - k3;
-    assert!(acc.len() == t.rows && act.len() == k && lut.len() == tables_len(k, k3));
-    assert!(
-        t.sub_rows == 32 && t.rows.is_multiple_of(32) && t.cols.is_multiple_of(24) && k2.is_multiple_of(32)
-    );
-    assert!(bytes.len() >= m * k3 / 6 + m * k3 / 24 + m * k2 / 4 && (i0 + 1) * t.rows <= m);
-    let planes = Planes {
-        a: i0 * t.rows * k3 / 6,
-        s: m * k3 / 6 + i0 * t.rows * k3 / 24,
-        b: m * k3 / 6 + m * k3 / 24 + i0 * t.rows * k2 / 4,
-    };
+    assert!(acc.len() == t.rows && act.len() == k && lut.len() == tables_len(k, triple_cols(k, t)));
+    let planes = Planes::of_block(bytes.len(), m, k, t, i0);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni if isa.supported() => {
@@ -126,19 +116,9 @@ pub fn block_tokens(
     out: &mut [i32],
 ) {
     let tokens = sums.len();
-    let k3 = triple_cols(k, t);
-    let k2 = k - k3;
     assert!(runs_decoded(isa, tokens), "the decoded TL2 GEMM runs several tokens on AVX-512 VNNI");
     assert!(acts.len() == tokens * k && out.len() == t.rows * tokens);
-    assert!(
-        t.sub_rows == 32 && t.rows.is_multiple_of(32) && t.cols.is_multiple_of(24) && k2.is_multiple_of(32)
-    );
-    assert!(bytes.len() >= m * k3 / 6 + m * k3 / 24 + m * k2 / 4 && (i0 + 1) * t.rows <= m);
-    let planes = Planes {
-        a: i0 * t.rows * k3 / 6,
-        s: m * k3 / 6 + i0 * t.rows * k3 / 24,
-        b: m * k3 / 6 + m * k3 / 24 + i0 * t.rows * k2 / 4,
-    };
+    let planes = Planes::of_block(bytes.len(), m, k, t, i0);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 VNNI was detected (runs_decoded); the planes' extents asserted above.
     unsafe {
@@ -159,6 +139,27 @@ struct Planes {
     a: usize,
     s: usize,
     b: usize,
+}
+
+impl Planes {
+    /// Row block `i0` of an `m × k` tensor of `len` bytes with tiles `t`, after checking that the
+    /// tiles are ones the kernels read and that the block's planes lie within the bytes.
+    fn of_block(len: usize, m: usize, k: usize, t: Tiles, i0: usize) -> Planes {
+        let k3 = triple_cols(k, t);
+        let k2 = k - k3;
+        assert!(
+            t.sub_rows == 32
+                && t.rows.is_multiple_of(32)
+                && t.cols.is_multiple_of(24)
+                && k2.is_multiple_of(32)
+        );
+        assert!(len >= m * k3 / 6 + m * k3 / 24 + m * k2 / 4 && (i0 + 1) * t.rows <= m);
+        Planes {
+            a: i0 * t.rows * k3 / 6,
+            s: m * k3 / 6 + i0 * t.rows * k3 / 24,
+            b: m * k3 / 6 + m * k3 / 24 + i0 * t.rows * k2 / 4,
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

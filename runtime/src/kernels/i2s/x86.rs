@@ -667,25 +667,13 @@ unsafe fn few_pass_dispatch<const R: usize>(
     tokens: usize,
     out: &mut [[i32; FEW_TOKENS_PER_PASS]; R],
 ) {
-    macro_rules! pass {
-        ($t:literal) => {{
-            // SAFETY: forwarded from the caller.
-            let got = unsafe { few_pass::<R, $t>(w, (blocks, ahead), a, k) };
-            for (o, g) in out.iter_mut().zip(got) {
-                o[..$t].copy_from_slice(&g);
-            }
-        }};
-    }
-    match tokens {
-        1 => pass!(1),
-        2 => pass!(2),
-        3 => pass!(3),
-        4 => pass!(4),
-        5 => pass!(5),
-        6 => pass!(6),
-        7 => pass!(7),
-        _ => pass!(8),
-    }
+    with_pass_len!(tokens, T => {
+        // SAFETY: forwarded from the caller.
+        let got = unsafe { few_pass::<R, T>(w, (blocks, ahead), a, k) };
+        for (o, g) in out.iter_mut().zip(got) {
+            o[..T].copy_from_slice(&g);
+        }
+    })
 }
 
 /// `Σ c·q` of `R` rows against `T` tokens: per block, each row's four code vectors (shift and
@@ -807,25 +795,13 @@ unsafe fn few_codes_dispatch<const R: usize>(
     tokens: usize,
     out: &mut [[i32; FEW_TOKENS_PER_PASS]; R],
 ) {
-    macro_rules! pass {
-        ($t:literal) => {{
-            // SAFETY: forwarded from the caller.
-            let got = unsafe { few_codes_pass::<R, $t>(c, a, k) };
-            for (o, g) in out.iter_mut().zip(got) {
-                o[..$t].copy_from_slice(&g);
-            }
-        }};
-    }
-    match tokens {
-        1 => pass!(1),
-        2 => pass!(2),
-        3 => pass!(3),
-        4 => pass!(4),
-        5 => pass!(5),
-        6 => pass!(6),
-        7 => pass!(7),
-        _ => pass!(8),
-    }
+    with_pass_len!(tokens, T => {
+        // SAFETY: forwarded from the caller.
+        let got = unsafe { few_codes_pass::<R, T>(c, a, k) };
+        for (o, g) in out.iter_mut().zip(got) {
+            o[..T].copy_from_slice(&g);
+        }
+    })
 }
 
 /// `Σ c·q` of `R` unpacked code rows against `T` tokens: per 32 codes, one load per row, then per
