@@ -635,16 +635,29 @@ pub(super) unsafe fn gemm_few_vnni(
                     few_pass_dispatch::<1>([w], (blocks, ahead), a, k, group, &mut one);
                     got[0] = one[0];
                 }
-                for (i, sums_of_row) in got.iter().enumerate().take(if pair { 2 } else { 1 }) {
-                    let o = &mut out[(r + i) * tokens + t..(r + i) * tokens + t + group];
-                    for ((slot, &s), &sum) in o.iter_mut().zip(sums_of_row).zip(&sums[t..t + group]) {
-                        *slot = s - sum;
-                    }
-                }
+                store_pass(out, sums, (r, if pair { 2 } else { 1 }), (t, group), &got);
             }
             t += group;
         }
         r += if pair { 2 } else { 1 };
+    }
+}
+
+/// One pass's sums Σ c·q of rows `r..r + rows` and tokens `t..t + group` into `out` (row-major,
+/// `sums.len()` tokens a row) as Σ t·q = Σ c·q − Σ q.
+fn store_pass(
+    out: &mut [i32],
+    sums: &[i32],
+    (r, rows): (usize, usize),
+    (t, group): (usize, usize),
+    got: &[[i32; FEW_TOKENS_PER_PASS]; 2],
+) {
+    let tokens = sums.len();
+    for (i, sums_of_row) in got.iter().enumerate().take(rows) {
+        let o = &mut out[(r + i) * tokens + t..(r + i) * tokens + t + group];
+        for ((slot, &s), &sum) in o.iter_mut().zip(sums_of_row).zip(&sums[t..t + group]) {
+            *slot = s - sum;
+        }
     }
 }
 
@@ -770,12 +783,7 @@ unsafe fn gemm_codes_few_vnni(
                     got[0] = one[0];
                 }
             }
-            for (i, sums_of_row) in got.iter().enumerate().take(count) {
-                let o = &mut out[(r + i) * tokens + t..(r + i) * tokens + t + group];
-                for ((slot, &s), &sum) in o.iter_mut().zip(sums_of_row).zip(&sums[t..t + group]) {
-                    *slot = s - sum;
-                }
-            }
+            store_pass(out, sums, (r, count), (t, group), &got);
             t += group;
         }
         r += count;
