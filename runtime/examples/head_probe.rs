@@ -1,37 +1,61 @@
-//! The F16 output head against several positions at once (sequences decoding together), as
-//! multiply-accumulates per second on one thread: 64 rows that stay in cache, then 32768 rows
-//! (168 MB) streaming from memory; best of five runs (docs/performance-notes.md, "F16 head").
+//! The output head as multiply-accumulates per second on one thread: 64 rows that stay in cache,
+//! then 32768 rows streaming from memory; best of five runs (docs/performance-notes.md, "F16
+//! head", "Quantised heads"). F16 rows against several positions at once (sequences decoding
+//! together), or a Q4_0/Q8_0 head one row at a time against one position.
 //!
-//!     cargo run --release -p tern-runtime --example head_probe [POSITIONS]
+//!     cargo run --release -p tern-runtime --example head_probe [POSITIONS | q4_0 | q8_0]
 //!
 //! `TERN_KERNEL=avx2|avx512vnni` picks the kernel (default: the CPU's best); 8 positions unless
 //! told.
 use std::time::Instant;
+use tern_formats::TensorType;
 use tern_runtime::cpu;
 use tern_runtime::kernels::float::dot_f16_rows_positions;
+use tern_runtime::kernels::head;
 
 fn main() {
     let isa = cpu::selected();
     let cols = 2560;
-    let positions: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(8);
+    let arg = std::env::args().nth(1).unwrap_or_else(|| "8".into());
+    let integer = match arg.as_str() {
+        "q4_0" => Some(TensorType::Q4_0),
+        "q8_0" => Some(TensorType::Q8_0),
+        _ => None,
+    };
+    let positions: usize = if integer.is_some() { 1 } else { arg.parse().expect("POSITIONS, q4_0 or q8_0") };
     for rows in [64usize, 32768] {
-        let w: Vec<u8> = (0..rows * cols * 2).map(|i| ((i * 7) % 60) as u8).collect();
+        let row_bytes = match integer {
+            Some(ty) => head::block_bytes(ty).unwrap() * cols / 32,
+            None => cols * 2,
+        };
+        // Small f16 values and scales (bytes below 0x3C in each half).
+        let w: Vec<u8> = (0..rows * row_bytes).map(|i| ((i * 7) % 60) as u8).collect();
         let xs: Vec<f32> = (0..positions * cols).map(|i| (i % 13) as f32 * 0.1).collect();
+        let acts = head::HeadActs::quantise(&xs[..cols]);
         let mut out = vec![0f32; rows * positions];
         let reps = if rows == 64 { 2000 } else { 4 };
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                dot_f16_rows_positions(isa, &w, &xs, cols, &mut out);
+                match integer {
+                    Some(ty) => {
+                        let dot = head::dot_fn(isa, ty);
+                        for (row, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
+                            *o = dot(row, &acts);
+                        }
+                    }
+                    None => dot_f16_rows_positions(isa, &w, &xs, cols, &mut out),
+                }
             }
             best = best.min(t.elapsed().as_secs_f64());
         }
+        std::hint::black_box(&out);
         let macs = (rows * cols * positions * reps) as f64;
         println!(
-            "rows {rows} positions {positions}: {:.1} GMAC/s, {:.1} GB/s of weights",
+            "{arg}, rows {rows} positions {positions}: {:.1} GMAC/s, {:.1} GB/s of weights",
             macs / best / 1e9,
-            (rows * cols * 2 * reps) as f64 / best / 1e9
+            (rows * row_bytes * reps) as f64 / best / 1e9
         );
     }
 }

@@ -76,7 +76,15 @@ pub fn dot_fn(isa: Isa, ty: TensorType) -> HeadDot {
     };
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+        Isa::Avx512Vnni if isa.supported() && is_x86_feature_detected!("f16c") => {
+            if q4 {
+                x86::dot_vnni::<true>
+            } else {
+                x86::dot_vnni::<false>
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.supported() && is_x86_feature_detected!("f16c") => {
             if q4 {
                 x86::dot_q4_0
             } else {
@@ -287,20 +295,13 @@ mod x86 {
         sum_lanes(_mm256_add_ps(even, odd))
     }
 
-    /// How far ahead of each of the four rows the four-row dots ask for bytes, every line of
-    /// them: about 1900 weights either way. Asking once per four blocks instead skipped half of
-    /// Q8_0's lines (docs/performance-notes.md, "Quantised heads").
-    const AHEAD_Q4_0: usize = 1024;
-    const AHEAD_Q8_0: usize = 2048;
-
-    /// [`quads`] with `vpdpbusd`: one instruction for `maddubs` + `madd`, the same exact sums
-    /// (no pair sum saturates in `maddubs`: |w| ≤ 128 or codes ≤ 15, against |x| ≤ 127).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
-    unsafe fn quads_vnni<const Q4: bool>(b: *const u8, x: __m256i, offsets: *const i32) -> __m256i {
-        let zero = _mm256_setzero_si256();
-        // SAFETY: the caller passes a whole block and its 8 offsets.
+    /// [`quads_loaded`] with `vpdpbusd` in place of `maddubs` + `madd`: the same exact sums (no
+    /// pair sum saturates in `maddubs`: |w| ≤ 128 or codes ≤ 15, against |x| ≤ 127).
+    #[inline(always)]
+    unsafe fn quads_vnni_loaded<const Q4: bool>(b: *const u8, x: __m256i, offsets: *const i32) -> __m256i {
+        // SAFETY: the caller passes a whole block and its 8 offsets, and has enabled VNNI.
         unsafe {
+            let zero = _mm256_setzero_si256();
             if Q4 {
                 let sums = _mm256_dpbusd_epi32(zero, q4_codes(b), x);
                 _mm256_sub_epi32(sums, _mm256_loadu_si256(offsets as *const __m256i))
@@ -311,9 +312,54 @@ mod x86 {
         }
     }
 
+    /// [`quads_vnni_loaded`] loading the block's activations.
+    #[inline(always)]
+    unsafe fn quads_vnni<const Q4: bool>(b: *const u8, x: *const i8, offsets: *const i32) -> __m256i {
+        // SAFETY: as quads_vnni_loaded, with the block's 32 activations at x.
+        unsafe { quads_vnni_loaded::<Q4>(b, _mm256_loadu_si256(x as *const __m256i), offsets) }
+    }
+
+    /// How far ahead the one-row VNNI dot asks for bytes, once per two blocks (36 or 68 bytes):
+    /// the hardware prefetcher alone left a streamed row's loads waiting
+    /// (docs/performance-notes.md, "Quantised heads").
+    const AHEAD_ONE_ROW: usize = 2048;
+
+    /// [`dot_blocks`] with [`quads_vnni`], asking for the row's bytes ahead.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn dot_blocks_vnni<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
+        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
+        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let n = acts.d.len();
+        let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
+        let mut i = 0;
+        while i < n {
+            // SAFETY: blocks i and i + 1 (when < n) lie inside `row`, their activations and
+            // offsets inside `acts`.
+            unsafe {
+                let b = w.add(i * bytes);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD_ONE_ROW) as *const i8);
+                let q = quads_vnni::<Q4>(b, x.add(i * 32), o.add(i * 8));
+                even = accumulate(q, block_scale(b, acts.d[i]), even);
+                if i + 1 < n {
+                    let b = w.add((i + 1) * bytes);
+                    let q = quads_vnni::<Q4>(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
+                    odd = accumulate(q, block_scale(b, acts.d[i + 1]), odd);
+                }
+            }
+            i += 2;
+        }
+        sum_lanes(_mm256_add_ps(even, odd))
+    }
+
+    /// How far ahead of each of the four rows the four-row dots ask for bytes, every line of
+    /// them: about 1900 weights either way. Asking once per four blocks instead skipped half of
+    /// Q8_0's lines (docs/performance-notes.md, "Quantised heads").
+    const AHEAD_Q4_0: usize = 1024;
+    const AHEAD_Q8_0: usize = 2048;
+
     /// Four rows of [`dot_blocks`] in lock step, each with its own even and odd accumulators, so
     /// each result has that function's bits; the activation load, the offsets and `d_x` are
-    /// shared. `$quads` is [`quads_loaded`] (AVX2) or [`quads_vnni`] (then `$features` name VNNI).
+    /// shared. `$quads` is [`quads_loaded`] (AVX2) or [`quads_vnni_loaded`] (then `$features` name VNNI).
     macro_rules! dot_blocks4 {
         ($name:ident, $features:literal, $quads:expr) => {
             #[inline]
@@ -379,7 +425,11 @@ mod x86 {
     }
 
     dot_blocks4!(dot_blocks4_avx2, "avx2,fma,f16c", quads_loaded::<Q4>);
-    dot_blocks4!(dot_blocks4_vnni, "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c", quads_vnni::<Q4>);
+    dot_blocks4!(
+        dot_blocks4_vnni,
+        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+        quads_vnni_loaded::<Q4>
+    );
 
     fn check4(rows: &[&[u8]; 4], acts: &HeadActs, bytes: usize) {
         rows.iter().for_each(|r| check_len(r, acts, bytes));
@@ -525,6 +575,13 @@ mod x86 {
             }
         }
         acc
+    }
+
+    /// Only handed out by `dot_fn` once AVX-512 VNNI (with AVX2, FMA) and F16C were detected.
+    pub(super) fn dot_vnni<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
+        check_len(row, acts, if Q4 { Q4_0_BYTES } else { Q8_0_BYTES });
+        // SAFETY: the features were detected (see above); length checked.
+        unsafe { dot_blocks_vnni::<Q4>(row, acts) }
     }
 
     /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
