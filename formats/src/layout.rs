@@ -124,6 +124,17 @@ impl Layout {
         }
     }
 
+    /// Whether `unpack` would accept `bytes`, without building the codes where a layout can
+    /// check faster (TL1, TL2: one pass over the index planes).
+    pub fn validate(self, bytes: &[u8], m: usize, k: usize, tiles: Option<Tiles>) -> Result<(), String> {
+        let need = || tiles.ok_or_else(|| format!("{} needs tile parameters", self.name()));
+        match self {
+            Layout::TL1 => tl1::validate(bytes, m, k, need()?),
+            Layout::TL2 => tl2::validate(bytes, m, k, need()?),
+            _ => self.unpack(bytes, m, k, tiles).map(|_| ()),
+        }
+    }
+
     pub fn unpack(self, bytes: &[u8], m: usize, k: usize, tiles: Option<Tiles>) -> Unpacked {
         let need = || tiles.ok_or_else(|| format!("{} needs tile parameters", self.name()));
         match self {
@@ -140,6 +151,36 @@ impl Layout {
 mod tests {
     use super::*;
     use crate::ternary::tests_support::random_codes;
+
+    /// `validate` accepts what `unpack` accepts and refuses what it refuses, with its message:
+    /// packed tensors as written, then each byte of the stream (every plane: TL2's indices, signs
+    /// and pair tail) set to values a packer never writes.
+    #[test]
+    fn validate_agrees_with_unpack() {
+        for (layout, m, k) in [(Layout::TL1, 64, 256), (Layout::TL2, 64, 288), (Layout::TL2, 32, 256)] {
+            let tiles = layout.fit(m, k).expect("a shape the layout takes");
+            let bytes = layout.pack(&random_codes(m * k, 3), m, k, 0.5, tiles);
+            assert_eq!(layout.validate(&bytes, m, k, tiles), Ok(()));
+            let mut refused = 0;
+            for i in 0..bytes.len() {
+                for bad in [0x9A, 0xE0, 0x0F, 0xFF] {
+                    let mut b = bytes.clone();
+                    b[i] = bad;
+                    let want = layout.unpack(&b, m, k, tiles).map(|_| ());
+                    refused += want.is_err() as usize;
+                    assert_eq!(
+                        layout.validate(&b, m, k, tiles),
+                        want,
+                        "{} byte {i} = {bad:#04x}",
+                        layout.name()
+                    );
+                }
+            }
+            assert!(refused > 0, "{}: no corruption was refused", layout.name());
+            let short = &bytes[..bytes.len() - 40];
+            assert_eq!(layout.validate(short, m, k, tiles), layout.unpack(short, m, k, tiles).map(|_| ()));
+        }
+    }
 
     /// unpack ∘ pack is the identity on random ternary matrices of random shapes, for every
     /// layout and every shape it accepts; shapes it refuses are refused by `fit`, never mangled.

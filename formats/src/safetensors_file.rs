@@ -139,7 +139,8 @@ impl SafetensorsFile {
 
     /// Decodes a float tensor (BF16, F16, F32) to f32 `chunk` elements at a time and hands each
     /// piece to `f`, so a tensor never needs to exist whole as f32 (a 2.6 GB embedding becomes
-    /// pieces of a few MB). Every value must be finite.
+    /// pieces of a few MB), nor resident: each piece's pages are let go once `f` has it (see
+    /// [`release`](Self::release)). Every value must be finite.
     pub fn for_each_f32_chunk(
         &self,
         t: &StTensor,
@@ -152,6 +153,9 @@ impl SafetensorsFile {
             let values = self.decode_finite(t, bytes, done)?;
             done += values.len();
             f(&values)?;
+            // Whole pages only: the page this piece ends in holds the next piece's start.
+            #[cfg(unix)]
+            self.release_pages(t.start + (done - values.len()) * width, t.start + done * width, false);
         }
         Ok(())
     }
@@ -211,9 +215,17 @@ impl SafetensorsFile {
     /// Conversion streams tensor by tensor, so without this a whole checkpoint would count as
     /// resident by the end.
     pub fn release(&self, t: &StTensor) {
+        self.release_pages(t.start, t.end, true);
+    }
+
+    /// Drops the pages of bytes `start..end` of the map from the resident set: every page they
+    /// touch when `partial_end`, else the pages up to the one `end` falls in.
+    #[cfg(unix)]
+    fn release_pages(&self, start: usize, end: usize, partial_end: bool) {
         const PAGE: usize = 4096;
-        let start = t.start / PAGE * PAGE;
-        let end = t.end.next_multiple_of(PAGE).min(self.map.len());
+        let start = start / PAGE * PAGE;
+        let end =
+            if partial_end { end.next_multiple_of(PAGE) } else { end / PAGE * PAGE }.min(self.map.len());
         if end > start {
             // SAFETY: a read-only, file-backed shared mapping: MADV_DONTNEED only drops pages,
             // which are re-read from the file on the next access; no data can change or be lost.

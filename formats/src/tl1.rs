@@ -72,6 +72,17 @@ pub fn decode_row_block(bytes: &[u8], k: usize, t: Tiles, i0: usize, out: &mut [
     });
 }
 
+/// Checks what [`unpack`] checks — the size, and that no index is above 8 — without decoding:
+/// one pass over the payload (a model load checks every TL1 tensor this way).
+pub fn validate(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(), String> {
+    let payload = bytes.get(..payload_bytes(m, k) + 4).map(|b| &b[..payload_bytes(m, k)]);
+    match payload {
+        Some(p) if !p.iter().any(|&b| b >> 4 > 8 || b & 15 > 8) => Ok(()),
+        // The slow path names the row and column.
+        _ => unpack(bytes, m, k, t).map(|_| ()),
+    }
+}
+
 pub fn unpack(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(Vec<i8>, f32), String> {
     if bytes.len() < payload_bytes(m, k) + 4 {
         return Err(format!(

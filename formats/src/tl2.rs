@@ -176,6 +176,21 @@ pub fn pack(codes: &[i8], m: usize, k: usize, scale: f32, t: Tiles) -> Vec<u8> {
     bytes
 }
 
+/// Checks what [`unpack`] checks — the size, index bytes above 13 in plane A, pair bytes above
+/// 8 in plane B — without decoding: the planes are contiguous, so one pass over each (a model
+/// load checks every TL2 tensor this way).
+pub fn validate(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(), String> {
+    let (k3, k2) = (k - k % t.cols, k % t.cols);
+    let (a_end, b_start) = (m * k3 / 6, 5 * m * k3 / 24);
+    let fits = bytes.len() >= scale_offset(m, k) + 4 && b_start + m * k2 / 4 <= bytes.len();
+    let above = |plane: &[u8], max: u8| plane.iter().any(|&b| b >> 4 > max || b & 15 > max);
+    if fits && !above(&bytes[..a_end], 13) && !above(&bytes[b_start..b_start + m * k2 / 4], 8) {
+        return Ok(());
+    }
+    // The slow path names the row and column.
+    unpack(bytes, m, k, t).map(|_| ())
+}
+
 pub fn unpack(bytes: &[u8], m: usize, k: usize, t: Tiles) -> Result<(Vec<i8>, f32), String> {
     let off = scale_offset(m, k);
     if bytes.len() < off + 4 {

@@ -373,7 +373,7 @@ impl Loader<'_> {
                     }
                 };
                 // Indices a packer never writes would decode to wrong weights: refuse them once.
-                layout.unpack(data, rows, cols, Some(tiles)).map_err(|e| self.err(name, e))?;
+                layout.validate(data, rows, cols, Some(tiles)).map_err(|e| self.err(name, e))?;
                 (Some(tiles), scale)
             }
         };

@@ -20,7 +20,7 @@
 use crate::Result;
 use candle_core::{Device, Tensor};
 use tern_converters::QuantMode;
-use tern_converters::weights::load_ternary;
+use tern_converters::weights::load_ternary_with;
 use tern_formats::hf::HfCheckpoint;
 use tern_formats::ternary;
 
@@ -32,10 +32,19 @@ pub enum Arithmetic {
     Exact,
 }
 
+/// A projection's ternary weight in the form its arithmetic multiplies.
+#[derive(Clone)]
+enum Codes {
+    /// `[out, in]` row-major codes: the exact arithmetic's integer products (1 byte per
+    /// weight, where an f32 matrix would take 4 and a transposed copy of it 4 more while built).
+    Integer(Vec<i8>),
+    /// `[out, in]` codes as f32, multiplied as its transposed view (no copy).
+    Float(Tensor),
+}
+
 #[derive(Clone)]
 pub struct BitLinear {
-    /// `[in, out]`: the transposed ternary codes as f32.
-    codes_t: Tensor,
+    codes: Codes,
     pub mode: QuantMode,
     /// The checkpoint's scale: β for master weights, weight_scale for packed ones.
     pub source_scale: f32,
@@ -48,6 +57,8 @@ pub struct BitLinear {
 }
 
 impl BitLinear {
+    /// Reads and ternarises projection `name`; `scratch` is reused for master weights' f32
+    /// values from one projection to the next.
     pub fn load(
         ckpt: &HfCheckpoint,
         name: &str,
@@ -55,22 +66,41 @@ impl BitLinear {
         cols: usize,
         mode: QuantMode,
         arithmetic: Arithmetic,
+        scratch: &mut Vec<f32>,
     ) -> Result<BitLinear> {
-        let w = load_ternary(ckpt, name, rows, cols, mode)?;
-        let codes = Tensor::from_vec(
-            w.codes.iter().map(|&c| c as f32).collect::<Vec<f32>>(),
-            (rows, cols),
-            &Device::Cpu,
-        )?;
-        Ok(BitLinear {
-            codes_t: codes.t()?.contiguous()?,
-            mode,
-            source_scale: w.source_scale,
-            beta: w.beta,
-            arithmetic,
-            rows,
-            cols,
-        })
+        let w = load_ternary_with(ckpt, name, rows, cols, mode, scratch)?;
+        let codes = match arithmetic {
+            Arithmetic::Exact => Codes::Integer(w.codes),
+            Arithmetic::Transformers => Codes::Float(Tensor::from_vec(
+                w.codes.iter().map(|&c| c as f32).collect::<Vec<f32>>(),
+                (rows, cols),
+                &Device::Cpu,
+            )?),
+        };
+        Ok(BitLinear { codes, mode, source_scale: w.source_scale, beta: w.beta, arithmetic, rows, cols })
+    }
+
+    /// `Σ_k q[t][k] · codes[r][k]` as `[T, out]` f32 — exact integers, the same values an f32
+    /// matmul of the same integers gives (|Σ| ≤ 128 · K < 2^24), one row's codes read once for
+    /// every token.
+    fn integer_product(codes: &[i8], q: &[i8], t: usize, k: usize, rows: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let mut by_row = vec![0f32; rows * t];
+        by_row.par_chunks_mut(t * 64).zip(codes.par_chunks(k * 64)).for_each(|(out, rows)| {
+            for (o, row) in out.chunks_exact_mut(t).zip(rows.chunks_exact(k)) {
+                for (slot, x) in o.iter_mut().zip(q.chunks_exact(k)) {
+                    *slot = row.iter().zip(x).map(|(&a, &b)| a as i16 as i32 * b as i16 as i32).sum::<i32>()
+                        as f32;
+                }
+            }
+        });
+        let mut out = vec![0f32; rows * t];
+        for (r, sums) in by_row.chunks_exact(t).enumerate() {
+            for (token, &v) in sums.iter().enumerate() {
+                out[token * rows + r] = v;
+            }
+        }
+        out
     }
 
     /// `[T, in]` → `[T, out]`.
@@ -82,29 +112,33 @@ impl BitLinear {
         let mut scales = Vec::with_capacity(t);
         for row in input.chunks_exact(k) {
             scales.push(ternary::quantise_activations(row, &mut codes));
-            q.extend(codes.iter().map(|&c| c as f32));
+            q.extend_from_slice(&codes);
         }
         let per_token = |values: Vec<f32>| Tensor::from_vec(values, (t, 1), &Device::Cpu);
-        let q = Tensor::from_vec(q, (t, k), &Device::Cpu)?;
+        let weights = match &self.codes {
+            Codes::Integer(w) => {
+                let beta = self.beta;
+                let sums = Self::integer_product(w, &q, t, k, self.rows);
+                let sums = Tensor::from_vec(sums, (t, self.rows), &Device::Cpu)?;
+                return Ok(sums.broadcast_mul(&per_token(scales.iter().map(|s| beta / s).collect())?)?);
+            }
+            Codes::Float(w) => w.t()?,
+        };
+        let q = Tensor::from_vec(q.iter().map(|&c| c as f32).collect::<Vec<f32>>(), (t, k), &Device::Cpu)?;
         // transformers feeds q / s (a division, not q · (1/s)).
         let dequantised = || q.broadcast_div(&per_token(scales.clone())?);
-        Ok(match (self.arithmetic, self.mode) {
-            (Arithmetic::Exact, _) => {
-                let beta = self.beta;
-                q.matmul(&self.codes_t)?
-                    .broadcast_mul(&per_token(scales.iter().map(|s| beta / s).collect())?)?
-            }
-            (Arithmetic::Transformers, QuantMode::Online) => {
+        Ok(match self.mode {
+            QuantMode::Online => {
                 // t / inv for t ∈ {-1, 0, 1} is exactly t · (1/inv).
                 let w = 1.0 / ternary::weight_inverse_scale(self.source_scale);
-                dequantised()?.matmul(&self.codes_t.affine(w as f64, 0.0)?)?
+                dequantised()?.matmul(&weights.affine(w as f64, 0.0)?)?
             }
-            (Arithmetic::Transformers, QuantMode::OfflineMultiply) => {
-                dequantised()?.matmul(&self.codes_t)?.affine(self.source_scale as f64, 0.0)?
+            QuantMode::OfflineMultiply => {
+                dequantised()?.matmul(&weights)?.affine(self.source_scale as f64, 0.0)?
             }
-            (Arithmetic::Transformers, QuantMode::OfflineDivide) => {
+            QuantMode::OfflineDivide => {
                 let denom = scales.iter().map(|s| self.source_scale * s).collect();
-                q.matmul(&self.codes_t)?.broadcast_div(&per_token(denom)?)?
+                q.matmul(&weights)?.broadcast_div(&per_token(denom)?)?
             }
         })
     }

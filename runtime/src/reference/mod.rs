@@ -4,8 +4,9 @@
 //!
 //! It is the yardstick for every packed layout and kernel, so it is plain rather than fast: each
 //! BitLinear fake-quantises its input exactly as transformers does (round half to even, `q / s`),
-//! and matmuls go through candle. Weights are f32 matrices, about 4 bytes per parameter, held in
-//! one of two ways with the same arithmetic (tested bit for bit):
+//! and matmuls go through candle. Projections are f32 matrices (about 4 bytes per parameter) in
+//! transformers' arithmetic, int8 codes (1 byte) in the exact one, held in one of two ways with
+//! the same arithmetic (tested bit for bit):
 //! - [`Reference::load`]: every layer dequantised once at load — fast for repeated forwards.
 //! - [`Reference::streamed`]: the checkpoint stays mapped; a layer is dequantised when it is
 //!   needed and dropped after ([`LayerByLayer`] runs many prompts through each layer once), and
@@ -92,8 +93,8 @@ pub struct Reference {
     pub layers: Vec<Layer>,
     /// `[vocab, hidden]` when loaded whole.
     embed: Option<Tensor>,
-    /// The head (the embedding when tied) transposed, `[hidden, ≤ HEAD_CHUNK_ROWS]` per chunk,
-    /// when loaded whole.
+    /// The head (the embedding when tied) as transposed views, `[hidden, ≤ HEAD_CHUNK_ROWS]` per
+    /// chunk, when loaded whole.
     head_chunks: Vec<Tensor>,
     /// The mapped checkpoint, when streamed.
     ckpt: Option<HfCheckpoint>,
@@ -114,11 +115,20 @@ fn load_layer(ckpt: &HfCheckpoint, spec: &ModelSpec, l: usize, arithmetic: Arith
     let eps = spec.rms_eps as f64;
     let fam = spec.family.traits();
     let name = |s: &str| format!("model.layers.{l}.{s}.weight");
+    let mut scratch = Vec::new();
     let proj = PROJECTIONS
         .iter()
         .map(|&p| {
             let (rows, cols) = spec.projection_shape(p);
-            let layer = BitLinear::load(ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant, arithmetic);
+            let layer = BitLinear::load(
+                ckpt,
+                &spec.hf_projection(l, p),
+                rows,
+                cols,
+                spec.quant,
+                arithmetic,
+                &mut scratch,
+            );
             // The projection's source pages are not needed again soon.
             #[cfg(unix)]
             for n in ckpt_names_of(spec, l, p) {
@@ -174,7 +184,7 @@ impl Reference {
         let mut chunks = Vec::new();
         for start in (0..spec.vocab).step_by(HEAD_CHUNK_ROWS) {
             let n = HEAD_CHUNK_ROWS.min(spec.vocab - start);
-            chunks.push(head.narrow(0, start, n)?.t()?.contiguous()?);
+            chunks.push(head.narrow(0, start, n)?.t()?);
         }
         r.layers = (0..spec.layers).map(|l| load_layer(&ckpt, spec, l, arithmetic)).collect::<Result<_>>()?;
         r.embed = Some(embed);
@@ -409,8 +419,7 @@ impl Reference {
             let mut failed = None;
             ckpt.require(head_name(&self.spec))?.for_each_f32_chunk(HEAD_CHUNK_ROWS * hidden, |rows| {
                 let product = Tensor::from_slice(rows, (rows.len() / hidden, hidden), &Device::Cpu)
-                    .and_then(|w| w.t()?.contiguous())
-                    .and_then(|w| h.matmul(&w));
+                    .and_then(|w| h.matmul(&w.t()?));
                 match product {
                     Ok(p) if failed.is_none() => parts.push(p),
                     Ok(_) => {}
