@@ -272,27 +272,39 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_blocks<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
+        // SAFETY: the caller's row and activations; AVX2, FMA and F16C enabled here.
+        unsafe { one_row::<Q4, false>(row, acts) }
+    }
+
+    /// The one-row loop of [`dot_blocks`] (`VNNI`: with [`quads_vnni`], asking for the row's
+    /// bytes ahead, only inside [`dot_blocks_vnni`]).
+    #[inline(always)]
+    unsafe fn one_row<const Q4: bool, const VNNI: bool>(row: &[u8], acts: &HeadActs) -> f32 {
         let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let n = acts.d.len();
-        let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
-        let mut i = 0;
-        while i < n {
-            // SAFETY: blocks i and i + 1 (when < n) lie inside `row`, their activations and
-            // offsets inside `acts`.
-            unsafe {
+        // SAFETY (whole body): the caller enabled the features; blocks i and i + 1 (when < n)
+        // lie inside `row`, their activations and offsets inside `acts`; a prefetch is only a
+        // hint (wrapping_add: never dereferenced).
+        unsafe {
+            let quads = |b, x, o| if VNNI { quads_vnni::<Q4>(b, x, o) } else { quads::<Q4>(b, x, o) };
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let n = acts.d.len();
+            let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
+            let mut i = 0;
+            while i < n {
                 let b = w.add(i * bytes);
-                even =
-                    accumulate(quads::<Q4>(b, x.add(i * 32), o.add(i * 8)), block_scale(b, acts.d[i]), even);
+                if VNNI {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD_ONE_ROW) as *const i8);
+                }
+                even = accumulate(quads(b, x.add(i * 32), o.add(i * 8)), block_scale(b, acts.d[i]), even);
                 if i + 1 < n {
                     let b = w.add((i + 1) * bytes);
-                    let q = quads::<Q4>(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
+                    let q = quads(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
                     odd = accumulate(q, block_scale(b, acts.d[i + 1]), odd);
                 }
+                i += 2;
             }
-            i += 2;
+            sum_lanes(_mm256_add_ps(even, odd))
         }
-        sum_lanes(_mm256_add_ps(even, odd))
     }
 
     /// [`quads_loaded`] with `vpdpbusd` in place of `maddubs` + `madd`: the same exact sums (no
@@ -327,28 +339,8 @@ mod x86 {
     /// [`dot_blocks`] with [`quads_vnni`], asking for the row's bytes ahead.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn dot_blocks_vnni<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
-        let bytes = if Q4 { Q4_0_BYTES } else { Q8_0_BYTES };
-        let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let n = acts.d.len();
-        let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
-        let mut i = 0;
-        while i < n {
-            // SAFETY: blocks i and i + 1 (when < n) lie inside `row`, their activations and
-            // offsets inside `acts`.
-            unsafe {
-                let b = w.add(i * bytes);
-                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD_ONE_ROW) as *const i8);
-                let q = quads_vnni::<Q4>(b, x.add(i * 32), o.add(i * 8));
-                even = accumulate(q, block_scale(b, acts.d[i]), even);
-                if i + 1 < n {
-                    let b = w.add((i + 1) * bytes);
-                    let q = quads_vnni::<Q4>(b, x.add((i + 1) * 32), o.add((i + 1) * 8));
-                    odd = accumulate(q, block_scale(b, acts.d[i + 1]), odd);
-                }
-            }
-            i += 2;
-        }
-        sum_lanes(_mm256_add_ps(even, odd))
+        // SAFETY: the caller's row and activations; the features are enabled here.
+        unsafe { one_row::<Q4, true>(row, acts) }
     }
 
     /// How far ahead of each of the four rows the four-row dots ask for bytes, every line of
