@@ -86,9 +86,9 @@ pub fn dot_fn(isa: Isa, ty: TensorType) -> HeadDot {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if isa.supported() && is_x86_feature_detected!("f16c") => {
             if q4 {
-                x86::dot_q4_0
+                x86::dot_avx2::<true>
             } else {
-                x86::dot_q8_0
+                x86::dot_avx2::<false>
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -259,16 +259,6 @@ mod x86 {
         _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F))
     }
 
-    /// Block i's eight quad sums Σ w·x, exact. Q8_0: signed × signed as |w| · sign(x, w) (|w| ≤
-    /// 128, |x| ≤ 127: maddubs' pair sums stay below 2^15). Q4_0: the unsigned codes times x,
-    /// minus 8 · Σ x per quad.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn quads<const Q4: bool>(b: *const u8, x: *const i8, offsets: *const i32) -> __m256i {
-        // SAFETY: the caller passes a whole block, its 32 activations and their 8 offsets.
-        unsafe { quads_loaded::<Q4>(b, _mm256_loadu_si256(x as *const __m256i), offsets) }
-    }
-
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dot_blocks<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
@@ -276,7 +266,7 @@ mod x86 {
         unsafe { one_row::<Q4, false>(row, acts) }
     }
 
-    /// The one-row loop of [`dot_blocks`] (`VNNI`: with [`quads_vnni`], asking for the row's
+    /// The one-row loop of [`dot_blocks`] (`VNNI`: with [`quads_vnni_loaded`], asking for the row's
     /// bytes ahead, only inside [`dot_blocks_vnni`]).
     #[inline(always)]
     unsafe fn one_row<const Q4: bool, const VNNI: bool>(row: &[u8], acts: &HeadActs) -> f32 {
@@ -285,7 +275,10 @@ mod x86 {
         // lie inside `row`, their activations and offsets inside `acts`; a prefetch is only a
         // hint (wrapping_add: never dereferenced).
         unsafe {
-            let quads = |b, x, o| if VNNI { quads_vnni::<Q4>(b, x, o) } else { quads::<Q4>(b, x, o) };
+            let quads = |b, x: *const i8, o| {
+                let x = _mm256_loadu_si256(x as *const __m256i);
+                if VNNI { quads_vnni_loaded::<Q4>(b, x, o) } else { quads_loaded::<Q4>(b, x, o) }
+            };
             let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
             let n = acts.d.len();
             let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
@@ -324,19 +317,12 @@ mod x86 {
         }
     }
 
-    /// [`quads_vnni_loaded`] loading the block's activations.
-    #[inline(always)]
-    unsafe fn quads_vnni<const Q4: bool>(b: *const u8, x: *const i8, offsets: *const i32) -> __m256i {
-        // SAFETY: as quads_vnni_loaded, with the block's 32 activations at x.
-        unsafe { quads_vnni_loaded::<Q4>(b, _mm256_loadu_si256(x as *const __m256i), offsets) }
-    }
-
     /// How far ahead the one-row VNNI dot asks for bytes, once per two blocks (36 or 68 bytes):
     /// the hardware prefetcher alone left a streamed row's loads waiting
     /// (docs/performance-notes.md, "Quantised heads").
     const AHEAD_ONE_ROW: usize = 2048;
 
-    /// [`dot_blocks`] with [`quads_vnni`], asking for the row's bytes ahead.
+    /// [`dot_blocks`] with [`quads_vnni_loaded`], asking for the row's bytes ahead.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn dot_blocks_vnni<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
         // SAFETY: the caller's row and activations; the features are enabled here.
@@ -351,7 +337,8 @@ mod x86 {
 
     /// Four rows of [`dot_blocks`] in lock step, each with its own even and odd accumulators, so
     /// each result has that function's bits; the activation load, the offsets and `d_x` are
-    /// shared. `$quads` is [`quads_loaded`] (AVX2) or [`quads_vnni_loaded`] (then `$features` name VNNI).
+    /// shared. `$quads` is [`quads_loaded`] (AVX2) or [`quads_vnni_loaded`] (then `$features`
+    /// name VNNI).
     macro_rules! dot_blocks4 {
         ($name:ident, $features:literal, $quads:expr) => {
             #[inline]
@@ -399,7 +386,9 @@ mod x86 {
         };
     }
 
-    /// [`quads`] with the activations already loaded.
+    /// Block i's eight quad sums Σ w·x, exact, against its 32 activations `x`. Q8_0: signed ×
+    /// signed as |w| · sign(x, w) (|w| ≤ 128, |x| ≤ 127: maddubs' pair sums stay below 2^15).
+    /// Q4_0: the unsigned codes times x, minus 8 · Σ x per quad.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn quads_loaded<const Q4: bool>(b: *const u8, x: __m256i, offsets: *const i32) -> __m256i {
@@ -577,17 +566,10 @@ mod x86 {
     }
 
     /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
-    pub(super) fn dot_q8_0(row: &[u8], acts: &HeadActs) -> f32 {
-        check_len(row, acts, Q8_0_BYTES);
-        // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks::<false>(row, acts) }
-    }
-
-    /// Only handed out by `dot_fn` once AVX2, FMA and F16C were detected.
-    pub(super) fn dot_q4_0(row: &[u8], acts: &HeadActs) -> f32 {
-        check_len(row, acts, Q4_0_BYTES);
-        // SAFETY: the features were detected (see above); lengths checked.
-        unsafe { dot_blocks::<true>(row, acts) }
+    pub(super) fn dot_avx2<const Q4: bool>(row: &[u8], acts: &HeadActs) -> f32 {
+        check_len(row, acts, if Q4 { Q4_0_BYTES } else { Q8_0_BYTES });
+        // SAFETY: the features were detected (see above); length checked.
+        unsafe { dot_blocks::<Q4>(row, acts) }
     }
 }
 

@@ -264,3 +264,39 @@ mod arm {
         vaddvq_s32(acc)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At the widest row the VNNI dot takes, its sums at their largest magnitude (every weight +1
+    /// or −1 against every activation −128, where 255 · Σ c·q is closest to overflowing i32)
+    /// equal the scalar dot and the hand-computed value on every instruction set; one block more
+    /// goes to the other paths with the same result.
+    #[test]
+    fn widest_rows_at_the_extremes() {
+        #[cfg(target_arch = "x86_64")]
+        let max_blocks = x86::VNNI_MAX_BLOCKS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let max_blocks = 128;
+        for blocks in [max_blocks, max_blocks + 1] {
+            let k = blocks * BLOCK;
+            let act = vec![-128i8; k];
+            let act_sum = -128 * k as i32;
+            for t in [1i8, -1] {
+                let row = tern_formats::tq1_0::pack(&vec![t; k], 1, k, 1.0);
+                let row = &row[..blocks * BLOCK_BYTES];
+                let want = -128 * t as i32 * k as i32;
+                assert_eq!(dot_scalar(row, &act), want);
+                for isa in crate::cpu::available() {
+                    assert_eq!(
+                        dot(isa, row, &act, act_sum),
+                        want,
+                        "{blocks} blocks of {t} on {}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}

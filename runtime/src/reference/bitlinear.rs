@@ -51,7 +51,6 @@ pub struct BitLinear {
     /// β as the converter writes it (`converters::weights::load_ternary`): the exact
     /// arithmetic uses this very value, so it matches a GGUF's scale bit for bit.
     pub beta: f32,
-    pub arithmetic: Arithmetic,
     pub rows: usize,
     pub cols: usize,
 }
@@ -77,7 +76,7 @@ impl BitLinear {
                 &Device::Cpu,
             )?),
         };
-        Ok(BitLinear { codes, mode, source_scale: w.source_scale, beta: w.beta, arithmetic, rows, cols })
+        Ok(BitLinear { codes, mode, source_scale: w.source_scale, beta: w.beta, rows, cols })
     }
 
     /// `Σ_k q[t][k] · codes[r][k]` as `[T, out]` f32 — exact integers, the same values an f32
@@ -89,8 +88,7 @@ impl BitLinear {
         by_row.par_chunks_mut(t * 64).zip(codes.par_chunks(k * 64)).for_each(|(out, rows)| {
             for (o, row) in out.chunks_exact_mut(t).zip(rows.chunks_exact(k)) {
                 for (slot, x) in o.iter_mut().zip(q.chunks_exact(k)) {
-                    *slot = row.iter().zip(x).map(|(&a, &b)| a as i16 as i32 * b as i16 as i32).sum::<i32>()
-                        as f32;
+                    *slot = row.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum::<i32>() as f32;
                 }
             }
         });
