@@ -307,9 +307,17 @@ mod tests {
     /// every instruction set, for random and awkward shapes and for every TL sub-tile kind.
     #[test]
     fn every_layout_computes_the_exact_product() {
-        for (m, k) in
-            [(64usize, 256usize), (128, 512), (256, 288), (96, 768), (64, 320), (32, 2560), (192, 1536)]
-        {
+        for (m, k) in [
+            (64usize, 256usize),
+            (128, 512),
+            (256, 288),
+            (96, 768),
+            (64, 320),
+            (32, 2560),
+            (192, 1536),
+            (67, 512),
+            (5, 256),
+        ] {
             let mut r = stream(m as u64 * 31 + k as u64);
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let acts: Vec<i8> =

@@ -5,7 +5,8 @@
 //! the unsigned code t + 1 — I2_S's codes with the shift order reversed — so the SIMD variants
 //! multiply unsigned codes by the activations (`maddubs` / `smull`) and subtract Σq once.
 //!
-//! Variants: scalar (decodes each block), AVX2, NEON; all exact, tested against each other.
+//! Variants: scalar (decodes each block), AVX2, AVX-512 VNNI, NEON; all exact, tested against
+//! each other.
 
 use crate::cpu::Isa;
 use tern_formats::tq2_0::{BLOCK, BLOCK_BYTES};
@@ -16,7 +17,12 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     assert_eq!(row.len() / BLOCK_BYTES * BLOCK, act.len(), "activations must cover the row");
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni if isa.supported() => {
+        Isa::Avx512Vnni if isa.supported() => {
+            // SAFETY: AVX-512 VNNI was detected (Isa::supported); lengths checked above.
+            unsafe { x86::rows_vnni([row], act)[0] - act_sum }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.supported() => {
             // SAFETY: AVX2 was detected (Isa::supported); lengths checked above.
             unsafe { x86::dot_avx2(row, act) - act_sum }
         }
@@ -29,17 +35,22 @@ pub fn dot(isa: Isa, row: &[u8], act: &[i8], act_sum: i32) -> i32 {
     }
 }
 
-/// Σ t·q of four rows at once, each exactly [`dot`]'s. With AVX2 the rows go in lock step,
-/// each a weight stream prefetched ahead: `i2s::gemm_decoded` hands it rows from the four
-/// quarters of a one-token GEMV where the CPU wants four streams (`cpu::weight_streams`), as the
-/// I2_S GEMV reads its rows.
+/// Σ t·q of four rows at once, each exactly [`dot`]'s. With AVX2 or AVX-512 VNNI the rows go in
+/// lock step, each a weight stream prefetched ahead: `i2s::gemm_decoded` hands it rows from the
+/// four quarters of a one-token GEMV where the CPU wants four streams (`cpu::weight_streams`) or
+/// runs VNNI, as the I2_S GEMV reads its rows.
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn dot4(isa: Isa, rows: [&[u8]; 4], act: &[i8], act_sum: i32) -> [i32; 4] {
     for row in rows {
         assert_eq!(row.len() / BLOCK_BYTES * BLOCK, act.len(), "activations must cover the row");
     }
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && isa.supported() {
+    if isa == Isa::Avx512Vnni && isa.supported() {
+        // SAFETY: AVX-512 VNNI was detected (Isa::supported); lengths checked above.
+        return unsafe { x86::rows_vnni(rows, act) }.map(|d| d - act_sum);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && isa.supported() {
         // SAFETY: AVX2 was detected (Isa::supported); lengths checked above.
         return unsafe { x86::dot4_avx2(rows, act) }.map(|d| d - act_sum);
     }
@@ -131,6 +142,54 @@ mod x86 {
             }
         }
         acc.map(|a| crate::kernels::i2s::x86::hsum256(a))
+    }
+
+    /// Σ c·q of `N` rows in lock step (each covering `act.len() / 256` blocks), as I2_S's VNNI
+    /// GEMV computes it (`i2s::x86::rows_sums_vnni`): masking a 32-byte half-block with 0x03,
+    /// 0x0C, 0x30 and 0xC0 gives its four 32-weight pieces as c, 4·c, 16·c and 64·c, and
+    /// `vpdpbusd` adds each (u8, at most 192 even for the invalid code 3) × activation quads
+    /// straight into i32, one accumulator per scale and row: no shifts, and each activation load
+    /// serves every row. |lane| grows by at most 2 · 4 · 192 · 128 per block, so i32 holds 10 000
+    /// blocks (2.7 M weights) per row; each scaled sum is a multiple of its scale, so the final
+    /// shifts are exact. Every line of every row is asked for [`PREFETCH_AHEAD`] ahead.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F/BW/VL and VNNI; every row covers `act.len() / 256` blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2")]
+    pub(super) unsafe fn rows_vnni<const N: usize>(rows: [&[u8]; N], act: &[i8]) -> [i32; N] {
+        let masks = [0x03u8, 0x0c, 0x30, 0xc0].map(|m| _mm256_set1_epi8(m as i8));
+        let mut acc = [[_mm256_setzero_si256(); 4]; N];
+        let (w, a) = (rows.map(|r| r.as_ptr()), act.as_ptr());
+        for b in 0..act.len() / BLOCK {
+            // SAFETY: block b lies within every row (the caller's contract) and its 256
+            // activations within act; a 66-byte block spans at most two lines past the prefetch
+            // point, and a prefetch is only a hint.
+            unsafe {
+                for p in w {
+                    let block = p.add(BLOCK_BYTES * b);
+                    _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH_AHEAD + 64) as *const i8);
+                }
+                for h in 0..2 {
+                    let packed: [__m256i; N] = std::array::from_fn(|r| {
+                        _mm256_loadu_si256(w[r].add(BLOCK_BYTES * b + 32 * h) as *const __m256i)
+                    });
+                    for (piece, mask) in masks.iter().enumerate() {
+                        let q = _mm256_loadu_si256(a.add(BLOCK * b + 128 * h + 32 * piece) as *const __m256i);
+                        for (acc, p) in acc.iter_mut().zip(&packed) {
+                            acc[piece] = _mm256_dpbusd_epi32(acc[piece], _mm256_and_si256(*p, *mask), q);
+                        }
+                    }
+                }
+            }
+        }
+        acc.map(|[c1, c4, c16, c64]| {
+            let high = _mm256_add_epi32(_mm256_srai_epi32(c64, 6), _mm256_srai_epi32(c16, 4));
+            crate::kernels::i2s::x86::hsum256(_mm256_add_epi32(
+                high,
+                _mm256_add_epi32(_mm256_srai_epi32(c4, 2), c1),
+            ))
+        })
     }
 
     /// A row's unsigned codes (0..2) in activation order: byte `qs[32h + m]` bits 2l give
@@ -231,6 +290,26 @@ mod tests {
             for isa in crate::cpu::available() {
                 assert_eq!(dot4(isa, rows, &act, sum), want, "{} k={k}", isa.name());
                 assert_eq!(rows.map(|r| dot(isa, r, &act, sum)), want, "{} k={k}", isa.name());
+            }
+        }
+    }
+
+    /// Rows of every weight +1, then every weight −1, against activations all −128 (the largest
+    /// |c·q| a valid row reaches): four rows at once and one at a time equal the hand-computed
+    /// ±128·k on every instruction set, over a row 40 blocks long.
+    #[test]
+    fn rows_at_the_extremes() {
+        let k = 40 * BLOCK;
+        let act = vec![-128i8; k];
+        let sum = -128 * k as i32;
+        for sign in [1i8, -1] {
+            let packed = tern_formats::tq2_0::pack(&vec![sign; 4 * k], 4, k, 1.0);
+            let rb = k / BLOCK * BLOCK_BYTES;
+            let rows: [&[u8]; 4] = std::array::from_fn(|r| &packed[r * rb..(r + 1) * rb]);
+            let want = -128 * k as i32 * sign as i32;
+            for isa in crate::cpu::available() {
+                assert_eq!(dot4(isa, rows, &act, sum), [want; 4], "{}", isa.name());
+                assert_eq!(dot(isa, rows[0], &act, sum), want, "{}", isa.name());
             }
         }
     }

@@ -319,9 +319,9 @@ pub(crate) type Dot4 = fn(Isa, [&[u8]; 4], &[i8], i32) -> [i32; 4];
 
 /// The prompt GEMM of the layouts whose rows unpack to 2-bit-style codes (TQ2_0, TQ1_0):
 /// `out[r·tokens + t]`, through `unpack` and the decode-free AVX2 dots when there are several
-/// tokens, else `dot` row by row — or, for one token where the CPU wants four weight streams
-/// (`cpu::weight_streams`) and the layout has `dot4`, rows from the call's four quarters in
-/// lock step, as the I2_S GEMV reads them. `k` weights per row of `row_bytes`.
+/// tokens, else `dot` row by row — or, for one token where the layout has `dot4` and the CPU
+/// wants four weight streams (`cpu::weight_streams`) or runs AVX-512 VNNI, rows from the call's
+/// four quarters in lock step, as the I2_S GEMV reads them. `k` weights per row of `row_bytes`.
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub(crate) fn gemm_decoded(
@@ -347,7 +347,8 @@ pub(crate) fn gemm_decoded(
         // SAFETY: AVX2 was detected; sizes asserted above; the unpacker fills k codes per row.
         done = unsafe { gemm_unpacked(isa, rows, row_bytes, k, (acts, sums, panel), out, unpack) };
     }
-    if let Some(dot4) = dot4.filter(|_| tokens == 1 && crate::cpu::weight_streams() == 4) {
+    let quarters = isa == Isa::Avx512Vnni || crate::cpu::weight_streams() == 4;
+    if let Some(dot4) = dot4.filter(|_| tokens == 1 && quarters) {
         let quarter = rows.len() / row_bytes / 4;
         let row = |r: usize| &rows[r * row_bytes..(r + 1) * row_bytes];
         for i in 0..quarter {
