@@ -217,6 +217,28 @@ mod x86 {
     /// scalar multiply). Broadcasting the scale bytes first matters: a scalar insert of them
     /// merged into whatever register the compiler picked — once the FMA accumulator, which made
     /// every block wait for the previous block's FMA (docs/performance-notes.md, "Quantised heads").
+    /// The scales `d_w · d_x` of eight consecutive blocks (the first at `b`, `bytes` apart;
+    /// their activations' scales at `dx`), each lane [`block_scale`]'s product: the eight f16
+    /// words gathered in general registers, then one conversion and one multiply for all.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn block_scales8(b: *const u8, bytes: usize, dx: *const f32) -> __m256 {
+        // SAFETY: the caller points at eight whole blocks and their eight activation scales.
+        unsafe {
+            let word = |j: usize| (b.add(j * bytes) as *const u16).read_unaligned() as i64;
+            let lo = word(0) | word(1) << 16 | word(2) << 32 | word(3) << 48;
+            let hi = word(4) | word(5) << 16 | word(6) << 32 | word(7) << 48;
+            _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x(hi, lo)), _mm256_loadu_ps(dx))
+        }
+    }
+
+    /// Lane `j` of `v` in every lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn lane(v: __m256, j: usize) -> __m256 {
+        _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn block_scale(b: *const u8, dx: f32) -> __m256 {
@@ -283,6 +305,21 @@ mod x86 {
             let n = acts.d.len();
             let (w, x, o) = (row.as_ptr(), acts.q.as_ptr(), acts.offset_quads.as_ptr());
             let mut i = 0;
+            while i + 8 <= n {
+                let scales = block_scales8(w.add(i * bytes), bytes, acts.d.as_ptr().add(i));
+                for j in (0..8).step_by(2) {
+                    let b = w.add((i + j) * bytes);
+                    if VNNI {
+                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(AHEAD_ONE_ROW) as *const i8);
+                    }
+                    let q = quads(b, x.add((i + j) * 32), o.add((i + j) * 8));
+                    even = accumulate(q, lane(scales, j), even);
+                    let b = w.add((i + j + 1) * bytes);
+                    let q = quads(b, x.add((i + j + 1) * 32), o.add((i + j + 1) * 8));
+                    odd = accumulate(q, lane(scales, j + 1), odd);
+                }
+                i += 8;
+            }
             while i < n {
                 let b = w.add(i * bytes);
                 if VNNI {
