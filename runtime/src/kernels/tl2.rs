@@ -363,6 +363,19 @@ mod x86 {
                     // (t0·BK + 24g)/3 .. +8 lie in lut.
                     unsafe {
                         let words = _mm256_loadu_si256(bytes.as_ptr().add(s_pos + 32 * g) as *const __m256i);
+                        // Signs by `psignw`: the words times 2^bit put a triple's sign bit on
+                        // top (a multiply: the shift ports also do the lookups' shuffles), and
+                        // bit 0 set keeps the product nonzero, so a clear sign keeps v, not 0.
+                        let one = _mm256_set1_epi16(1);
+                        let odd_words = _mm256_or_si256(words, one);
+                        let sign_at = |bit: i32| {
+                            let by = _mm256_set1_epi16((1u16 << bit) as i16);
+                            if bit == 15 {
+                                _mm256_or_si256(_mm256_mullo_epi16(words, by), one)
+                            } else {
+                                _mm256_mullo_epi16(odd_words, by)
+                            }
+                        };
                         for t2 in 0..4 {
                             // 32 rows × 6 columns: high nibble triple 2·t2, low nibble 2·t2 + 1.
                             let w = _mm256_loadu_si256(
@@ -374,14 +387,9 @@ mod x86 {
                             ] {
                                 let triple = (t0 * bk + 24 * g) / 3 + tt;
                                 let (v0, v1) = lookup(idx, lut.as_ptr().add(32 * triple));
-                                let shift = _mm_cvtsi32_si128(2 * tt as i32);
-                                let shift1 = _mm_cvtsi32_si128(2 * tt as i32 + 1);
-                                let m0 = _mm256_srai_epi16(_mm256_sll_epi16(words, shift), 15);
-                                let m1 = _mm256_srai_epi16(_mm256_sll_epi16(words, shift1), 15);
-                                rows_lo =
-                                    _mm256_add_epi16(rows_lo, _mm256_xor_si256(_mm256_add_epi16(v0, m0), m0));
-                                rows_hi =
-                                    _mm256_add_epi16(rows_hi, _mm256_xor_si256(_mm256_add_epi16(v1, m1), m1));
+                                let (s0, s1) = (sign_at(2 * tt as i32), sign_at(2 * tt as i32 + 1));
+                                rows_lo = _mm256_add_epi16(rows_lo, _mm256_sign_epi16(v0, s0));
+                                rows_hi = _mm256_add_epi16(rows_hi, _mm256_sign_epi16(v1, s1));
                             }
                         }
                     }
