@@ -1,5 +1,6 @@
 //! What the OS says about a mapped file's pages: how much is resident and how much of that in
 //! 2 MiB pages. `tern bench` reports it, and the model loader picks the AVX2 GEMV's prefetch by it.
+//! Also zeroed buffers asked for in 2 MiB pages, for tables a kernel reads at random.
 
 /// How much of the file at `path` this process has mapped in memory, and how much of that is
 /// mapped with 2 MiB pages (Linux `/proc/self/smaps`; `None` elsewhere). Weights read through
@@ -31,6 +32,48 @@ pub fn mapped_file_pages(path: &std::path::Path) -> Option<(u64, u64)> {
     Some((rss, huge))
 }
 
+/// A zeroed buffer of `len` values of `T`, asked for in one 2 MiB page or more (an anonymous map,
+/// aligned to 2 MiB, advised `MADV_HUGEPAGE`), or on the heap where the map fails. For tables a
+/// kernel reads at random from L2: in 4 KiB pages, which L2 sets their lines fall in depends on
+/// the physical pages the process got, and the AVX2 lookup GEMM ran at 60 % of its speed in
+/// about one process in three (docs/performance-notes.md, "Prompt GEMM").
+pub struct HugeZeroed<T> {
+    map: Option<(memmap2::MmapMut, usize)>,
+    heap: Vec<T>,
+    len: usize,
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+impl<T: Copy> HugeZeroed<T> {
+    /// # Safety
+    /// All-zero bytes must be a valid `T` (the map's memory starts zeroed), equal to `zero`.
+    pub unsafe fn new(len: usize, zero: T) -> HugeZeroed<T> {
+        let bytes = len * std::mem::size_of::<T>();
+        if let Ok(map) = memmap2::MmapMut::map_anon(bytes + HUGE_PAGE) {
+            #[cfg(target_os = "linux")]
+            // Only a hint: where 2 MiB pages are off, the buffer is as good as the heap's.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            let base = map.as_ptr() as usize;
+            let start = base.next_multiple_of(HUGE_PAGE) - base;
+            return HugeZeroed { map: Some((map, start)), heap: Vec::new(), len };
+        }
+        HugeZeroed { map: None, heap: vec![zero; len], len }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        match &mut self.map {
+            // SAFETY: `start + len · size_of::<T>()` bytes lie in the map (2 MiB were added to
+            // its length), the start is 2 MiB-aligned (so aligned for T), the bytes were zero
+            // and are only written as T, which the constructor's contract makes valid.
+            Some((map, start)) => unsafe {
+                std::slice::from_raw_parts_mut(map.as_mut_ptr().add(*start) as *mut T, self.len)
+            },
+            None => &mut self.heap,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +95,22 @@ mod tests {
         let other = dir.path().join("other.bin");
         std::fs::write(&other, b"x").unwrap();
         assert_eq!(mapped_file_pages(&other).unwrap(), (0, 0));
+    }
+
+    /// The buffer is zeroed, as long as asked, aligned for its type, and holds what is written.
+    #[test]
+    fn huge_zeroed_is_a_zeroed_writable_slice() {
+        for len in [0usize, 1, 1000, (3 << 20) / 8] {
+            // SAFETY: zero bytes are the u64 0.
+            let mut buffer = unsafe { HugeZeroed::new(len, 0u64) };
+            let slice = buffer.as_mut_slice();
+            assert_eq!(slice.len(), len);
+            assert!(slice.iter().all(|&v| v == 0));
+            assert_eq!(slice.as_ptr() as usize % std::mem::align_of::<u64>(), 0);
+            for (i, v) in slice.iter_mut().enumerate() {
+                *v = i as u64 * 3;
+            }
+            assert!(buffer.as_mut_slice().iter().enumerate().all(|(i, &v)| v == i as u64 * 3));
+        }
     }
 }

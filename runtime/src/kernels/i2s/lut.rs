@@ -22,6 +22,7 @@
 //! Exact: an entry is at most 4·128 = 512 in magnitude, a block's 32 of them at most 16384, so
 //! the i16 sums never wrap before each block is widened into the i32 accumulators.
 
+use crate::pages::HugeZeroed;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
@@ -55,8 +56,10 @@ const fn group_stride(halves: usize) -> usize {
 
 thread_local! {
     /// This thread's tables for 16- and 32-token chunks, zeroed once (only valid slots are
-    /// ever written).
-    static TABLES: RefCell<[Vec<__m256i>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    /// ever written), in 2 MiB pages where the OS grants them: the table's random reads are
+    /// served from L2, and in 4 KiB pages a process could get physical pages that crowd its
+    /// lines into too few L2 sets (`pages::HugeZeroed`).
+    static TABLES: RefCell<[Option<HugeZeroed<__m256i>>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// One chunk of a prompt's tokens laid out for table building: `data[c·halves + h]` holds
@@ -154,10 +157,12 @@ pub(super) unsafe fn gemm(rows: &[u8], row_bytes: usize, columns: &Columns, out:
     assert!(row_bytes * 4 == k && rows.len() == n_rows * row_bytes && out.len() == n_rows * tokens);
     TABLES.with_borrow_mut(|tables| {
         for chunk in &columns.chunks {
-            let table = &mut tables[chunk.halves - 1];
-            if table.is_empty() {
-                *table = vec![_mm256_setzero_si256(); GROUPS * group_stride(chunk.halves)];
-            }
+            let table = tables[chunk.halves - 1].get_or_insert_with(|| {
+                let len = GROUPS * group_stride(chunk.halves);
+                // SAFETY: zero bytes are the zero vector.
+                unsafe { HugeZeroed::new(len, _mm256_setzero_si256()) }
+            });
+            let table = table.as_mut_slice();
             // Equal bands of at most BAND_ROWS rows, each with its own tables.
             let band = n_rows.div_ceil(n_rows.div_ceil(BAND_ROWS).max(1)).max(1);
             for (rows, out) in rows.chunks(band * row_bytes).zip(out.chunks_mut(band * tokens)) {
