@@ -1,5 +1,4 @@
-//! The I2_S prompt GEMM by table lookup (AVX2), for x86 CPUs without VNNI and for AVX-512 VNNI
-//! CPUs that run it faster than their VNNI GEMM (`super::runs_on_tables`).
+//! The AVX2 I2_S prompt GEMM by table lookup, for x86 CPUs without VNNI.
 //!
 //! AVX2 has no instruction that multiplies int8 into int32 in one step: the `maddubs` GEMM
 //! (`x86::gemm_unpacked_rows`) spends a `maddubs` and an add on every 32 products, and with

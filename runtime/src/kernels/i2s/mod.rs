@@ -209,17 +209,17 @@ pub fn gemm_with_panel(
             unsafe { x86::gemv_vnni(rows, row_bytes, acts, act_sums[0], out) };
             return;
         }
-        (Isa::Avx2 | Isa::Avx512Vnni, 2..) if runs_on_tables(isa, tokens) && !runs_on_amx(isa, tokens, k) => {
+        (Isa::Avx512Vnni, 2..) if !runs_on_amx(isa, tokens, k) => {
+            // SAFETY: AVX-512 VNNI was checked (isa supported); sizes as above.
+            unsafe { x86::gemm_few_vnni(rows, row_bytes, acts, act_sums, out) };
+            return;
+        }
+        (Isa::Avx2, 2..) if runs_on_tables(isa, tokens) => {
             let mut own = None;
             let given = panel.and_then(Panel::columns).filter(|c| c.fits(tokens, k));
             let columns = given_or_own(given, &mut own, || lut::Columns::new(acts, tokens, k));
             // SAFETY: AVX2 was checked (isa supported); the columns are of these activations.
             unsafe { lut::gemm(rows, row_bytes, columns, out) };
-            return;
-        }
-        (Isa::Avx512Vnni, 2..) if !runs_on_amx(isa, tokens, k) => {
-            // SAFETY: AVX-512 VNNI was checked (isa supported); sizes as above.
-            unsafe { x86::gemm_few_vnni(rows, row_bytes, acts, act_sums, out) };
             return;
         }
         (Isa::Avx2 | Isa::Avx512Vnni, 2..) => {
@@ -295,29 +295,15 @@ fn given_or_own<'a, T>(given: Option<&'a T>, own: &'a mut Option<T>, build: impl
 }
 
 /// Whether a several-token I2_S product of `tokens` tokens on `isa` runs on lookup tables
-/// (`lut`), unless `TERN_LUT_GEMM=off` (to measure the GEMM it replaces): on AVX2 from
-/// [`lut::MIN_TOKENS`], and on AVX-512 VNNI from [`LUT_MIN_TOKENS_VNNI`] where the CPU is not an
-/// Intel one (there AMX or the 512-bit-wide VNNI units were what was measured): on the AMD Zen 4
-/// host the tables beat the VNNI register GEMM by 6-12 % from 32 tokens and lost below
-/// (docs/performance-notes.md, "Prompt GEMM").
+/// (`lut`): AVX2 without VNNI, enough tokens, unless `TERN_LUT_GEMM=off` (to measure the
+/// `maddubs` GEMM it replaces).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn runs_on_tables(isa: Isa, tokens: usize) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    static NOT_INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enough = match isa {
-        Isa::Avx2 => tokens >= lut::MIN_TOKENS,
-        Isa::Avx512Vnni => {
-            tokens >= LUT_MIN_TOKENS_VNNI
-                && *NOT_INTEL.get_or_init(|| crate::cpu::cpu_vendor().as_deref() != Some("GenuineIntel"))
-        }
-        _ => false,
-    };
-    enough && !*OFF.get_or_init(|| std::env::var("TERN_LUT_GEMM").as_deref() == Ok("off"))
+    isa == Isa::Avx2
+        && tokens >= lut::MIN_TOKENS
+        && !*OFF.get_or_init(|| std::env::var("TERN_LUT_GEMM").as_deref() == Ok("off"))
 }
-
-/// Tokens from which an AVX-512 VNNI CPU that is not Intel's runs I2_S products on lookup tables.
-#[cfg(target_arch = "x86_64")]
-const LUT_MIN_TOKENS_VNNI: usize = 32;
 
 /// Whether a several-token product of `tokens` rows of `k` activations on `isa` runs on AMX tiles.
 #[cfg(target_arch = "x86_64")]
