@@ -27,7 +27,7 @@ fn ternary(c: &mut Criterion) {
             for layout in [Layout::I2S, Layout::TQ2_0, Layout::TL1, Layout::TL2, Layout::TQ1_0] {
                 let Some(tiles) = layout.fit(m, k) else { continue };
                 let bytes = layout.pack(&codes, m, k, 1.0, tiles);
-                let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
+                let w = Packed::new(layout, m, k, tiles, &bytes);
                 let tables = w.table_key().map(|key: TableKey| Tables::build(key, &acts, k));
                 g.throughput(if tokens == 1 {
                     Throughput::Bytes(bytes.len() as u64)

@@ -6,7 +6,8 @@
 //!
 //! One thread, 64 tokens (a prompt micro-batch) and I2_S unless told; prints G multiply-
 //! accumulates per second per shape and for a whole layer's mix. `TERN_KERNEL=avx2|avx512vnni`
-//! picks the kernel; `CALLS=N` the calls per shape (default 40); `THREADS=N` runs each product
+//! picks the kernel; `TERN_TRIT_TILES=off` runs TL2 and TQ1_0 from their own bytes where AVX-512
+//! VNNI would read trit tiles; `CALLS=N` the calls per shape (default 40); `THREADS=N` runs each product
 //! on N threads, split as the forward pass splits it: by 32-token spans where AVX2's lookup GEMM
 //! runs (`layouts::token_spans`), else in runs of rows, `CHUNK_ROWS=N` each (default: one run
 //! per thread).
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use tern_formats::Layout;
 use tern_runtime::cpu;
 use tern_runtime::kernels::layouts::{self, Acts, Packed, TableKey, Tables, gemm_rows};
+use tern_runtime::kernels::trit_tiles;
 
 /// (rows, cols, name, matrices of this shape per layer)
 const SHAPES: [(usize, usize, &str, usize); 4] =
@@ -40,8 +42,14 @@ fn main() {
         let acts: Vec<i8> = (0..tokens * k).map(|_| (next() % 255) as i8).collect();
         let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
         let bytes = layout.pack(&codes, m, k, 1.0, tiles);
-        let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
-        let tables = w.table_key().map(|key: TableKey| Tables::build(key, &acts, k));
+        let trit_tiles = (trit_tiles::wanted(isa, layout)
+            && std::env::var("TERN_TRIT_TILES").as_deref() != Ok("off"))
+        .then(|| {
+            trit_tiles::TritTiles::from_layout(layout, &bytes, m, k, tiles).expect("memory for the tiles")
+        });
+        let w = Packed { trit_tiles: trit_tiles.as_ref(), ..Packed::new(layout, m, k, tiles, &bytes) };
+        let tables =
+            w.tables_read(isa, tokens).or(w.table_key()).map(|key: TableKey| Tables::build(key, &acts, k));
         // Built once per input (and per span), as the forward pass builds them.
         let panel = layouts::panel(isa, layout, &acts, &sums, k);
         let spans: Vec<_> = layouts::token_spans(isa, layout, tokens)

@@ -342,4 +342,21 @@ impl GgufFile {
     pub fn as_bytes(&self) -> &[u8] {
         &self.map
     }
+
+    /// Drops the whole pages inside `offset..offset + len` from this process's resident memory,
+    /// for bytes a reader has copied out and will not read again (a runtime's repacked weights).
+    /// They are the file's pages, read in again if touched, so the map's contents never change.
+    pub fn release(&self, offset: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let base = self.map.as_ptr() as usize;
+        let start = (base + offset).next_multiple_of(PAGE) - base;
+        let end = ((base + offset + len) / PAGE * PAGE).saturating_sub(base);
+        if end > start && end <= self.map.len() {
+            // SAFETY: the map is private and read-only, so dropping its pages loses nothing:
+            // the next read faults the same bytes in from the file. Only a hint; errors ignored.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! matrices reading that input (q/k/v, gate/up) and across threads.
 
 use crate::cpu::Isa;
+use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::kernels::{i2s, tl1, tl2, tq1_0 as tq1_kernels, tq2_0 as tq2_kernels};
 use rayon::prelude::*;
 use tern_formats::tiles::Tiles;
@@ -22,12 +23,33 @@ pub struct Packed<'a> {
     pub tiles: Option<Tiles>,
     /// The whole tensor's data.
     pub bytes: &'a [u8],
+    /// The same weights repacked at load for the instruction sets that read them so
+    /// (`trit_tiles::wanted`), which then never read `bytes`.
+    pub trit_tiles: Option<&'a TritTiles>,
 }
 
-impl Packed<'_> {
-    /// Rows stored together (the unit rows can be split at): BM for tiled layouts, else 1.
+impl<'a> Packed<'a> {
+    /// A matrix read from its file bytes alone.
+    pub fn new(
+        layout: Layout,
+        rows: usize,
+        cols: usize,
+        tiles: Option<Tiles>,
+        bytes: &'a [u8],
+    ) -> Packed<'a> {
+        Packed { layout, rows, cols, tiles, bytes, trit_tiles: None }
+    }
+
+    /// Rows stored together (the unit rows can be split at): BM for tiled layouts, else 1; a
+    /// whole tile of 16 with trit tiles.
     pub fn row_group(&self) -> usize {
-        self.tiles.map_or(1, |t| t.rows)
+        let group = self.tiles.map_or(1, |t| t.rows);
+        if self.trit_tiles.is_some() { group.max(trit_tiles::TILE_ROWS) } else { group }
+    }
+
+    /// The trit tiles a product on `isa` reads, if any.
+    pub fn reads_trit_tiles(&self, isa: Isa) -> Option<&'a TritTiles> {
+        self.trit_tiles.filter(|_| trit_tiles::runs(isa))
     }
 
     /// Activations per token the kernels read (I2_S rows are padded to 128-weight blocks).
@@ -46,12 +68,17 @@ pub enum TableKey {
     Pairs,
     /// TL2: triple tables over the first `k3` columns, pair tables over the rest.
     Triples { k3: usize },
+    /// No tables: the activations in the order trit tiles are read in (`trit_tiles::arrange`).
+    TritOrder,
 }
 
 impl Packed<'_> {
     /// The tables this matrix's kernel reads for `tokens` tokens on `isa`, if any (TL1 and TL2
     /// read none where several tokens run decoded, `tl1::runs_decoded`).
     pub fn tables_read(&self, isa: Isa, tokens: usize) -> Option<TableKey> {
+        if self.reads_trit_tiles(isa).is_some() {
+            return Some(TableKey::TritOrder);
+        }
         let decoded = match self.layout {
             Layout::TL1 => tl1::runs_decoded(isa, tokens),
             Layout::TL2 => tl2::runs_decoded(isa, tokens),
@@ -86,11 +113,13 @@ impl Tables {
         let per_token = match key {
             TableKey::Pairs => tl1::tables_len(k),
             TableKey::Triples { k3 } => tl2::tables_len(k, k3),
+            TableKey::TritOrder => trit_tiles::arranged_len(k),
         };
         let mut bytes = vec![0u8; acts.len() / k * per_token];
         bytes.par_chunks_mut(per_token).zip(acts.par_chunks(k)).for_each(|(dst, act)| match key {
             TableKey::Pairs => tl1::tables(act, dst),
             TableKey::Triples { k3 } => tl2::tables(act, k3, dst),
+            TableKey::TritOrder => trit_tiles::arrange(act, dst),
         });
         Tables { key, per_token, bytes }
     }
@@ -159,6 +188,18 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
             && (r1.is_multiple_of(w.row_group()) || r1 == w.rows)
     );
     assert_eq!((acts.len(), out.len()), (tokens * k, (r1 - r0) * tokens));
+    if let Some(tt) = w.reads_trit_tiles(isa) {
+        let own;
+        let arranged = match a.tables {
+            Some(tables) if tables.key == TableKey::TritOrder => tables,
+            _ => {
+                own = Tables::build(TableKey::TritOrder, acts, k);
+                &own
+            }
+        };
+        trit_tiles::gemm(isa, tt, r0, r1, &arranged.bytes, sums, out);
+        return;
+    }
     match w.layout {
         Layout::I2S => {
             let rb = i2s_format::row_bytes(w.cols);
@@ -251,7 +292,7 @@ mod tests {
         let tokens = acts.len() / k;
         let want = naive(codes, acts, m, k);
         let bytes = layout.pack(codes, m, k, 1.0, tiles);
-        let w = Packed { layout, rows: m, cols: k, tiles, bytes: &bytes };
+        let w = Packed::new(layout, m, k, tiles, &bytes);
         let kp = w.padded_cols();
         let mut padded = vec![0i8; tokens * kp];
         for (dst, src) in padded.chunks_exact_mut(kp).zip(acts.chunks_exact(k)) {
@@ -260,6 +301,27 @@ mod tests {
         let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
         let tables = w.table_key().map(|key| Tables::build(key, &padded, kp));
         let what = format!("{} {m}x{k} {tiles:?}", layout.name());
+        // The same products from trit tiles, where an instruction set here reads them.
+        if crate::cpu::available().into_iter().any(|isa| trit_tiles::wanted(isa, layout)) {
+            let tt = TritTiles::from_layout(layout, &bytes, m, k, tiles).unwrap();
+            let w = Packed { trit_tiles: Some(&tt), ..w };
+            let arranged = Tables::build(TableKey::TritOrder, &padded, kp);
+            for isa in crate::cpu::available() {
+                for given in [None, tables.as_ref(), Some(&arranged)] {
+                    let mut out = vec![0; m * tokens];
+                    let a = Acts { codes: &padded, sums: &sums, tables: given, panel: None };
+                    gemm_rows(isa, &w, 0, m, a, &mut out);
+                    assert_eq!(out, want, "{what} {} from trit tiles", isa.name());
+                }
+                let g = w.row_group();
+                if 2 * g <= m {
+                    let mut part = vec![0; (m - g) * tokens];
+                    let a = Acts { codes: &padded, sums: &sums, tables: None, panel: None };
+                    gemm_rows(isa, &w, g, m, a, &mut part);
+                    assert_eq!(part[..], want[g * tokens..], "{what} {} trit tiles from row {g}", isa.name());
+                }
+            }
+        }
         for isa in crate::cpu::available() {
             let mut out = vec![0; m * tokens];
             gemm_rows(

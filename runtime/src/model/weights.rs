@@ -6,6 +6,7 @@
 
 use super::config::ModelConfig;
 use crate::kernels::layouts::Packed;
+use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::{Result, RuntimeError};
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub struct TernaryMatrix {
     /// I2_S bytes packed at load, for projections the file stores as floats (see
     /// `Loader::float_projection`); None: the bytes are the file's, at `offset`.
     pub packed_at_load: Option<Arc<[u8]>>,
+    /// The weights repacked at load where the selected kernels read TL2 and TQ1_0 so
+    /// (`trit_tiles::wanted`; `TERN_TRIT_TILES=off` keeps the file's bytes, to compare).
+    pub trit_tiles: Option<Arc<TritTiles>>,
 }
 
 impl TernaryMatrix {
@@ -163,7 +167,10 @@ impl Model {
             Some(b) => b,
             None => self.bytes(m.offset, m.size),
         };
-        Packed { layout: m.layout, rows: m.rows, cols: m.cols, tiles: m.tiles, bytes }
+        Packed {
+            trit_tiles: m.trit_tiles.as_deref(),
+            ..Packed::new(m.layout, m.rows, m.cols, m.tiles, bytes)
+        }
     }
 
     pub fn float_row(&self, m: &FloatMatrix, row: usize) -> &[u8] {
@@ -288,6 +295,7 @@ impl Loader<'_> {
             size: bytes.len(),
             scale: beta,
             packed_at_load: Some(bytes),
+            trit_tiles: None,
         })
     }
 
@@ -381,6 +389,17 @@ impl Loader<'_> {
         if !scale.is_finite() || scale < 0.0 {
             return Err(self.err(name, format!("scale is {scale}; it must be finite and non-negative")));
         }
+        let repack = trit_tiles::wanted(crate::cpu::selected(), layout)
+            && std::env::var("TERN_TRIT_TILES").as_deref() != Ok("off");
+        let trit_tiles = if repack {
+            let tiles = TritTiles::from_layout(layout, data, rows, cols, tiles)
+                .map_err(|e| self.err(name, format!("no memory for its trit tiles: {e}")))?;
+            // The kernels read only the tiles now: the file's copy need not stay resident.
+            self.file.release(t.offset as usize, t.size as usize);
+            Some(Arc::new(tiles))
+        } else {
+            None
+        };
         Ok(TernaryMatrix {
             name: name.to_string(),
             layout,
@@ -391,6 +410,7 @@ impl Loader<'_> {
             size: t.size as usize,
             scale,
             packed_at_load: None,
+            trit_tiles,
         })
     }
 }
