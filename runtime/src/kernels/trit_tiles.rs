@@ -332,6 +332,9 @@ pub fn gemm(isa: Isa, w: &TritTiles, r0: usize, r1: usize, acts: &[u8], sums: &[
     assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
     assert!(r1.is_multiple_of(TILE_ROWS) || r1 == w.rows);
     assert_eq!((acts.len(), out.len()), (tokens * per_token, (r1 - r0) * tokens));
+    if tokens == 0 {
+        return;
+    }
     let stride = tile_bytes(k);
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
         let tile = &w.bytes()[i * stride..][..stride];
@@ -427,7 +430,8 @@ mod x86 {
         per_token: usize,
         n: usize,
     ) -> [[i32; 16]; 8] {
-        assert!(tile.len() >= groups * 80 && acts.len() >= n * per_token && per_token >= groups * 24);
+        assert!(groups.is_multiple_of(BLOCK_GROUPS) && tile.len() >= groups / BLOCK_GROUPS * BLOCK_BYTES);
+        assert!((1..=8).contains(&n) && acts.len() >= n * per_token && per_token >= groups * 24);
         let mut out = [[0i32; 16]; 8];
         let sums: [__m512i; 8] = with_pass_len!(n, N => {
             // SAFETY: the extents asserted above; the features enabled here.
@@ -465,7 +469,9 @@ mod x86 {
                 let (mags, signs) = super::group_at(g);
                 if g % BLOCK_GROUPS == 0 {
                     for line in 0..5 {
-                        _mm_prefetch::<_MM_HINT_T0>(tile.add(mags + PREFETCH + 64 * line) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            tile.wrapping_add(mags + PREFETCH + 64 * line) as *const i8
+                        );
                     }
                 }
                 let x = _mm512_loadu_si512(tile.add(mags) as *const __m512i);
@@ -589,7 +595,8 @@ mod tests {
     /// tiles and with K blocks that leave a pair-coded tail, TQ1_0 with a partial last tile.
     #[test]
     fn tiles_from_layouts_equal_tiles_from_codes() {
-        for (m, k) in [(64usize, 512usize), (32, 2560), (96, 768), (67, 512)] {
+        let mut tails = 0;
+        for (m, k) in [(64usize, 512usize), (32, 2560), (96, 768), (67, 512), (128, 512)] {
             let mut r = stream(k as u64 + m as u64);
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let want = TritTiles::pack(&codes, m, k).unwrap();
@@ -599,9 +606,11 @@ mod tests {
                     cases.push((layout, tiles));
                 }
             }
-            for t in [Tiles { rows: 32, cols: 192, sub_rows: 32 }, Tiles { rows: 64, cols: 24, sub_rows: 32 }]
-            {
+            // Other K blocks (pair-coded tails) and row blocks of several 32-row chunks.
+            for (rows, cols) in [(32, 192), (64, 192), (128, 96), (64, 24)] {
+                let t = Tiles { rows, cols, sub_rows: 32 };
                 if tern_formats::tiles::check(Layout::TL2, m, k, t).is_ok() {
+                    tails += usize::from(k % cols != 0 && rows > 32);
                     cases.push((Layout::TL2, Some(t)));
                 }
             }
@@ -613,5 +622,6 @@ mod tests {
                 assert!(got.bytes() == want.bytes(), "{} {m}x{k} {tiles:?}", layout.name());
             }
         }
+        assert!(tails >= 2, "TL2 row blocks of several chunks with a pair tail: {tails} cases");
     }
 }
