@@ -63,10 +63,10 @@ pub fn runs(isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni && isa.supported()
 }
 
-/// Whether matrices of `layout` are repacked to trit tiles for `isa`: the 1.67-bit layouts, whose
-/// own bytes decode slower than these.
+/// Whether matrices of `layout` are repacked to trit tiles for `isa`: the lookup-table and base-3
+/// layouts, whose own bytes decode slower than these (TL1, 2 bits per weight, also reads fewer).
 pub fn wanted(isa: Isa, layout: Layout) -> bool {
-    matches!(layout, Layout::TL2 | Layout::TQ1_0) && runs(isa)
+    matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0) && runs(isa)
 }
 
 /// A matrix's weights as trit tiles, in page-aligned memory (asked for in 2 MiB pages where the
@@ -137,6 +137,18 @@ impl TritTiles {
                     .enumerate()
                     .for_each(|(i0, dst)| from_tl2_block(bytes, m, k, t, i0, dst));
             }
+            (Layout::TL1, Some(t))
+                if t.sub_rows.is_multiple_of(TILE_ROWS) && t.rows.is_multiple_of(t.sub_rows) =>
+            {
+                let quads = tl1_quads();
+                body.par_chunks_mut(t.rows / TILE_ROWS * stride).enumerate().for_each(|(i0, dst)| {
+                    let mut codes = vec![0i8; t.rows * k];
+                    decode_tl1_block(&quads, bytes, k, t, i0, &mut codes);
+                    for (tile, rows) in dst.chunks_mut(stride).zip(codes.chunks(TILE_ROWS * k)) {
+                        pack_tile(rows, k, tile);
+                    }
+                });
+            }
             (Layout::TQ1_0, None) if k.is_multiple_of(tq1_0::BLOCK) => {
                 let row_bytes = k / tq1_0::BLOCK * tq1_0::BLOCK_BYTES;
                 let digits = tq1_0_digits();
@@ -154,7 +166,9 @@ impl TritTiles {
                     }
                 });
             }
-            _ => panic!("trit tiles come from TL2 (32-row, 24-column tiles) or TQ1_0 (256-weight blocks)"),
+            _ => {
+                panic!("trit tiles come from TL1, TL2 (32-row, 24-column tiles) or TQ1_0 (256-weight blocks)")
+            }
         }
         Ok(out)
     }
@@ -262,6 +276,41 @@ fn from_tl2_block(bytes: &[u8], m: usize, k: usize, t: Tiles, i0: usize, dst: &m
         for (row, codes) in tail.chunks_exact(k2).enumerate() {
             let tile = &mut dst[row / TILE_ROWS * stride..][..stride];
             pack_row(codes, k3 / GROUP_COLS, row % TILE_ROWS, tile);
+        }
+    }
+}
+
+/// The four codes of every TL1 byte: pair indices 3·w0 + w1 + 4 in the high nibble (columns c,
+/// c + 1) and the low one (c + 2, c + 3). Indices above 8 decode as some pair; the loader has
+/// rejected them already (`formats::tl1::validate`).
+fn tl1_quads() -> Vec<[i8; 4]> {
+    (0..=255u8)
+        .map(|b| {
+            let (hi, lo) = ((b >> 4) as i8, (b & 15) as i8);
+            [hi / 3 - 1, hi % 3 - 1, lo / 3 - 1, lo % 3 - 1]
+        })
+        .collect()
+}
+
+/// Row block i0 of a TL1 tensor (`formats::tl1`: runs of 16 bytes are 16 consecutive rows, each
+/// byte four consecutive weights of its row) into `BM × k` codes, a byte at a time by table.
+fn decode_tl1_block(quads: &[[i8; 4]], bytes: &[u8], k: usize, t: Tiles, i0: usize, out: &mut [i8]) {
+    let (bm_big, bk, bm) = (t.rows, t.cols, t.sub_rows);
+    let by = 256 / bm;
+    let mut i = i0 * bm_big * k / 4;
+    for j0 in 0..k / bk {
+        for r0 in 0..bm_big / bm {
+            for j2 in 0..bk / by {
+                for r2 in 0..bm / 16 {
+                    for j4 in 0..by / 4 {
+                        let (row, col) = (r0 * bm + r2 * 16, j0 * bk + j2 * by + j4 * 4);
+                        for (r, &b) in bytes[i..i + 16].iter().enumerate() {
+                            out[(row + r) * k + col..][..4].copy_from_slice(&quads[b as usize]);
+                        }
+                        i += 16;
+                    }
+                }
+            }
         }
     }
 }
@@ -591,8 +640,9 @@ mod tests {
         }
     }
 
-    /// Repacking a TL2 or TQ1_0 file's bytes gives the tiles of its codes: TL2 with the rule's
-    /// tiles and with K blocks that leave a pair-coded tail, TQ1_0 with a partial last tile.
+    /// Repacking a TL1, TL2 or TQ1_0 file's bytes gives the tiles of its codes: TL1 with the
+    /// rule's tiles and bitnet.cpp's 64-row ones, TL2 with the rule's tiles and with K blocks that
+    /// leave a pair-coded tail, TQ1_0 with a partial last tile.
     #[test]
     fn tiles_from_layouts_equal_tiles_from_codes() {
         let mut tails = 0;
@@ -601,7 +651,7 @@ mod tests {
             let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
             let want = TritTiles::pack(&codes, m, k).unwrap();
             let mut cases: Vec<(Layout, Option<Tiles>)> = Vec::new();
-            for layout in [Layout::TL2, Layout::TQ1_0] {
+            for layout in [Layout::TL1, Layout::TL2, Layout::TQ1_0] {
                 if let Some(tiles) = layout.fit(m, k) {
                     cases.push((layout, tiles));
                 }
@@ -614,8 +664,13 @@ mod tests {
                     cases.push((Layout::TL2, Some(t)));
                 }
             }
-            // 67 rows fit no TL2 tiles: TQ1_0 alone there.
-            assert!(cases.len() >= if m % 32 == 0 { 2 } else { 1 }, "{m}x{k}: {cases:?}");
+            // TL1 with 64-row sub-blocks (bitnet.cpp's presets).
+            let t = Tiles { rows: 64, cols: 256, sub_rows: 64 };
+            if tern_formats::tiles::check(Layout::TL1, m, k, t).is_ok() {
+                cases.push((Layout::TL1, Some(t)));
+            }
+            // 67 rows fit no TL tiles: TQ1_0 alone there.
+            assert!(cases.len() >= if m % 32 == 0 { 3 } else { 1 }, "{m}x{k}: {cases:?}");
             for (layout, tiles) in cases {
                 let bytes = layout.pack(&codes, m, k, 1.0, tiles);
                 let got = TritTiles::from_layout(layout, &bytes, m, k, tiles).unwrap();

@@ -46,7 +46,7 @@ pub struct TernaryMatrix {
     /// I2_S bytes packed at load, for projections the file stores as floats (see
     /// `Loader::float_projection`); None: the bytes are the file's, at `offset`.
     pub packed_at_load: Option<Arc<[u8]>>,
-    /// The weights repacked at load where the selected kernels read TL2 and TQ1_0 so
+    /// The weights repacked at load where the selected kernels read TL1, TL2 and TQ1_0 so
     /// (`trit_tiles::wanted`; `TERN_TRIT_TILES=off` keeps the file's bytes, to compare).
     pub trit_tiles: Option<Arc<TritTiles>>,
 }
@@ -188,12 +188,13 @@ impl Model {
         self.ternary_bytes() + self.head_bytes()
     }
 
-    /// Bytes of the ternary matrices of every layer.
+    /// Bytes of the ternary matrices of every layer, as the kernels read them: the trit tiles'
+    /// where the loader repacked a matrix (TL1's are a sixth smaller than its file bytes).
     pub fn ternary_bytes(&self) -> u64 {
         self.layers
             .iter()
             .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .map(|m| m.size as u64)
+            .map(|m| m.trit_tiles.as_ref().map_or(m.size, |t| t.bytes().len()) as u64)
             .sum()
     }
 
