@@ -22,8 +22,9 @@ fn for_each_byte(m: usize, k: usize, t: Tiles, mut f: impl FnMut(usize, usize, u
     }
 }
 
-/// The same for the bytes of row block `i0` (rows `i0·BM..`), which are contiguous.
-fn for_each_byte_of_block(k: usize, t: Tiles, i0: usize, f: &mut impl FnMut(usize, usize, usize)) {
+/// The same for the bytes of row block `i0` (rows `i0·BM..`), which are contiguous: the one
+/// place that spells out the order, for readers that decode a block their own way.
+pub fn for_each_byte_of_block(k: usize, t: Tiles, i0: usize, f: &mut impl FnMut(usize, usize, usize)) {
     let (bm_big, bk, bm) = (t.rows, t.cols, t.sub_rows);
     let by = 256 / bm;
     let mut i = i0 * bm_big * k / 4;

@@ -25,7 +25,7 @@
 use crate::cpu::Isa;
 use rayon::prelude::*;
 use tern_formats::tiles::Tiles;
-use tern_formats::{Layout, tq1_0};
+use tern_formats::{Layout, tl1, tq1_0};
 
 /// Rows per tile: one 32-bit lane per row of a 512-bit register.
 pub const TILE_ROWS: usize = 16;
@@ -292,27 +292,13 @@ fn tl1_quads() -> Vec<[i8; 4]> {
         .collect()
 }
 
-/// Row block i0 of a TL1 tensor (`formats::tl1`: runs of 16 bytes are 16 consecutive rows, each
-/// byte four consecutive weights of its row) into `BM × k` codes, a byte at a time by table.
+/// Row block i0 of a TL1 tensor (`formats::tl1`: each byte four consecutive weights of one row)
+/// into `BM × k` codes, a byte at a time by table.
 fn decode_tl1_block(quads: &[[i8; 4]], bytes: &[u8], k: usize, t: Tiles, i0: usize, out: &mut [i8]) {
-    let (bm_big, bk, bm) = (t.rows, t.cols, t.sub_rows);
-    let by = 256 / bm;
-    let mut i = i0 * bm_big * k / 4;
-    for j0 in 0..k / bk {
-        for r0 in 0..bm_big / bm {
-            for j2 in 0..bk / by {
-                for r2 in 0..bm / 16 {
-                    for j4 in 0..by / 4 {
-                        let (row, col) = (r0 * bm + r2 * 16, j0 * bk + j2 * by + j4 * 4);
-                        for (r, &b) in bytes[i..i + 16].iter().enumerate() {
-                            out[(row + r) * k + col..][..4].copy_from_slice(&quads[b as usize]);
-                        }
-                        i += 16;
-                    }
-                }
-            }
-        }
-    }
+    let base = i0 * t.rows;
+    tl1::for_each_byte_of_block(k, t, i0, &mut |i, row, col| {
+        out[(row - base) * k + col..][..4].copy_from_slice(&quads[bytes[i] as usize]);
+    });
 }
 
 /// The five codes of every TQ1_0 byte, digit n at index n (`formats::tq1_0::decode_block`).
