@@ -19,8 +19,9 @@ pub fn tensor_bytes(m: usize, k: usize) -> usize {
     m * k / BLOCK * BLOCK_BYTES
 }
 
-/// (byte, element of digit 0, stride between digits, digits) for the 52 trit bytes of a block.
-fn groups() -> impl Iterator<Item = (usize, usize, usize, usize)> {
+/// (byte, element of digit 0, stride between digits, digits) for the 52 trit bytes of a block:
+/// the one place that spells out the order, for readers that decode a block their own way.
+pub fn groups() -> impl Iterator<Item = (usize, usize, usize, usize)> {
     (0..32)
         .map(|m| (m, m, 32, 5))
         .chain((0..16).map(|m| (32 + m, 160 + m, 16, 5)))

@@ -6,7 +6,7 @@
 //!
 //! One thread, 64 tokens (a prompt micro-batch) and I2_S unless told; prints G multiply-
 //! accumulates per second per shape and for a whole layer's mix. `TERN_KERNEL=avx2|avx512vnni`
-//! picks the kernel; `TERN_TRIT_TILES=off` runs TL2 and TQ1_0 from their own bytes where AVX-512
+//! picks the kernel; `TERN_TRIT_TILES=off` runs TL1, TL2 and TQ1_0 from their own bytes where AVX-512
 //! VNNI would read trit tiles; `CALLS=N` the calls per shape (default 40); `THREADS=N` runs each product
 //! on N threads, split as the forward pass splits it: by 32-token spans where AVX2's lookup GEMM
 //! runs (`layouts::token_spans`), else in runs of rows, `CHUNK_ROWS=N` each (default: one run
@@ -42,9 +42,7 @@ fn main() {
         let acts: Vec<i8> = (0..tokens * k).map(|_| (next() % 255) as i8).collect();
         let sums: Vec<i32> = acts.chunks_exact(k).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
         let bytes = layout.pack(&codes, m, k, 1.0, tiles);
-        let trit_tiles = (trit_tiles::wanted(isa, layout)
-            && std::env::var("TERN_TRIT_TILES").as_deref() != Ok("off"))
-        .then(|| {
+        let trit_tiles = trit_tiles::wanted(isa, layout).then(|| {
             trit_tiles::TritTiles::from_layout(layout, &bytes, m, k, tiles).expect("memory for the tiles")
         });
         let w = Packed { trit_tiles: trit_tiles.as_ref(), ..Packed::new(layout, m, k, tiles, &bytes) };

@@ -35,8 +35,8 @@ pub fn mapped_file_pages(path: &std::path::Path) -> Option<(u64, u64)> {
 /// A zeroed buffer of `len` values of `T`, asked for in one 2 MiB page or more (an anonymous map,
 /// aligned to 2 MiB, advised `MADV_HUGEPAGE`), or on the heap where the map fails. For tables a
 /// kernel reads at random from L2: in 4 KiB pages, which L2 sets their lines fall in depends on
-/// the physical pages the process got, and the AVX2 lookup GEMM ran at 60 % of its speed in
-/// about one process in three (docs/performance-notes.md, "Prompt GEMM").
+/// the physical pages the process got, and some processes ran the AVX2 lookup GEMM much slower
+/// (docs/performance-notes.md, "Prompt GEMM").
 pub struct HugeZeroed<T> {
     map: Option<(memmap2::MmapMut, usize)>,
     heap: Vec<T>,

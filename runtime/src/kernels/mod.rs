@@ -6,7 +6,7 @@
 //! - [`layouts`]: the same exact dot for every ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0).
 //! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
 //! - [`head`]: integer row dots for a Q8_0 / Q4_0 output head.
-//! - [`trit_tiles`]: TL2 and TQ1_0 repacked at load for the AVX-512 VNNI kernels.
+//! - [`trit_tiles`]: TL1, TL2 and TQ1_0 repacked at load for the AVX-512 VNNI kernels.
 
 /// Evaluates `$body` with `$t` a constant equal to `$n` (1..=8; 8 for anything larger): the
 /// small-batch kernels have one instantiation per pass length, so their accumulators are arrays

@@ -1,6 +1,6 @@
-//! Trit tiles: the form the AVX-512 VNNI kernels read TL2 and TQ1_0 matrices in, repacked once
-//! at load from the file's bytes. Those decode with several operations per weight (TL2's 32-row
-//! lookup tables and scattered sign words, TQ1_0's base-3 digit walk); here one 512-bit
+//! Trit tiles: the form the AVX-512 VNNI kernels read TL1, TL2 and TQ1_0 matrices in, repacked
+//! once at load from the file's bytes. Those decode with several operations per weight (TL1's and
+//! TL2's 32-row lookup tables, TL2's scattered sign words, TQ1_0's base-3 digit walk); here one 512-bit
 //! `vpshufb` per digit turns 64 stored triples into codes w + 1 with four triples of one row in
 //! each 32-bit lane, a masked subtract applies their signs, and `vpdpbusd` multiplies the lanes
 //! by a broadcast of the four matching activations, so one token streams 1.67 bits per weight
@@ -65,8 +65,11 @@ pub fn runs(isa: Isa) -> bool {
 
 /// Whether matrices of `layout` are repacked to trit tiles for `isa`: the lookup-table and base-3
 /// layouts, whose own bytes decode slower than these (TL1, 2 bits per weight, also reads fewer).
+/// `TERN_TRIT_TILES=off` keeps every layout on its own bytes, to compare.
 pub fn wanted(isa: Isa, layout: Layout) -> bool {
-    matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0) && runs(isa)
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("TERN_TRIT_TILES").as_deref() == Ok("off"));
+    matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0) && runs(isa) && !off
 }
 
 /// A matrix's weights as trit tiles, in page-aligned memory (asked for in 2 MiB pages where the
@@ -213,7 +216,9 @@ fn pack_tile(rows: &[i8], k: usize, tile: &mut [u8]) {
 /// at a time: the group's four 32-byte runs of the A plane hold its triples' magnitudes (byte
 /// p: row PERM(p), triple 2c in the high nibble and 2c + 1 in the low one), the S plane's 16
 /// words their signs (word u, bit 15 − 2·tt − h: row 16h + u, triple tt). The K2 tail's pair
-/// codes are decoded and packed as triples from column K3 (a multiple of 24) on.
+/// codes are decoded and packed as triples from column K3 (a multiple of 24) on. It restates the
+/// planes' order rather than calling `formats::tl2::walk`, whose per-byte and per-bit callbacks
+/// made loading a model several times slower; the repack tests check the two agree.
 fn from_tl2_block(bytes: &[u8], m: usize, k: usize, t: Tiles, i0: usize, dst: &mut [u8]) {
     // PERM = [0, 2, 1, 3] swaps two 8-row runs, so it is its own inverse.
     let byte_of_row = |row: usize| [0, 2, 1, 3][row / 8] * 8 + row % 8;
@@ -315,22 +320,11 @@ fn tq1_0_digits() -> Vec<[i8; 5]> {
         .collect()
 }
 
-/// One TQ1_0 block's 256 codes by table: qs[m] holds elements m + 32n (m < 32) or 160 + m' + 16n,
-/// qh[j] elements 240 + j + 4n for n < 4.
+/// One TQ1_0 block's 256 codes by table, in the format's own order (`tq1_0::groups`).
 fn decode_tq1_0(digits: &[[i8; 5]], block: &[u8], out: &mut [i8]) {
-    for (m, &b) in block[..32].iter().enumerate() {
-        for (n, &w) in digits[b as usize].iter().enumerate() {
-            out[m + 32 * n] = w;
-        }
-    }
-    for (m, &b) in block[32..48].iter().enumerate() {
-        for (n, &w) in digits[b as usize].iter().enumerate() {
-            out[160 + m + 16 * n] = w;
-        }
-    }
-    for (j, &b) in block[48..52].iter().enumerate() {
-        for (n, &w) in digits[b as usize][..4].iter().enumerate() {
-            out[240 + j + 4 * n] = w;
+    for (byte, first, stride, count) in tq1_0::groups() {
+        for (n, &w) in digits[block[byte] as usize][..count].iter().enumerate() {
+            out[first + stride * n] = w;
         }
     }
 }

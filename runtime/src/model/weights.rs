@@ -2,7 +2,9 @@
 //! with the expected type and dims (the GGUF reader already proved each byte range lies inside
 //! the file), ternary scales are finite, and packed codes are never 3 — checked once here, so a
 //! corrupt file fails at load instead of computing wrong numbers.
-//! Weight bytes stay in the memory map; only norms (a few KB) are copied out.
+//! Weight bytes stay in the memory map and only norms (a few KB) are copied out, except where the
+//! selected kernels read a layout repacked (`trit_tiles::wanted`): then the file's pages of that
+//! matrix are released once its tiles are built.
 
 use super::config::ModelConfig;
 use crate::kernels::layouts::Packed;
@@ -47,7 +49,7 @@ pub struct TernaryMatrix {
     /// `Loader::float_projection`); None: the bytes are the file's, at `offset`.
     pub packed_at_load: Option<Arc<[u8]>>,
     /// The weights repacked at load where the selected kernels read TL1, TL2 and TQ1_0 so
-    /// (`trit_tiles::wanted`; `TERN_TRIT_TILES=off` keeps the file's bytes, to compare).
+    /// (`trit_tiles::wanted`).
     pub trit_tiles: Option<Arc<TritTiles>>,
 }
 
@@ -390,9 +392,7 @@ impl Loader<'_> {
         if !scale.is_finite() || scale < 0.0 {
             return Err(self.err(name, format!("scale is {scale}; it must be finite and non-negative")));
         }
-        let repack = trit_tiles::wanted(crate::cpu::selected(), layout)
-            && std::env::var("TERN_TRIT_TILES").as_deref() != Ok("off");
-        let trit_tiles = if repack {
+        let trit_tiles = if trit_tiles::wanted(crate::cpu::selected(), layout) {
             let tiles = TritTiles::from_layout(layout, data, rows, cols, tiles)
                 .map_err(|e| self.err(name, format!("no memory for its trit tiles: {e}")))?;
             // The kernels read only the tiles now: the file's copy need not stay resident.
