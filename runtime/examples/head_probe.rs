@@ -1,12 +1,11 @@
 //! The output head as multiply-accumulates per second on one thread: 64 rows that stay in cache,
 //! then 32768 rows streaming from memory; best of five runs (docs/performance-notes.md, "F16
 //! head", "Quantised heads"). F16 rows against several positions at once (sequences decoding
-//! together), or a Q4_0/Q8_0 head one row at a time against one position.
+//! together), or a Q4_0/Q8_0 head's tiles (8 positions for F16 unless told, 1 for Q4_0/Q8_0).
 //!
-//!     cargo run --release -p tern-runtime --example head_probe [POSITIONS | q4_0 | q8_0]
+//!     cargo run --release -p tern-runtime --example head_probe [POSITIONS | q4_0 [POSITIONS] | q8_0 [POSITIONS]]
 //!
-//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel (default: the CPU's best); 8 positions unless
-//! told.
+//! `TERN_KERNEL=avx2|avx512vnni` picks the kernel (default: the CPU's best).
 use std::time::Instant;
 use tern_formats::TensorType;
 use tern_runtime::cpu;
@@ -22,7 +21,10 @@ fn main() {
         "q8_0" => Some(TensorType::Q8_0),
         _ => None,
     };
-    let positions: usize = if integer.is_some() { 1 } else { arg.parse().expect("POSITIONS, q4_0 or q8_0") };
+    let positions: usize = match integer {
+        Some(_) => std::env::args().nth(2).map_or(1, |p| p.parse().expect("POSITIONS")),
+        None => arg.parse().expect("POSITIONS, q4_0 or q8_0"),
+    };
     for rows in [64usize, 32768] {
         let row_bytes = match integer {
             Some(ty) => head::block_bytes(ty).unwrap() * cols / 32,
@@ -31,20 +33,16 @@ fn main() {
         // Small f16 values and scales (bytes below 0x3C in each half).
         let w: Vec<u8> = (0..rows * row_bytes).map(|i| ((i * 7) % 60) as u8).collect();
         let xs: Vec<f32> = (0..positions * cols).map(|i| (i % 13) as f32 * 0.1).collect();
-        let acts = head::HeadActs::quantise(&xs[..cols]);
+        let acts: Vec<_> = xs.chunks_exact(cols).map(head::HeadActs::quantise).collect();
+        let tiles = integer.map(|ty| head::HeadTiles::pack(ty, &w, rows, cols).unwrap());
         let mut out = vec![0f32; rows * positions];
         let reps = if rows == 64 { 2000 } else { 4 };
         let mut best = f64::MAX;
         for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
-                match integer {
-                    Some(ty) => {
-                        let dot = head::dot_fn(isa, ty);
-                        for (row, o) in w.chunks_exact(row_bytes).zip(out.iter_mut()) {
-                            *o = dot(row, &acts);
-                        }
-                    }
+                match &tiles {
+                    Some(tiles) => head::dot_rows(head::Kernel::for_isa(isa), tiles, 0, &acts, &mut out),
                     None => dot_f16_rows_positions(isa, &w, &xs, cols, &mut out),
                 }
             }

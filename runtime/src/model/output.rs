@@ -1,6 +1,6 @@
 //! The output of the forward pass: the final norm and the head (`lm_head`, or the tied
-//! embedding) for the rows that want logits — F16 rows dotted in f32, Q8_0/Q4_0 rows in
-//! integers against the normed state quantised once, other types decoded row by row.
+//! embedding) for the rows that want logits — F16 rows dotted in f32, a Q8_0/Q4_0 head's tiles
+//! in integers against the normed state quantised once, other types decoded row by row.
 
 use super::forward::Session;
 use super::norm::rms_norm;
@@ -28,18 +28,18 @@ impl Session<'_> {
         let mut out = vec![0f32; n * m.rows];
         // Vocab-major so each output row of the matrix is read once for all positions.
         let mut by_vocab = vec![0f32; m.rows * n];
-        // A Q8_0/Q4_0 head runs integer dots against the normed state quantised once per position;
-        // other block-quantised rows (other tools' files) are decoded per row, then dotted in f32.
-        let integer_head = matches!(m.ty, TensorType::Q8_0 | TensorType::Q4_0);
-        let (head_dot, head_acts): (Option<head::HeadDot>, Vec<head::HeadActs>) = if integer_head {
-            (Some(head::dot_fn(isa, m.ty)), h.chunks_exact(c.hidden).map(head::HeadActs::quantise).collect())
-        } else {
-            (None, Vec::new())
-        };
-        let decode_rows = !integer_head && !matches!(m.ty, TensorType::F16 | TensorType::F32);
+        // A Q8_0/Q4_0 head runs integer dots of its tiles against the normed state quantised once
+        // per position; other block-quantised rows (other tools' files) are decoded per row,
+        // then dotted in f32.
+        let integer_head = self.model.output_tiles.as_ref().map(|tiles| {
+            (
+                tiles,
+                head::Kernel::for_isa(isa),
+                h.chunks_exact(c.hidden).map(head::HeadActs::quantise).collect::<Vec<_>>(),
+            )
+        });
+        let decode_rows = !matches!(m.ty, TensorType::F16 | TensorType::F32);
         let four_streams = cpu::weight_streams() == 4;
-        let head_dot4 = if integer_head && four_streams { head::dot4_fn(isa, m.ty) } else { None };
-        let head_positions = if integer_head && n > 1 { head::dot_positions_fn(isa, m.ty) } else { None };
         self.for_each_chunk(&mut by_vocab, n * HEAD_CHUNK_ROWS, n == 1, |chunk, o| {
             if m.ty == TensorType::F16 && n > 1 {
                 // Several positions (sequences decoding together): each row widened once for all.
@@ -64,40 +64,16 @@ impl Session<'_> {
                 }
                 return;
             }
-            if let Some(dot_positions) = head_positions {
-                // Several positions on an integer head: each block decoded once for all.
-                let rows = self.model.float_rows(m, chunk * HEAD_CHUNK_ROWS, o.len() / n);
-                dot_positions(rows, &head_acts, o);
+            if let Some((tiles, kernel, acts)) = &integer_head {
+                // Every position against each tile block, decoded once for all of them.
+                head::dot_rows(*kernel, tiles, chunk * HEAD_CHUNK_ROWS, acts, o);
                 return;
             }
             let mut decoded = vec![0f32; if decode_rows { m.cols } else { 0 }];
             let mut slots: Vec<&mut [f32]> = o.chunks_exact_mut(n).collect();
-            // Four streams on an integer head: the quarters' rows four at a time in one call.
-            let quarter = match head_dot4 {
-                Some(dot4) => {
-                    let quarter = slots.len() / 4;
-                    for i in 0..quarter {
-                        let index = [0, 1, 2, 3].map(|q| q * quarter + i);
-                        let rows = index.map(|r| self.model.float_row(m, chunk * HEAD_CHUNK_ROWS + r));
-                        for (p, acts) in head_acts.iter().enumerate() {
-                            for (r, d) in index.into_iter().zip(dot4(rows, acts)) {
-                                slots[r][p] = d;
-                            }
-                        }
-                    }
-                    quarter
-                }
-                None => 0,
-            };
-            for i in quarter_order(slots.len(), four_streams).filter(|&i| i >= 4 * quarter) {
+            for i in quarter_order(slots.len(), four_streams) {
                 let slot = &mut *slots[i];
                 let row = self.model.float_row(m, chunk * HEAD_CHUNK_ROWS + i);
-                if let Some(dot) = head_dot {
-                    for (s, acts) in slot.iter_mut().zip(&head_acts) {
-                        *s = dot(row, acts);
-                    }
-                    continue;
-                }
                 if decode_rows {
                     float_blocks::dequantize_row(m.ty, row, &mut decoded)
                         .expect("the loader checked the output matrix's type and row size");

@@ -7,6 +7,7 @@
 //! matrix are released once its tiles are built.
 
 use super::config::ModelConfig;
+use crate::kernels::head::{self, HeadTiles};
 use crate::kernels::layouts::Packed;
 use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::{Result, RuntimeError};
@@ -100,6 +101,8 @@ pub struct Model {
     pub embed: FloatMatrix,
     /// The lm_head: `output.weight`, or the embedding when tied.
     pub output: FloatMatrix,
+    /// A Q4_0 or Q8_0 lm_head repacked for the integer head kernels (`kernels::head`).
+    pub output_tiles: Option<HeadTiles>,
     pub tied: bool,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
@@ -143,6 +146,7 @@ impl Model {
             });
         }
         let output_norm = l.norm("output_norm.weight", c.hidden)?;
+        let output_tiles = l.head_tiles(&output, tied)?;
         // The loader has just read every ternary byte, so the map's pages are what the run will
         // stream through: the AVX2 GEMV's prefetch pays only through 2 MiB pages.
         // `TERN_WEIGHT_PREFETCH=on|off` overrides the choice (to measure either way).
@@ -155,7 +159,7 @@ impl Model {
         if let Some(on) = choice {
             crate::kernels::i2s::set_weight_prefetch(on);
         }
-        Ok(Model { embed, output, tied, output_norm, layers, config, file })
+        Ok(Model { embed, output, output_tiles, tied, output_norm, layers, config, file })
     }
 
     /// Bytes of the file at a matrix's offset.
@@ -200,9 +204,12 @@ impl Model {
             .sum()
     }
 
-    /// Bytes of the output head.
+    /// Bytes of the output head, as the kernels read them (its tiles where repacked).
     pub fn head_bytes(&self) -> u64 {
-        (self.output.rows * self.output.row_bytes()) as u64
+        match &self.output_tiles {
+            Some(t) => t.bytes().len() as u64,
+            None => (self.output.rows * self.output.row_bytes()) as u64,
+        }
     }
 }
 
@@ -251,6 +258,23 @@ impl Loader<'_> {
         self.expect_dims(t, &[cols as u64, rows as u64])?;
         let row_bytes = t.ty.byte_size(&[cols as u64]).map_err(|m| self.err(name, m))? as usize;
         Ok(FloatMatrix { ty: t.ty, rows, cols, offset: t.offset as usize, row_bytes })
+    }
+
+    /// The integer head kernels' tiles of a Q4_0 or Q8_0 head (`None` for other types). Unless
+    /// the head is the embedding too, whose rows are read from the file, the file's copy need
+    /// not stay resident afterwards.
+    fn head_tiles(&self, m: &FloatMatrix, tied: bool) -> Result<Option<HeadTiles>> {
+        if head::block_bytes(m.ty).is_none() {
+            return Ok(None);
+        }
+        let name = if tied { "token_embd.weight" } else { "output.weight" };
+        let len = m.rows * m.row_bytes();
+        let tiles = HeadTiles::pack(m.ty, &self.file.as_bytes()[m.offset..m.offset + len], m.rows, m.cols)
+            .map_err(|e| self.err(name, format!("no memory for the head's tiles: {e}")))?;
+        if !tied {
+            self.file.release(m.offset, len);
+        }
+        Ok(Some(tiles))
     }
 
     /// A projection stored as floats (tern's `--type f16|f32`, or bitnet.cpp's converter where it
