@@ -9,6 +9,7 @@
 //! matrices reading that input (q/k/v, gate/up) and across threads.
 
 use crate::cpu::Isa;
+use crate::kernels::i2s_tiles::{self, I2sTiles};
 use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::kernels::{i2s, tl1, tl2, tq1_0 as tq1_kernels, tq2_0 as tq2_kernels};
 use rayon::prelude::*;
@@ -26,6 +27,9 @@ pub struct Packed<'a> {
     /// The same weights repacked at load for the instruction sets that read them so
     /// (`trit_tiles::wanted`), which then never read `bytes`.
     pub trit_tiles: Option<&'a TritTiles>,
+    /// An I2_S matrix repacked at load for the instruction sets that read it so
+    /// (`i2s_tiles::wanted`), which then never read `bytes`.
+    pub i2s_tiles: Option<&'a I2sTiles>,
 }
 
 impl<'a> Packed<'a> {
@@ -37,14 +41,23 @@ impl<'a> Packed<'a> {
         tiles: Option<Tiles>,
         bytes: &'a [u8],
     ) -> Packed<'a> {
-        Packed { layout, rows, cols, tiles, bytes, trit_tiles: None }
+        Packed { layout, rows, cols, tiles, bytes, trit_tiles: None, i2s_tiles: None }
     }
 
     /// Rows stored together (the unit rows can be split at): BM for tiled layouts, else 1; a
-    /// whole tile of 16 with trit tiles.
+    /// whole tile of 16 with trit tiles or I2_S tiles.
     pub fn row_group(&self) -> usize {
         let group = self.tiles.map_or(1, |t| t.rows);
-        if self.trit_tiles.is_some() { group.max(trit_tiles::TILE_ROWS) } else { group }
+        if self.trit_tiles.is_some() || self.i2s_tiles.is_some() {
+            group.max(trit_tiles::TILE_ROWS.max(i2s_tiles::TILE_ROWS))
+        } else {
+            group
+        }
+    }
+
+    /// The I2_S tiles a product on `isa` reads, if any.
+    pub fn reads_i2s_tiles(&self, isa: Isa) -> Option<&'a I2sTiles> {
+        self.i2s_tiles.filter(|_| i2s_tiles::runs(isa))
     }
 
     /// The trit tiles a product on `isa` reads, if any.
@@ -200,6 +213,10 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
         trit_tiles::gemm(isa, tt, r0, r1, &arranged.bytes, sums, out);
         return;
     }
+    if let Some(it) = w.reads_i2s_tiles(isa) {
+        i2s_tiles::gemm(isa, it, r0, r1, acts, sums, out);
+        return;
+    }
     match w.layout {
         Layout::I2S => {
             let rb = i2s_format::row_bytes(w.cols);
@@ -319,6 +336,24 @@ mod tests {
                     let a = Acts { codes: &padded, sums: &sums, tables: None, panel: None };
                     gemm_rows(isa, &w, g, m, a, &mut part);
                     assert_eq!(part[..], want[g * tokens..], "{what} {} trit tiles from row {g}", isa.name());
+                }
+            }
+        }
+        // The same products from I2_S tiles, where an instruction set here reads them.
+        if crate::cpu::available().into_iter().any(|isa| i2s_tiles::wanted(isa, layout)) {
+            let it = I2sTiles::from_i2s(&bytes, m, k).unwrap();
+            let w = Packed { i2s_tiles: Some(&it), ..w };
+            for isa in crate::cpu::available() {
+                let mut out = vec![0; m * tokens];
+                let a = Acts { codes: &padded, sums: &sums, tables: None, panel: None };
+                gemm_rows(isa, &w, 0, m, a, &mut out);
+                assert_eq!(out, want, "{what} {} from I2_S tiles", isa.name());
+                let g = w.row_group();
+                if 2 * g <= m {
+                    let mut part = vec![0; (m - g) * tokens];
+                    let a = Acts { codes: &padded, sums: &sums, tables: None, panel: None };
+                    gemm_rows(isa, &w, g, m, a, &mut part);
+                    assert_eq!(part[..], want[g * tokens..], "{what} {} I2_S tiles from row {g}", isa.name());
                 }
             }
         }

@@ -5,7 +5,8 @@
 //! - [`i2s`]: I2_S ternary × int8 dot products (GEMV for decode, GEMM for prompts).
 //! - [`layouts`]: the same exact dot for every ternary layout (I2_S, TL1, TL2, TQ1_0, TQ2_0).
 //! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
-//! - [`head`]: integer row dots for a Q8_0 / Q4_0 output head.
+//! - [`head`]: a Q8_0 / Q4_0 output head, repacked at load into tiles of 16 rows.
+//! - [`i2s_tiles`]: I2_S repacked at load into tiles of 16 rows for the AVX-512 VNNI kernels.
 //! - [`trit_tiles`]: TL1, TL2 and TQ1_0 repacked at load for the AVX-512 VNNI kernels.
 
 /// Evaluates `$body` with `$t` a constant equal to `$n` (1..=8; 8 for anything larger): the
@@ -55,6 +56,7 @@ pub mod act;
 pub mod float;
 pub mod head;
 pub mod i2s;
+pub mod i2s_tiles;
 pub mod layouts;
 pub mod tl1;
 pub mod tl2;

@@ -3,11 +3,12 @@
 //! the file), ternary scales are finite, and packed codes are never 3 — checked once here, so a
 //! corrupt file fails at load instead of computing wrong numbers.
 //! Weight bytes stay in the memory map and only norms (a few KB) are copied out, except where the
-//! selected kernels read a layout repacked (`trit_tiles::wanted`): then the file's pages of that
-//! matrix are released once its tiles are built.
+//! selected kernels read a matrix repacked (`trit_tiles::wanted`, `i2s_tiles::wanted`, a
+//! Q4_0/Q8_0 head): then the file's pages of that matrix are released once its tiles are built.
 
 use super::config::ModelConfig;
 use crate::kernels::head::{self, HeadTiles};
+use crate::kernels::i2s_tiles::{self, I2sTiles, TileArena};
 use crate::kernels::layouts::Packed;
 use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::{Result, RuntimeError};
@@ -52,6 +53,9 @@ pub struct TernaryMatrix {
     /// The weights repacked at load where the selected kernels read TL1, TL2 and TQ1_0 so
     /// (`trit_tiles::wanted`).
     pub trit_tiles: Option<Arc<TritTiles>>,
+    /// The same weights as I2_S tiles, where the selected kernels read I2_S so
+    /// (`i2s_tiles::wanted`).
+    pub i2s_tiles: Option<Arc<I2sTiles>>,
 }
 
 impl TernaryMatrix {
@@ -113,7 +117,18 @@ impl Model {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
         let c = &config;
-        let l = Loader { file: &file };
+        // I2_S tiles (if the kernels read them) share one arena in call order.
+        let i2s_arena = if i2s_tiles::wanted(crate::cpu::selected(), Layout::I2S) {
+            let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+            let shapes = [(q_dim, c.hidden), (kv_dim, c.hidden), (kv_dim, c.hidden), (c.hidden, q_dim)];
+            let ffn = [(c.intermediate, c.hidden), (c.intermediate, c.hidden), (c.hidden, c.intermediate)];
+            let layer: usize = shapes.iter().chain(&ffn).map(|&(r, k)| TileArena::bytes_for(r, k)).sum();
+            // Where the memory cannot be reserved, I2_S runs from the file's bytes.
+            TileArena::new(layer.saturating_mul(c.layers)).ok()
+        } else {
+            None
+        };
+        let l = Loader { file: &file, i2s_arena };
         let embed = l.float("token_embd.weight", c.vocab, c.hidden)?;
         let (output, tied) = match file.tensor("output.weight") {
             Some(_) => (l.float("output.weight", c.vocab, c.hidden)?, false),
@@ -175,6 +190,7 @@ impl Model {
         };
         Packed {
             trit_tiles: m.trit_tiles.as_deref(),
+            i2s_tiles: m.i2s_tiles.as_deref(),
             ..Packed::new(m.layout, m.rows, m.cols, m.tiles, bytes)
         }
     }
@@ -200,7 +216,11 @@ impl Model {
         self.layers
             .iter()
             .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .map(|m| m.trit_tiles.as_ref().map_or(m.size, |t| t.bytes().len()) as u64)
+            .map(|m| match (&m.trit_tiles, &m.i2s_tiles) {
+                (Some(t), _) => t.bytes().len() as u64,
+                (_, Some(t)) => t.bytes().len() as u64,
+                _ => m.size as u64,
+            })
             .sum()
     }
 
@@ -215,6 +235,8 @@ impl Model {
 
 struct Loader<'a> {
     file: &'a GgufFile,
+    /// Where I2_S tiles go, when the kernels read I2_S from tiles.
+    i2s_arena: Option<TileArena>,
 }
 
 impl Loader<'_> {
@@ -323,6 +345,7 @@ impl Loader<'_> {
             scale: beta,
             packed_at_load: Some(bytes),
             trit_tiles: None,
+            i2s_tiles: None,
         })
     }
 
@@ -425,6 +448,15 @@ impl Loader<'_> {
         } else {
             None
         };
+        let i2s_tiles = if let (Some(arena), Layout::I2S) = (&self.i2s_arena, layout) {
+            let tiles = I2sTiles::build_in(arena, data, rows, cols)
+                .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
+            // The kernels read only the tiles now: the file's copy need not stay resident.
+            self.file.release(t.offset as usize, t.size as usize);
+            Some(Arc::new(tiles))
+        } else {
+            None
+        };
         Ok(TernaryMatrix {
             name: name.to_string(),
             layout,
@@ -436,6 +468,7 @@ impl Loader<'_> {
             scale,
             packed_at_load: None,
             trit_tiles,
+            i2s_tiles,
         })
     }
 }
