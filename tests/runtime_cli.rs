@@ -374,7 +374,7 @@ fn bench_roofline_and_profile() {
     // The tiny model's weights: 786432 ternary weights at 2 bits plus the 400×128 f16 head (and
     // each tensor's scale where the kernels read the file's bytes rather than tiles).
     assert_eq!(bpt as u64, j["bytes_per_token"].as_u64().unwrap());
-    assert!(bpt >= 786432.0 / 4.0 + 400.0 * 128.0 * 2.0 && bpt < 400_000.0, "bytes per token {bpt}");
+    assert!((786432.0 / 4.0 + 400.0 * 128.0 * 2.0..400_000.0).contains(&bpt), "bytes per token {bpt}");
     assert_eq!(
         (j["results"][0]["test"].as_str(), j["results"][1]["test"].as_str()),
         (Some("pp16"), Some("tg8"))

@@ -11,14 +11,16 @@ use std::time::Instant;
 use tern_formats::i2s as fmt;
 use tern_runtime::cpu;
 use tern_runtime::kernels::i2s;
-use tern_runtime::kernels::i2s_tiles::{self, I2sTiles, TileArena};
+use tern_runtime::kernels::i2s_tiles::{self, I2sTiles};
+use tern_runtime::pages::TileArena;
 
 fn main() {
     let isa = cpu::selected();
     let layers: usize = std::env::var("LAYERS").map_or(30, |v| v.parse().expect("LAYERS: a number"));
     let shapes =
         [(2560, 2560), (640, 2560), (640, 2560), (2560, 2560), (6912, 2560), (6912, 2560), (2560, 6912)];
-    let reserve: usize = shapes.iter().map(|&(m, k)| TileArena::bytes_for(m, k)).sum::<usize>() * layers;
+    let reserve: usize =
+        shapes.iter().map(|&(m, k)| i2s_tiles::tiles_bytes(m, k) + 64).sum::<usize>() * layers;
     let arena = TileArena::new(reserve).expect("arena");
     let mut next = tern_runtime::bench::xorshift(0x2545_f491_4f6c_dd1d);
     let mut mats = Vec::new();

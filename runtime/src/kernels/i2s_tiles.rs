@@ -19,8 +19,8 @@
 //! and against the naive product.
 
 use crate::cpu::Isa;
+use crate::pages::{ArenaBytes, TileArena};
 use rayon::prelude::*;
-use std::sync::Arc;
 use tern_formats::{Layout, i2s};
 
 /// Rows per tile: one 32-bit lane per row of a 512-bit register.
@@ -29,6 +29,7 @@ pub const TILE_ROWS: usize = 16;
 const BLOCK: usize = 128;
 const BLOCK_BYTES: usize = 32 * TILE_ROWS;
 /// Tokens one pass of the VNNI kernel takes: four accumulators each stay in registers.
+#[cfg(target_arch = "x86_64")]
 const PASS: usize = 4;
 
 /// Whether `isa` runs products from I2_S tiles on this CPU: AVX-512 VNNI.
@@ -45,29 +46,9 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
     layout == Layout::I2S && runs(isa) && !crate::cpu::amx_int8() && !off
 }
 
-/// Memory the I2_S tiles of a model share, handed out in load order — the order generation
-/// calls the matrices in — so each matrix's tiles continue the previous one's forward stream:
-/// one tile map per matrix restarted the stream 210 times a token and read a 2B-4T token's
-/// weights about 10 % slower (docs/performance-notes.md, "I2_S tiles"). Reserved at its
-/// largest (untouched pages cost nothing), asked for in 2 MiB pages (fewer TLB misses).
-pub struct TileArena {
-    map: Arc<memmap2::MmapRaw>,
-    used: std::cell::Cell<usize>,
-}
-
-impl TileArena {
-    pub fn new(capacity: usize) -> std::io::Result<TileArena> {
-        let map = memmap2::MmapMut::map_anon(capacity.max(1))?;
-        #[cfg(target_os = "linux")]
-        // Only a hint: without 2 MiB pages the tiles work as well, a little slower.
-        let _ = map.advise(memmap2::Advice::HugePage);
-        Ok(TileArena { map: Arc::new(map.into()), used: std::cell::Cell::new(0) })
-    }
-
-    /// Bytes the tiles of a `rows × cols` I2_S matrix take.
-    pub fn bytes_for(rows: usize, cols: usize) -> usize {
-        rows.div_ceil(TILE_ROWS) * TILE_ROWS * i2s::row_bytes(cols)
-    }
+/// Bytes the tiles of a `rows × cols` I2_S matrix take.
+pub fn tiles_bytes(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(TILE_ROWS) * TILE_ROWS * i2s::row_bytes(cols)
 }
 
 /// An I2_S matrix's weights as tiles, in a [`TileArena`].
@@ -75,9 +56,7 @@ pub struct I2sTiles {
     rows: usize,
     /// Weights per row, padded to whole blocks of 128.
     cols: usize,
-    arena: Arc<memmap2::MmapRaw>,
-    offset: usize,
-    len: usize,
+    bytes: ArenaBytes,
 }
 
 impl std::fmt::Debug for I2sTiles {
@@ -90,23 +69,17 @@ impl I2sTiles {
     /// Tiles of an I2_S matrix of `rows × cols` weights from its file bytes (at least the
     /// packed rows; the scale after them is not read), in an arena of their own.
     pub fn from_i2s(bytes: &[u8], rows: usize, cols: usize) -> std::io::Result<I2sTiles> {
-        I2sTiles::build_in(&TileArena::new(TileArena::bytes_for(rows, cols))?, bytes, rows, cols)
+        I2sTiles::build_in(&TileArena::new(tiles_bytes(rows, cols))?, bytes, rows, cols)
     }
 
-    /// [`I2sTiles::from_i2s`] into the next free bytes of `arena`, a tile at a time on every
-    /// thread; an error if the arena is full.
+    /// [`I2sTiles::from_i2s`] into the next free bytes of `arena` (a model's tiles share one, in
+    /// call order, so a token's weights are one stream), a tile at a time on every thread; an
+    /// error if the arena is full.
     pub fn build_in(arena: &TileArena, bytes: &[u8], rows: usize, cols: usize) -> std::io::Result<I2sTiles> {
         let row_bytes = i2s::row_bytes(cols);
         assert!(bytes.len() >= rows * row_bytes, "I2_S bytes shorter than their rows");
-        let (offset, len) = (arena.used.get(), TileArena::bytes_for(rows, cols));
-        if offset + len > arena.map.len() {
-            return Err(std::io::Error::other("the tile arena is full"));
-        }
-        arena.used.set(offset + len);
-        // SAFETY: offset..offset + len lies inside the map (checked above) and no other tiles
-        // ever get these bytes (the arena hands each range out once, `used` only grows), so
-        // this is the only reference to them until the tiles below are built.
-        let out = unsafe { std::slice::from_raw_parts_mut(arena.map.as_mut_ptr().add(offset), len) };
+        let mut taken = arena.take(tiles_bytes(rows, cols))?;
+        let out = taken.as_mut_slice();
         let tile_bytes = TILE_ROWS * row_bytes;
         out.par_chunks_mut(tile_bytes).zip(bytes[..rows * row_bytes].par_chunks(tile_bytes)).for_each(
             |(tile, src)| {
@@ -119,7 +92,7 @@ impl I2sTiles {
                 }
             },
         );
-        Ok(I2sTiles { rows, cols: row_bytes * 4, arena: arena.map.clone(), offset, len })
+        Ok(I2sTiles { rows, cols: row_bytes * 4, bytes: taken })
     }
 
     pub fn rows(&self) -> usize {
@@ -128,9 +101,7 @@ impl I2sTiles {
 
     /// The tiles' bytes: what the kernels read per token.
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: the range lies inside the arena's map, which `self.arena` keeps alive, and was
-        // written once, before these tiles existed; nothing writes it again.
-        unsafe { std::slice::from_raw_parts(self.arena.as_ptr().add(self.offset), self.len) }
+        self.bytes.as_slice()
     }
 
     fn tile_bytes(&self) -> usize {

@@ -23,6 +23,7 @@
 //! each other and against the naive product.
 
 use crate::cpu::Isa;
+use crate::pages::{ArenaBytes, TileArena};
 use rayon::prelude::*;
 use tern_formats::tiles::Tiles;
 use tern_formats::{Layout, tl1, tq1_0};
@@ -34,6 +35,11 @@ pub const GROUP_COLS: usize = 24;
 /// Groups stored together: their magnitudes, then their signs, 320 bytes (5 cache lines).
 const BLOCK_GROUPS: usize = 4;
 const BLOCK_BYTES: usize = BLOCK_GROUPS * (64 + 16);
+
+/// Bytes the trit tiles of a `rows × cols` matrix take.
+pub fn tiles_bytes(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(TILE_ROWS) * tile_bytes(cols)
+}
 
 /// Groups per row (a whole number of blocks).
 fn groups(k: usize) -> usize {
@@ -77,7 +83,7 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
 pub struct TritTiles {
     rows: usize,
     cols: usize,
-    map: memmap2::MmapMut,
+    map: ArenaBytes,
 }
 
 impl std::fmt::Debug for TritTiles {
@@ -87,12 +93,14 @@ impl std::fmt::Debug for TritTiles {
 }
 
 impl TritTiles {
-    fn zeroed(rows: usize, cols: usize) -> std::io::Result<TritTiles> {
-        let len = rows.div_ceil(TILE_ROWS) * tile_bytes(cols);
-        let map = memmap2::MmapMut::map_anon(len.max(1))?;
-        #[cfg(target_os = "linux")]
-        // Only a hint: without 2 MiB pages the tiles work as well, a little slower.
-        let _ = map.advise(memmap2::Advice::HugePage);
+    /// Zeroed tiles for `rows × cols`, in `arena` (a model's tiles share one, in call order, so
+    /// a token's weights are one stream) or in memory of their own.
+    fn zeroed(arena: Option<&TileArena>, rows: usize, cols: usize) -> std::io::Result<TritTiles> {
+        let len = tiles_bytes(rows, cols);
+        let map = match arena {
+            Some(arena) => arena.take(len)?,
+            None => ArenaBytes::alone(len)?,
+        };
         Ok(TritTiles { rows, cols, map })
     }
 
@@ -106,24 +114,25 @@ impl TritTiles {
 
     /// The tiles' bytes (`rows.div_ceil(16) · tile_bytes(cols)`).
     pub fn bytes(&self) -> &[u8] {
-        &self.map[..self.rows.div_ceil(TILE_ROWS) * tile_bytes(self.cols)]
+        self.map.as_slice()
     }
 
     /// Trit tiles of the `m × k` codes (each −1, 0 or 1, row-major).
     pub fn pack(codes: &[i8], m: usize, k: usize) -> std::io::Result<TritTiles> {
         assert_eq!(codes.len(), m * k);
-        let mut out = TritTiles::zeroed(m, k)?;
+        let mut out = TritTiles::zeroed(None, m, k)?;
         let stride = tile_bytes(k);
-        out.map[..m.div_ceil(TILE_ROWS) * stride]
+        out.map
+            .as_mut_slice()
             .par_chunks_mut(stride)
             .zip(codes.par_chunks(TILE_ROWS * k))
             .for_each(|(tile, rows)| pack_tile(rows, k, tile));
         Ok(out)
     }
 
-    /// Trit tiles of a TL2 or TQ1_0 matrix's file bytes (`m × k`, TL2 with its `tiles`), a
-    /// row block at a time on every thread. TL2's triples are this form's own codes, so their
-    /// magnitudes and signs are moved, not decoded.
+    /// Trit tiles of a TL1, TL2 or TQ1_0 matrix's file bytes (`m × k`, TL1 and TL2 with their
+    /// `tiles`), a row block at a time on every thread. TL2's triples are this form's own codes,
+    /// so their magnitudes and signs are moved, not decoded.
     pub fn from_layout(
         layout: Layout,
         bytes: &[u8],
@@ -131,9 +140,21 @@ impl TritTiles {
         k: usize,
         tiles: Option<Tiles>,
     ) -> std::io::Result<TritTiles> {
-        let mut out = TritTiles::zeroed(m, k)?;
+        TritTiles::from_layout_in(None, layout, bytes, m, k, tiles)
+    }
+
+    /// [`TritTiles::from_layout`] into the next free bytes of `arena`, where given.
+    pub fn from_layout_in(
+        arena: Option<&TileArena>,
+        layout: Layout,
+        bytes: &[u8],
+        m: usize,
+        k: usize,
+        tiles: Option<Tiles>,
+    ) -> std::io::Result<TritTiles> {
+        let mut out = TritTiles::zeroed(arena, m, k)?;
         let stride = tile_bytes(k);
-        let body = &mut out.map[..m.div_ceil(TILE_ROWS) * stride];
+        let body = out.map.as_mut_slice();
         match (layout, tiles) {
             (Layout::TL2, Some(t)) if t.rows.is_multiple_of(32) && t.cols.is_multiple_of(GROUP_COLS) => {
                 body.par_chunks_mut(t.rows / TILE_ROWS * stride)
@@ -356,6 +377,22 @@ pub fn arrange(act: &[i8], out: &mut [u8]) {
 /// `r1` too or the last row): `acts` the tokens' activations in [`arrange`]'s order, `sums` their
 /// Σq.
 pub fn gemm(isa: Isa, w: &TritTiles, r0: usize, r1: usize, acts: &[u8], sums: &[i32], out: &mut [i32]) {
+    gemm_decoding(isa, true, w, r0, r1, acts, sums, out);
+}
+
+/// [`gemm`], with VBMI's one-token decoding only if `vbmi` (and the CPU has it): the tests run
+/// both decodings.
+#[allow(clippy::too_many_arguments)]
+fn gemm_decoding(
+    isa: Isa,
+    vbmi: bool,
+    w: &TritTiles,
+    r0: usize,
+    r1: usize,
+    acts: &[u8],
+    sums: &[i32],
+    out: &mut [i32],
+) {
     let (k, tokens) = (w.cols, sums.len());
     let per_token = arranged_len(k);
     assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
@@ -377,7 +414,7 @@ pub fn gemm(isa: Isa, w: &TritTiles, r0: usize, r1: usize, acts: &[u8], sums: &[
                     let acts = &acts[tok * per_token..(tok + n) * per_token];
                     // SAFETY: AVX-512 VNNI was detected (runs); the tile holds `groups(k)`
                     // groups and each token `per_token` arranged activations.
-                    let got = unsafe { x86::tile(tile, groups(k), acts, per_token, n) };
+                    let got = unsafe { x86::tile(tile, groups(k), acts, per_token, n, vbmi) };
                     for (j, lanes) in got[..n].iter().enumerate() {
                         for (r, &v) in lanes[..rows].iter().enumerate() {
                             o[r * tokens + tok + j] = v - sums[tok + j];
@@ -458,13 +495,21 @@ mod x86 {
         acts: &[u8],
         per_token: usize,
         n: usize,
+        vbmi: bool,
     ) -> [[i32; 16]; 8] {
         assert!(groups.is_multiple_of(BLOCK_GROUPS) && tile.len() >= groups / BLOCK_GROUPS * BLOCK_BYTES);
         assert!((1..=8).contains(&n) && acts.len() >= n * per_token && per_token >= groups * 24);
         let mut out = [[0i32; 16]; 8];
+        let vbmi = vbmi && n == 1 && has_vbmi();
         let sums: [__m512i; 8] = with_pass_len!(n, N => {
-            // SAFETY: the extents asserted above; the features enabled here.
-            let got = unsafe { tile_pass::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token) };
+            // SAFETY: the extents asserted above; the features enabled here, VBMI's detected.
+            let got = unsafe {
+                if vbmi {
+                    tile_pass_vbmi::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token)
+                } else {
+                    tile_pass::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token)
+                }
+            };
             std::array::from_fn(|j| if j < N { got[j] } else { _mm512_setzero_si512() })
         });
         for (o, v) in out.iter_mut().zip(sums) {
@@ -472,6 +517,31 @@ mod x86 {
             unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, v) };
         }
         out
+    }
+
+    /// Whether this CPU has AVX-512 VBMI's byte permute (`TERN_VBMI=off`: as if not, to compare).
+    fn has_vbmi() -> bool {
+        static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *YES.get_or_init(|| {
+            is_x86_feature_detected!("avx512vbmi") && std::env::var("TERN_VBMI").as_deref() != Ok("off")
+        })
+    }
+
+    /// [`tile_pass`] with each digit's codes from one `vpermb` of a 32-entry table — codes of
+    /// the positive magnitudes, then of the negative ones — indexed by the magnitude plus 16
+    /// where the sign bit is set: one addition per nibble vector in place of a masked subtract
+    /// per digit, four fewer operations per group of 384 weights, which bound a token's product
+    /// (docs/performance-notes.md, "Trit tiles").
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    unsafe fn tile_pass_vbmi<const N: usize>(
+        tile: *const u8,
+        groups: usize,
+        acts: *const u8,
+        per_token: usize,
+    ) -> [__m512i; N] {
+        // SAFETY: the caller's extents; the features enabled here.
+        unsafe { tile_pass_with::<N, true>(tile, groups, acts, per_token) }
     }
 
     /// The tile against N tokens: the group's six code vectors decoded once, then six
@@ -485,6 +555,39 @@ mod x86 {
         acts: *const u8,
         per_token: usize,
     ) -> [__m512i; N] {
+        // SAFETY: the caller's extents; the features enabled here.
+        unsafe { tile_pass_with::<N, false>(tile, groups, acts, per_token) }
+    }
+
+    /// `v + 16` in the bytes whose bit of `negative` is set, as one masked `vpaddb`: written
+    /// with `asm!` because LLVM turns the intrinsic on bytes below 16 into an OR and a masked
+    /// move, two operations.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn with_sign(v: __m512i, negative: u64, sixteen: __m512i) -> __m512i {
+        let mut out = v;
+        // SAFETY: one AVX-512BW instruction on registers; the caller enabled AVX-512BW.
+        unsafe {
+            std::arch::asm!(
+                "vpaddb {out}{{{k}}}, {v}, {s}",
+                out = inout(zmm_reg) out,
+                k = in(kreg) negative,
+                v = in(zmm_reg) v,
+                s = in(zmm_reg) sixteen,
+                options(pure, nomem, nostack),
+            );
+        }
+        out
+    }
+
+    /// The body of [`tile_pass`] (`VBMI`: [`tile_pass_vbmi`]'s decoding), inlined into each.
+    #[inline(always)]
+    unsafe fn tile_pass_with<const N: usize, const VBMI: bool>(
+        tile: *const u8,
+        groups: usize,
+        acts: *const u8,
+        per_token: usize,
+    ) -> [__m512i; N] {
         const ACC: usize = 6;
         // SAFETY (every load below): the caller guarantees `groups` groups of magnitudes and
         // signs at `tile` and N tokens of `per_token` arranged bytes at `acts`.
@@ -492,7 +595,17 @@ mod x86 {
             let table =
                 |t: usize| _mm512_broadcast_i32x4(_mm_loadu_si128(CODES[t].as_ptr() as *const __m128i));
             let tables = [table(0), table(1), table(2)];
-            let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(2));
+            // For VBMI: entries 0..16 the codes of magnitude m, 16..32 those of −m (2 − code).
+            let signed = |t: usize| {
+                let mut both = [0u8; 64];
+                for m in 0..16 {
+                    both[m] = CODES[t][m];
+                    both[16 + m] = 2 - CODES[t][m];
+                }
+                _mm512_loadu_si512(both.as_ptr() as *const __m512i)
+            };
+            let signed_tables = if VBMI { [signed(0), signed(1), signed(2)] } else { tables };
+            let (nib, two, sixteen) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(2), _mm512_set1_epi8(16));
             let mut acc = [[_mm512_setzero_si512(); ACC]; N];
             for g in 0..groups {
                 let (mags, signs) = super::group_at(g);
@@ -508,9 +621,18 @@ mod x86 {
                 let (s_lo, s_hi) = (s.read_unaligned(), s.add(1).read_unaligned());
                 let lo = _mm512_and_si512(x, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
+                let (lo, hi) = if VBMI {
+                    (with_sign(lo, s_lo, sixteen), with_sign(hi, s_hi, sixteen))
+                } else {
+                    (lo, hi)
+                };
                 let code = |idx: __m512i, t: usize, negative: __mmask64| {
-                    let c = _mm512_shuffle_epi8(tables[t], idx);
-                    _mm512_mask_sub_epi8(c, negative, two, c)
+                    if VBMI {
+                        _mm512_permutexvar_epi8(idx, signed_tables[t])
+                    } else {
+                        let c = _mm512_shuffle_epi8(tables[t], idx);
+                        _mm512_mask_sub_epi8(c, negative, two, c)
+                    }
                 };
                 let codes = [
                     code(lo, 0, s_lo),
@@ -590,9 +712,12 @@ mod tests {
                 let (arr, sums) = arranged(&acts, k);
                 let want = naive(&codes, &acts, m, k, 0, m);
                 for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
-                    let mut out = vec![0; m * tokens];
-                    gemm(isa, &w, 0, m, &arr, &sums, &mut out);
-                    assert_eq!(out, want, "{m}x{k}, {tokens} tokens, {}", isa.name());
+                    // With and without VBMI's decoding (where the CPU has it).
+                    for vbmi in [false, true] {
+                        let mut out = vec![0; m * tokens];
+                        gemm_decoding(isa, vbmi, &w, 0, m, &arr, &sums, &mut out);
+                        assert_eq!(out, want, "{m}x{k}, {tokens} tokens, {}, vbmi {vbmi}", isa.name());
+                    }
                     if m > TILE_ROWS {
                         let mut part = vec![0; (m - TILE_ROWS) * tokens];
                         gemm(isa, &w, TILE_ROWS, m, &arr, &sums, &mut part);
@@ -613,9 +738,12 @@ mod tests {
         for sign in [1i8, -1] {
             let w = TritTiles::pack(&vec![sign; m * k], m, k).unwrap();
             for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
-                let mut out = vec![0; m];
-                gemm(isa, &w, 0, m, &arr, &sums, &mut out);
-                assert!(out.iter().all(|&v| v == -128 * sign as i32 * k as i32), "{sign} on {}", isa.name());
+                for vbmi in [false, true] {
+                    let mut out = vec![0; m];
+                    gemm_decoding(isa, vbmi, &w, 0, m, &arr, &sums, &mut out);
+                    let want = -128 * sign as i32 * k as i32;
+                    assert!(out.iter().all(|&v| v == want), "{sign} on {}, vbmi {vbmi}", isa.name());
+                }
             }
         }
     }

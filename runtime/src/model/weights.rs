@@ -8,9 +8,10 @@
 
 use super::config::ModelConfig;
 use crate::kernels::head::{self, HeadTiles};
-use crate::kernels::i2s_tiles::{self, I2sTiles, TileArena};
+use crate::kernels::i2s_tiles::{self, I2sTiles};
 use crate::kernels::layouts::Packed;
 use crate::kernels::trit_tiles::{self, TritTiles};
+use crate::pages::TileArena;
 use crate::{Result, RuntimeError};
 use std::path::Path;
 use std::sync::Arc;
@@ -117,18 +118,27 @@ impl Model {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
         let c = &config;
-        // I2_S tiles (if the kernels read them) share one arena in call order.
-        let i2s_arena = if i2s_tiles::wanted(crate::cpu::selected(), Layout::I2S) {
+        // Tiles the kernels read (I2_S tiles, trit tiles) share one arena in call order, reserved
+        // for the larger of the two forms of every matrix.
+        let isa = crate::cpu::selected();
+        let repacks = [Layout::I2S, Layout::TL1, Layout::TL2, Layout::TQ1_0]
+            .into_iter()
+            .any(|layout| i2s_tiles::wanted(isa, layout) || trit_tiles::wanted(isa, layout));
+        let arena = if repacks {
             let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
             let shapes = [(q_dim, c.hidden), (kv_dim, c.hidden), (kv_dim, c.hidden), (c.hidden, q_dim)];
             let ffn = [(c.intermediate, c.hidden), (c.intermediate, c.hidden), (c.hidden, c.intermediate)];
-            let layer: usize = shapes.iter().chain(&ffn).map(|&(r, k)| TileArena::bytes_for(r, k)).sum();
-            // Where the memory cannot be reserved, I2_S runs from the file's bytes.
+            let layer: usize = shapes
+                .iter()
+                .chain(&ffn)
+                .map(|&(r, k)| i2s_tiles::tiles_bytes(r, k).max(trit_tiles::tiles_bytes(r, k)) + 64)
+                .sum();
+            // Where the memory cannot be reserved, each matrix's tiles get their own.
             TileArena::new(layer.saturating_mul(c.layers)).ok()
         } else {
             None
         };
-        let l = Loader { file: &file, i2s_arena };
+        let l = Loader { file: &file, arena };
         let embed = l.float("token_embd.weight", c.vocab, c.hidden)?;
         let (output, tied) = match file.tensor("output.weight") {
             Some(_) => (l.float("output.weight", c.vocab, c.hidden)?, false),
@@ -235,8 +245,8 @@ impl Model {
 
 struct Loader<'a> {
     file: &'a GgufFile,
-    /// Where I2_S tiles go, when the kernels read I2_S from tiles.
-    i2s_arena: Option<TileArena>,
+    /// Where repacked tiles go, when the kernels read tiles.
+    arena: Option<TileArena>,
 }
 
 impl Loader<'_> {
@@ -440,7 +450,7 @@ impl Loader<'_> {
             return Err(self.err(name, format!("scale is {scale}; it must be finite and non-negative")));
         }
         let trit_tiles = if trit_tiles::wanted(crate::cpu::selected(), layout) {
-            let tiles = TritTiles::from_layout(layout, data, rows, cols, tiles)
+            let tiles = TritTiles::from_layout_in(self.arena.as_ref(), layout, data, rows, cols, tiles)
                 .map_err(|e| self.err(name, format!("no memory for its trit tiles: {e}")))?;
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);
@@ -448,9 +458,12 @@ impl Loader<'_> {
         } else {
             None
         };
-        let i2s_tiles = if let (Some(arena), Layout::I2S) = (&self.i2s_arena, layout) {
-            let tiles = I2sTiles::build_in(arena, data, rows, cols)
-                .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
+        let i2s_tiles = if i2s_tiles::wanted(crate::cpu::selected(), layout) {
+            let tiles = match &self.arena {
+                Some(arena) => I2sTiles::build_in(arena, data, rows, cols),
+                None => I2sTiles::from_i2s(data, rows, cols),
+            }
+            .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);
             Some(Arc::new(tiles))
