@@ -393,6 +393,9 @@ fn gemm_decoding(
     sums: &[i32],
     out: &mut [i32],
 ) {
+    // Only x86-64 has a VBMI decoding to choose.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vbmi;
     let (k, tokens) = (w.cols, sums.len());
     let per_token = arranged_len(k);
     assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
