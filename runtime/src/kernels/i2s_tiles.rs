@@ -121,32 +121,21 @@ pub fn gemm(isa: Isa, w: &I2sTiles, r0: usize, r1: usize, acts: &[i8], sums: &[i
         return;
     }
     let stride = w.tile_bytes();
+    let tile = |i: usize| &w.bytes()[i * stride..][..stride];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && runs(isa) {
+        super::tile_products(r0, r1, sums, PASS, out, |i, tok, n| {
+            // SAFETY: AVX-512 VNNI was detected (runs); the tile holds k / 128 blocks and each
+            // token k activations.
+            unsafe { x86::tile(tile(i), k / BLOCK, &acts[tok * k..(tok + n) * k], n) }
+        });
+        return;
+    }
+    let _ = isa;
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
-        let tile = &w.bytes()[i * stride..][..stride];
-        let rows = o.len() / tokens;
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if runs(isa) => {
-                let mut tok = 0;
-                while tok < tokens {
-                    let n = (tokens - tok).min(PASS);
-                    // SAFETY: AVX-512 VNNI was detected (runs); the tile holds k / 128 blocks and
-                    // each token k activations.
-                    let got = unsafe { x86::tile(tile, k / BLOCK, &acts[tok * k..(tok + n) * k], n) };
-                    for (j, lanes) in got[..n].iter().enumerate() {
-                        for (r, &v) in lanes[..rows].iter().enumerate() {
-                            o[r * tokens + tok + j] = v - sums[tok + j];
-                        }
-                    }
-                    tok += n;
-                }
-            }
-            _ => {
-                for (t, act) in acts.chunks_exact(k).enumerate() {
-                    for r in 0..rows {
-                        o[r * tokens + t] = row_scalar(tile, r, act) - sums[t];
-                    }
-                }
+        for (t, act) in acts.chunks_exact(k).enumerate() {
+            for r in 0..o.len() / tokens {
+                o[r * tokens + t] = row_scalar(tile(i), r, act) - sums[t];
             }
         }
     }
@@ -178,13 +167,13 @@ mod x86 {
     /// # Safety
     /// AVX-512F/BW and VNNI; `tile` holds `blocks` blocks, `acts` n tokens.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile(tile: &[u8], blocks: usize, acts: &[i8], n: usize) -> [[i32; 16]; PASS] {
+    pub(super) unsafe fn tile(tile: &[u8], blocks: usize, acts: &[i8], n: usize) -> [[i32; 16]; 8] {
         assert!(
             tile.len() >= blocks * BLOCK_BYTES && (1..=PASS).contains(&n) && acts.len() >= n * blocks * BLOCK
         );
         let per_token = blocks * BLOCK;
         // SAFETY: the extents asserted above; the features enabled here.
-        let sums: [__m512i; PASS] = unsafe {
+        let sums: [__m512i; 8] = unsafe {
             match n {
                 1 => widen(tile_pass::<1>(tile.as_ptr(), blocks, acts.as_ptr(), per_token)),
                 2 => widen(tile_pass::<2>(tile.as_ptr(), blocks, acts.as_ptr(), per_token)),
@@ -192,7 +181,7 @@ mod x86 {
                 _ => widen(tile_pass::<4>(tile.as_ptr(), blocks, acts.as_ptr(), per_token)),
             }
         };
-        let mut out = [[0i32; 16]; PASS];
+        let mut out = [[0i32; 16]; 8];
         for (o, v) in out.iter_mut().zip(sums) {
             // SAFETY: 16 i32 into a 16-i32 array.
             unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, v) };
@@ -202,7 +191,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn widen<const N: usize>(got: [__m512i; N]) -> [__m512i; PASS] {
+    fn widen<const N: usize>(got: [__m512i; N]) -> [__m512i; 8] {
         std::array::from_fn(|j| if j < N { got[j] } else { _mm512_setzero_si512() })
     }
 

@@ -9,6 +9,39 @@
 //! - [`i2s_tiles`]: I2_S repacked at load into tiles of 16 rows for the AVX-512 VNNI kernels.
 //! - [`trit_tiles`]: TL1, TL2 and TQ1_0 repacked at load for the AVX-512 VNNI kernels.
 
+/// Rows `r0..r1` of a product read from tiles of 16 rows (one 32-bit lane per row) against
+/// `sums.len()` tokens: `pass(tile, first_token, n)` gives each of n ≤ `most` tokens' 16 lanes
+/// Σ c·q (codes c = w + 1), and `out[(r − r0)·tokens + t]` gets lane r − Σq of token t. The
+/// loop the SIMD kernels of `i2s_tiles` and `trit_tiles` share.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn tile_products(
+    r0: usize,
+    r1: usize,
+    sums: &[i32],
+    most: usize,
+    out: &mut [i32],
+    mut pass: impl FnMut(usize, usize, usize) -> [[i32; 16]; 8],
+) {
+    let tokens = sums.len();
+    if tokens == 0 {
+        return;
+    }
+    for (i, o) in (r0 / 16..r1.div_ceil(16)).zip(out.chunks_mut(16 * tokens)) {
+        let rows = o.len() / tokens;
+        let mut tok = 0;
+        while tok < tokens {
+            let n = (tokens - tok).min(most);
+            let got = pass(i, tok, n);
+            for (j, lanes) in got[..n].iter().enumerate() {
+                for (r, &v) in lanes[..rows].iter().enumerate() {
+                    o[r * tokens + tok + j] = v - sums[tok + j];
+                }
+            }
+            tok += n;
+        }
+    }
+}
+
 /// Evaluates `$body` with `$t` a constant equal to `$n` (1..=8; 8 for anything larger): the
 /// small-batch kernels have one instantiation per pass length, so their accumulators are arrays
 /// of known size that live in registers.

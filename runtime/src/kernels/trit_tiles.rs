@@ -405,33 +405,22 @@ fn gemm_decoding(
         return;
     }
     let stride = tile_bytes(k);
+    let tile = |i: usize| &w.bytes()[i * stride..][..stride];
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && runs(isa) {
+        super::tile_products(r0, r1, sums, 8, out, |i, tok, n| {
+            let acts = &acts[tok * per_token..(tok + n) * per_token];
+            // SAFETY: AVX-512 VNNI was detected (runs); the tile holds `groups(k)` groups and
+            // each token `per_token` arranged activations.
+            unsafe { x86::tile(tile(i), groups(k), acts, per_token, n, vbmi) }
+        });
+        return;
+    }
+    let _ = isa;
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
-        let tile = &w.bytes()[i * stride..][..stride];
-        let rows = o.len() / tokens;
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni if runs(isa) => {
-                let mut tok = 0;
-                while tok < tokens {
-                    let n = (tokens - tok).min(8);
-                    let acts = &acts[tok * per_token..(tok + n) * per_token];
-                    // SAFETY: AVX-512 VNNI was detected (runs); the tile holds `groups(k)`
-                    // groups and each token `per_token` arranged activations.
-                    let got = unsafe { x86::tile(tile, groups(k), acts, per_token, n, vbmi) };
-                    for (j, lanes) in got[..n].iter().enumerate() {
-                        for (r, &v) in lanes[..rows].iter().enumerate() {
-                            o[r * tokens + tok + j] = v - sums[tok + j];
-                        }
-                    }
-                    tok += n;
-                }
-            }
-            _ => {
-                for (t, act) in acts.chunks_exact(per_token).enumerate() {
-                    for r in 0..rows {
-                        o[r * tokens + t] = row_scalar(tile, k, r, act);
-                    }
-                }
+        for (t, act) in acts.chunks_exact(per_token).enumerate() {
+            for r in 0..o.len() / tokens {
+                o[r * tokens + t] = row_scalar(tile(i), k, r, act);
             }
         }
     }
