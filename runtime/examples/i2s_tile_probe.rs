@@ -33,7 +33,8 @@ fn main() {
             let _ = file.advise(memmap2::Advice::HugePage);
             file.copy_from_slice(&bytes);
             let own = I2sTiles::from_i2s(&bytes, m, k).expect("tiles");
-            let shared = I2sTiles::build_in(&arena, &bytes, m, k).expect("tiles in the arena");
+            let shared = I2sTiles::from_layout_in(Some(&arena), tern_formats::Layout::I2S, &bytes, m, k)
+                .expect("tiles in the arena");
             mats.push((m, k, file, own, shared));
         }
     }

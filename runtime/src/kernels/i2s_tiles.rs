@@ -21,7 +21,7 @@
 use crate::cpu::Isa;
 use crate::pages::{ArenaBytes, TileArena};
 use rayon::prelude::*;
-use tern_formats::{Layout, i2s};
+use tern_formats::{Layout, i2s, tq2_0};
 
 /// Rows per tile: one 32-bit lane per row of a 512-bit register.
 pub const TILE_ROWS: usize = 16;
@@ -37,13 +37,13 @@ pub fn runs(isa: Isa) -> bool {
     cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni && isa.supported()
 }
 
-/// Whether I2_S matrices are repacked to tiles for `isa`: on AVX-512 VNNI, unless AMX tiles run
-/// the prompts, which read the file's rows (the tiles are measured only where AMX is absent).
-/// `TERN_I2S_TILES=off` keeps I2_S on its own bytes, to compare.
+/// Whether I2_S and TQ2_0 matrices are repacked to these tiles for `isa`: on AVX-512 VNNI,
+/// unless AMX tiles run the prompts, which read the file's rows (the tiles are measured only
+/// where AMX is absent). `TERN_I2S_TILES=off` keeps both on their own bytes, to compare.
 pub fn wanted(isa: Isa, layout: Layout) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let off = *OFF.get_or_init(|| std::env::var("TERN_I2S_TILES").as_deref() == Ok("off"));
-    layout == Layout::I2S && runs(isa) && !crate::cpu::amx_int8() && !off
+    matches!(layout, Layout::I2S | Layout::TQ2_0) && runs(isa) && !crate::cpu::amx_int8() && !off
 }
 
 /// Bytes the tiles of a `rows × cols` I2_S matrix take.
@@ -69,29 +69,55 @@ impl I2sTiles {
     /// Tiles of an I2_S matrix of `rows × cols` weights from its file bytes (at least the
     /// packed rows; the scale after them is not read), in an arena of their own.
     pub fn from_i2s(bytes: &[u8], rows: usize, cols: usize) -> std::io::Result<I2sTiles> {
-        I2sTiles::build_in(&TileArena::new(tiles_bytes(rows, cols))?, bytes, rows, cols)
+        I2sTiles::from_layout_in(None, Layout::I2S, bytes, rows, cols)
     }
 
-    /// [`I2sTiles::from_i2s`] into the next free bytes of `arena` (a model's tiles share one, in
-    /// call order, so a token's weights are one stream), a tile at a time on every thread; an
-    /// error if the arena is full.
-    pub fn build_in(arena: &TileArena, bytes: &[u8], rows: usize, cols: usize) -> std::io::Result<I2sTiles> {
+    /// Tiles of an I2_S or TQ2_0 matrix of `rows × cols` weights from its file bytes, in the
+    /// next free bytes of `arena` (a model's tiles share one, in call order, so a token's weights
+    /// are one stream) or in memory of their own; a tile at a time on every thread; an error if
+    /// the arena is full. TQ2_0's codes are the same 2-bit codes as I2_S's in another order (its
+    /// per-block scales one β, which the loader checks), so both run on these tiles.
+    pub fn from_layout_in(
+        arena: Option<&TileArena>,
+        layout: Layout,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> std::io::Result<I2sTiles> {
         let row_bytes = i2s::row_bytes(cols);
-        assert!(bytes.len() >= rows * row_bytes, "I2_S bytes shorter than their rows");
-        let mut taken = arena.take(tiles_bytes(rows, cols))?;
-        let out = taken.as_mut_slice();
+        let src_row = match layout {
+            Layout::I2S => row_bytes,
+            Layout::TQ2_0 if cols.is_multiple_of(tq2_0::BLOCK) => cols / tq2_0::BLOCK * tq2_0::BLOCK_BYTES,
+            _ => panic!("I2_S tiles come from I2_S, or TQ2_0 in whole 256-weight blocks"),
+        };
+        assert!(bytes.len() >= rows * src_row, "{} bytes shorter than their rows", layout.name());
+        let len = tiles_bytes(rows, cols);
+        let mut taken = match arena {
+            Some(arena) => arena.take(len)?,
+            None => ArenaBytes::alone(len)?,
+        };
         let tile_bytes = TILE_ROWS * row_bytes;
-        out.par_chunks_mut(tile_bytes).zip(bytes[..rows * row_bytes].par_chunks(tile_bytes)).for_each(
-            |(tile, src)| {
-                for (r, row) in src.chunks_exact(row_bytes).enumerate() {
+        taken
+            .as_mut_slice()
+            .par_chunks_mut(tile_bytes)
+            .zip(bytes[..rows * src_row].par_chunks(TILE_ROWS * src_row))
+            .for_each(|(tile, src)| {
+                let mut i2s_row = vec![0u8; row_bytes];
+                for (r, row) in src.chunks_exact(src_row).enumerate() {
+                    let row = match layout {
+                        Layout::TQ2_0 => {
+                            tq2_0_as_i2s(row, &mut i2s_row);
+                            &i2s_row[..]
+                        }
+                        _ => row,
+                    };
                     for (b, block) in row.chunks_exact(32).enumerate() {
                         for (j, &byte) in block.iter().enumerate() {
                             tile[BLOCK_BYTES * b + 64 * (j / 4) + 4 * r + j % 4] = byte;
                         }
                     }
                 }
-            },
-        );
+            });
         Ok(I2sTiles { rows, cols: row_bytes * 4, bytes: taken })
     }
 
@@ -106,6 +132,20 @@ impl I2sTiles {
 
     fn tile_bytes(&self) -> usize {
         TILE_ROWS * self.cols / 4
+    }
+}
+
+/// One TQ2_0 row's codes in I2_S's byte order: TQ2_0's byte `qs[32h + m]` holds weights
+/// 128h + m + 32l in bits 2l (l = 0 lowest), I2_S's byte j of a 128-weight block weights
+/// 32p + j in bits 6 − 2p; both store c = w + 1.
+fn tq2_0_as_i2s(row: &[u8], out: &mut [u8]) {
+    for (block, dst) in row.chunks_exact(tq2_0::BLOCK_BYTES).zip(out.chunks_exact_mut(64)) {
+        for h in 0..2 {
+            for m in 0..32 {
+                let byte = block[32 * h + m];
+                dst[32 * h + m] = (0..4).map(|l| ((byte >> (2 * l)) & 3) << (6 - 2 * l)).sum();
+            }
+        }
     }
 }
 
@@ -258,15 +298,20 @@ mod tests {
             .collect()
     }
 
-    /// Every instruction set here gives the naive product from the tiles, on partial tiles,
-    /// rows padded to a block, extreme activations, 1 to 9 tokens and a start past the first tile.
+    /// Every instruction set here gives the naive product from the tiles (of I2_S bytes, and of
+    /// TQ2_0's where the rows are whole 256-weight blocks), on partial tiles, rows padded to a
+    /// block, extreme activations, 1 to 9 tokens and a start past the first tile.
     #[test]
     fn tiles_give_the_naive_product() {
         let mut next = stream(11);
         for (m, k) in [(1, 128), (15, 256), (16, 100), (17, 384), (33, 2560), (40, 640)] {
             let codes: Vec<i8> = (0..m * k).map(|_| (next() % 3) as i8 - 1).collect();
             let bytes = i2s::pack(&codes, m, k, 1.0);
-            let tiles = I2sTiles::from_i2s(&bytes, m, k).unwrap();
+            let mut forms = vec![I2sTiles::from_i2s(&bytes, m, k).unwrap()];
+            if k.is_multiple_of(tq2_0::BLOCK) {
+                let tq2 = tq2_0::pack(&codes, m, k, 1.0);
+                forms.push(I2sTiles::from_layout_in(None, Layout::TQ2_0, &tq2, m, k).unwrap());
+            }
             let kp = i2s::row_bytes(k) * 4;
             for tokens in [1, 2, 3, 4, 5, 9] {
                 let acts: Vec<i8> = (0..tokens * k)
@@ -286,15 +331,18 @@ mod tests {
                 }
                 let sums: Vec<i32> =
                     padded.chunks_exact(kp).map(|a| a.iter().map(|&v| v as i32).sum()).collect();
-                for isa in crate::cpu::available() {
-                    for r0 in [0, 16].into_iter().filter(|&r| r < m) {
-                        let mut out = vec![0; (m - r0) * tokens];
-                        gemm(isa, &tiles, r0, m, &padded, &sums, &mut out);
-                        assert_eq!(
-                            out,
-                            naive(&codes, &acts, k, r0, m),
-                            "{m}x{k} {tokens} tokens from row {r0} on {isa:?}"
-                        );
+                for (form, tiles) in forms.iter().enumerate() {
+                    for isa in crate::cpu::available() {
+                        for r0 in [0, 16].into_iter().filter(|&r| r < m) {
+                            let mut out = vec![0; (m - r0) * tokens];
+                            gemm(isa, tiles, r0, m, &padded, &sums, &mut out);
+                            assert_eq!(
+                                out,
+                                naive(&codes, &acts, k, r0, m),
+                                "{m}x{k} {tokens} tokens from row {r0} on {isa:?}, {}",
+                                ["I2_S", "TQ2_0"][form]
+                            );
+                        }
                     }
                 }
             }

@@ -341,7 +341,7 @@ mod tests {
         }
         // The same products from I2_S tiles, where an instruction set here reads them.
         if crate::cpu::available().into_iter().any(|isa| i2s_tiles::wanted(isa, layout)) {
-            let it = I2sTiles::from_i2s(&bytes, m, k).unwrap();
+            let it = I2sTiles::from_layout_in(None, layout, &bytes, m, k).unwrap();
             let w = Packed { i2s_tiles: Some(&it), ..w };
             for isa in crate::cpu::available() {
                 let mut out = vec![0; m * tokens];

@@ -459,11 +459,8 @@ impl Loader<'_> {
             None
         };
         let i2s_tiles = if i2s_tiles::wanted(crate::cpu::selected(), layout) {
-            let tiles = match &self.arena {
-                Some(arena) => I2sTiles::build_in(arena, data, rows, cols),
-                None => I2sTiles::from_i2s(data, rows, cols),
-            }
-            .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
+            let tiles = I2sTiles::from_layout_in(self.arena.as_ref(), layout, data, rows, cols)
+                .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);
             Some(Arc::new(tiles))
