@@ -40,7 +40,8 @@ pub fn pack(codes: &[i8], rows: usize, cols: usize, scale: f32) -> Vec<u8> {
     out
 }
 
-fn pack_row(row: &[i8], dst: &mut [u8]) {
+/// One row's codes (values in {-1,0,1}) into its `row_bytes(row.len())` bytes, padding weights 0.
+pub fn pack_row(row: &[i8], dst: &mut [u8]) {
     // Padding weights are 0, i.e. code 1.
     let code = |i: usize| -> u8 { row.get(i).map_or(1, |&t| (t + 1) as u8) };
     for (b, block) in dst.chunks_exact_mut(BLOCK_BYTES).enumerate() {

@@ -76,9 +76,9 @@ impl<T: Copy> HugeZeroed<T> {
 
 /// Memory that a model's repacked weight tiles share, handed out in load order — the order
 /// generation calls the matrices in — so each matrix's tiles continue the previous one's
-/// forward stream: a map per matrix restarted the stream at every matrix and read a 2B-4T
-/// token's weights about 10 % slower (docs/performance-notes.md, "I2_S tiles"). Reserved at its
-/// largest (pages never touched cost nothing), asked for in 2 MiB pages (fewer TLB misses).
+/// forward stream: a map per matrix restarts the stream at every matrix, which streamed slower
+/// (docs/performance-notes.md, "I2_S tiles"). Reserved at its largest (pages never touched cost
+/// nothing), asked for in 2 MiB pages (fewer TLB misses).
 pub struct TileArena {
     map: std::sync::Arc<memmap2::MmapRaw>,
     used: std::cell::Cell<usize>,
@@ -114,9 +114,12 @@ pub struct ArenaBytes {
 }
 
 impl ArenaBytes {
-    /// A range in an arena of its own.
-    pub fn alone(len: usize) -> std::io::Result<ArenaBytes> {
-        TileArena::new(len)?.take(len)
+    /// The next `len` bytes of `arena`, or, without one, a range in an arena of its own.
+    pub fn take_from(arena: Option<&TileArena>, len: usize) -> std::io::Result<ArenaBytes> {
+        match arena {
+            Some(arena) => arena.take(len),
+            None => TileArena::new(len)?.take(len),
+        }
     }
 
     pub fn as_slice(&self) -> &[u8] {

@@ -1,10 +1,10 @@
-//! I2_S tiles: the form the AVX-512 VNNI kernels read I2_S matrices in, repacked once at load
-//! from the file's bytes (the same bytes, rearranged). Rows come in tiles of 16, one per 32-bit
-//! lane of a 512-bit register, so one `vpdpbusd` multiplies four weights of 16 rows by a
-//! broadcast of four activations, no row needs a horizontal sum, and a matrix is one forward
-//! stream of tiles. From the file's rows — four quarter streams of rows in lock step — one AMD
-//! core streamed a generated token's weights at about 77 % of its read bandwidth, from tiles at
-//! over 90 % (docs/performance-notes.md, "I2_S tiles").
+//! I2_S tiles: the form the AVX-512 VNNI kernels read I2_S and TQ2_0 matrices in, repacked once
+//! at load from the file's bytes (I2_S's bytes rearranged; TQ2_0's codes, the same 2-bit codes in
+//! another order, rewritten in I2_S's). Rows come in tiles of 16, one per 32-bit lane of a
+//! 512-bit register, so one `vpdpbusd` multiplies four weights of 16 rows by a broadcast of four
+//! activations, no row needs a horizontal sum, and a matrix is one forward stream of tiles, which
+//! one core streams closer to its read bandwidth than the file's rows read as four quarter
+//! streams (docs/performance-notes.md, "I2_S tiles").
 //!
 //! A tile stores each 128-weight block of its rows as 8 groups of 64 bytes: byte 4r + i of group
 //! g is row r's file byte 4g + i of that block, which holds the codes c = w + 1 of weights
@@ -72,7 +72,8 @@ impl I2sTiles {
         I2sTiles::from_layout_in(None, Layout::I2S, bytes, rows, cols)
     }
 
-    /// Tiles of an I2_S or TQ2_0 matrix of `rows × cols` weights from its file bytes, in the
+    /// Tiles of an I2_S or TQ2_0 matrix of `rows × cols` weights from its file bytes (validated:
+    /// no code 3), in the
     /// next free bytes of `arena` (a model's tiles share one, in call order, so a token's weights
     /// are one stream) or in memory of their own; a tile at a time on every thread; an error if
     /// the arena is full. TQ2_0's codes are the same 2-bit codes as I2_S's in another order (its
@@ -91,22 +92,27 @@ impl I2sTiles {
             _ => panic!("I2_S tiles come from I2_S, or TQ2_0 in whole 256-weight blocks"),
         };
         assert!(bytes.len() >= rows * src_row, "{} bytes shorter than their rows", layout.name());
-        let len = tiles_bytes(rows, cols);
-        let mut taken = match arena {
-            Some(arena) => arena.take(len)?,
-            None => ArenaBytes::alone(len)?,
-        };
+        let mut taken = ArenaBytes::take_from(arena, tiles_bytes(rows, cols))?;
         let tile_bytes = TILE_ROWS * row_bytes;
         taken
             .as_mut_slice()
             .par_chunks_mut(tile_bytes)
             .zip(bytes[..rows * src_row].par_chunks(TILE_ROWS * src_row))
             .for_each(|(tile, src)| {
-                let mut i2s_row = vec![0u8; row_bytes];
+                // TQ2_0 rows go through their codes into I2_S's bytes first.
+                let (mut codes, mut i2s_row) = match layout {
+                    Layout::TQ2_0 => (vec![0i8; cols], vec![0u8; row_bytes]),
+                    _ => (Vec::new(), Vec::new()),
+                };
                 for (r, row) in src.chunks_exact(src_row).enumerate() {
                     let row = match layout {
                         Layout::TQ2_0 => {
-                            tq2_0_as_i2s(row, &mut i2s_row);
+                            for (block, out) in
+                                row.chunks_exact(tq2_0::BLOCK_BYTES).zip(codes.chunks_exact_mut(tq2_0::BLOCK))
+                            {
+                                tq2_0::decode_block(block, out).expect("the loader rejects TQ2_0's code 3");
+                            }
+                            i2s::pack_row(&codes, &mut i2s_row);
                             &i2s_row[..]
                         }
                         _ => row,
@@ -135,20 +141,6 @@ impl I2sTiles {
     }
 }
 
-/// One TQ2_0 row's codes in I2_S's byte order: TQ2_0's byte `qs[32h + m]` holds weights
-/// 128h + m + 32l in bits 2l (l = 0 lowest), I2_S's byte j of a 128-weight block weights
-/// 32p + j in bits 6 − 2p; both store c = w + 1.
-fn tq2_0_as_i2s(row: &[u8], out: &mut [u8]) {
-    for (block, dst) in row.chunks_exact(tq2_0::BLOCK_BYTES).zip(out.chunks_exact_mut(64)) {
-        for h in 0..2 {
-            for m in 0..32 {
-                let byte = block[32 * h + m];
-                dst[32 * h + m] = (0..4).map(|l| ((byte >> (2 * l)) & 3) << (6 - 2 * l)).sum();
-            }
-        }
-    }
-}
-
 /// `out[(r − r0)·tokens + t] = Σ_k w[r,k]·q[t,k]` for rows `r0..r1` (`r0` a multiple of 16, `r1`
 /// too or the last row): `acts` the tokens' activations (each padded to whole blocks), `sums`
 /// their Σq.
@@ -171,6 +163,7 @@ pub fn gemm(isa: Isa, w: &I2sTiles, r0: usize, r1: usize, acts: &[i8], sums: &[i
         });
         return;
     }
+    #[cfg(not(target_arch = "x86_64"))]
     let _ = isa;
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
         for (t, act) in acts.chunks_exact(k).enumerate() {

@@ -96,12 +96,7 @@ impl TritTiles {
     /// Zeroed tiles for `rows × cols`, in `arena` (a model's tiles share one, in call order, so
     /// a token's weights are one stream) or in memory of their own.
     fn zeroed(arena: Option<&TileArena>, rows: usize, cols: usize) -> std::io::Result<TritTiles> {
-        let len = tiles_bytes(rows, cols);
-        let map = match arena {
-            Some(arena) => arena.take(len)?,
-            None => ArenaBytes::alone(len)?,
-        };
-        Ok(TritTiles { rows, cols, map })
+        Ok(TritTiles { rows, cols, map: ArenaBytes::take_from(arena, tiles_bytes(rows, cols))? })
     }
 
     pub fn rows(&self) -> usize {
@@ -393,9 +388,6 @@ fn gemm_decoding(
     sums: &[i32],
     out: &mut [i32],
 ) {
-    // Only x86-64 has a VBMI decoding to choose.
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = vbmi;
     let (k, tokens) = (w.cols, sums.len());
     let per_token = arranged_len(k);
     assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
@@ -416,7 +408,9 @@ fn gemm_decoding(
         });
         return;
     }
-    let _ = isa;
+    // Only x86-64 has the SIMD tiles and a VBMI decoding to choose.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (isa, vbmi);
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
         for (t, act) in acts.chunks_exact(per_token).enumerate() {
             for r in 0..o.len() / tokens {
@@ -470,6 +464,21 @@ mod x86 {
     }
 
     const CODES: [[u8; 16]; 3] = [codes(0), codes(1), codes(2)];
+
+    /// For VBMI's `vpermb`: entries 0..16 digit t's codes of magnitude m, 16..32 those of −m
+    /// (2 − code); the rest unused.
+    const fn signed_codes(t: usize) -> [u8; 64] {
+        let mut both = [0u8; 64];
+        let mut m = 0;
+        while m < 16 {
+            both[m] = CODES[t][m];
+            both[16 + m] = 2 - CODES[t][m];
+            m += 1;
+        }
+        both
+    }
+
+    const SIGNED_CODES: [[u8; 64]; 3] = [signed_codes(0), signed_codes(1), signed_codes(2)];
 
     /// How far ahead of the block being read its successors are asked for: weights stream from
     /// memory, one tile after another.
@@ -587,15 +596,7 @@ mod x86 {
             let table =
                 |t: usize| _mm512_broadcast_i32x4(_mm_loadu_si128(CODES[t].as_ptr() as *const __m128i));
             let tables = [table(0), table(1), table(2)];
-            // For VBMI: entries 0..16 the codes of magnitude m, 16..32 those of −m (2 − code).
-            let signed = |t: usize| {
-                let mut both = [0u8; 64];
-                for m in 0..16 {
-                    both[m] = CODES[t][m];
-                    both[16 + m] = 2 - CODES[t][m];
-                }
-                _mm512_loadu_si512(both.as_ptr() as *const __m512i)
-            };
+            let signed = |t: usize| _mm512_loadu_si512(SIGNED_CODES[t].as_ptr() as *const __m512i);
             let signed_tables = if VBMI { [signed(0), signed(1), signed(2)] } else { tables };
             let (nib, two, sixteen) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(2), _mm512_set1_epi8(16));
             let mut acc = [[_mm512_setzero_si512(); ACC]; N];

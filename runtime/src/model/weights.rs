@@ -121,7 +121,7 @@ impl Model {
         // Tiles the kernels read (I2_S tiles, trit tiles) share one arena in call order, reserved
         // for the larger of the two forms of every matrix.
         let isa = crate::cpu::selected();
-        let repacks = [Layout::I2S, Layout::TL1, Layout::TL2, Layout::TQ1_0]
+        let repacks = [Layout::I2S, Layout::TQ2_0, Layout::TL1, Layout::TL2, Layout::TQ1_0]
             .into_iter()
             .any(|layout| i2s_tiles::wanted(isa, layout) || trit_tiles::wanted(isa, layout));
         let arena = if repacks {
@@ -449,24 +449,20 @@ impl Loader<'_> {
         if !scale.is_finite() || scale < 0.0 {
             return Err(self.err(name, format!("scale is {scale}; it must be finite and non-negative")));
         }
-        let trit_tiles = if trit_tiles::wanted(crate::cpu::selected(), layout) {
-            let tiles = TritTiles::from_layout_in(self.arena.as_ref(), layout, data, rows, cols, tiles)
-                .map_err(|e| self.err(name, format!("no memory for its trit tiles: {e}")))?;
+        let isa = crate::cpu::selected();
+        let arena = self.arena.as_ref();
+        let trit_tiles = trit_tiles::wanted(isa, layout)
+            .then(|| TritTiles::from_layout_in(arena, layout, data, rows, cols, tiles))
+            .transpose()
+            .map_err(|e| self.err(name, format!("no memory for its trit tiles: {e}")))?;
+        let i2s_tiles = i2s_tiles::wanted(isa, layout)
+            .then(|| I2sTiles::from_layout_in(arena, layout, data, rows, cols))
+            .transpose()
+            .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
+        if trit_tiles.is_some() || i2s_tiles.is_some() {
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);
-            Some(Arc::new(tiles))
-        } else {
-            None
-        };
-        let i2s_tiles = if i2s_tiles::wanted(crate::cpu::selected(), layout) {
-            let tiles = I2sTiles::from_layout_in(self.arena.as_ref(), layout, data, rows, cols)
-                .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
-            // The kernels read only the tiles now: the file's copy need not stay resident.
-            self.file.release(t.offset as usize, t.size as usize);
-            Some(Arc::new(tiles))
-        } else {
-            None
-        };
+        }
         Ok(TernaryMatrix {
             name: name.to_string(),
             layout,
@@ -477,8 +473,8 @@ impl Loader<'_> {
             size: t.size as usize,
             scale,
             packed_at_load: None,
-            trit_tiles,
-            i2s_tiles,
+            trit_tiles: trit_tiles.map(Arc::new),
+            i2s_tiles: i2s_tiles.map(Arc::new),
         })
     }
 }
