@@ -43,7 +43,8 @@ use tern_runtime::pages::mapped_file_pages;
 /// the maddubs GEMM instead of lookup tables; TERN_STREAMS=1|4 sets how many weight streams
 /// each generating thread reads (default: 4 on Intel, 1 elsewhere); TERN_TRIT_TILES=off runs
 /// TL1, TL2 and TQ1_0 from the file's bytes where AVX-512 VNNI would repack them into trit tiles;
-/// TERN_I2S_TILES=off runs I2_S and TQ2_0 from the file's bytes where AVX-512 VNNI (without
+/// TERN_TRIT_SUMS=off generates from trit tiles by decoding their codes rather than by looking
+/// up triple sums (AVX-512 VBMI); TERN_I2S_TILES=off runs I2_S and TQ2_0 from the file's bytes where AVX-512 VNNI (without
 /// AMX) would repack them into tiles of 16 rows.
 ///
 /// Examples:

@@ -83,6 +83,8 @@ pub enum TableKey {
     Triples { k3: usize },
     /// No tables: the activations in the order trit tiles are read in (`trit_tiles::arrange`).
     TritOrder,
+    /// One token's triple sums for the lookup product from trit tiles (`trit_tiles::triple_sums`).
+    TritSums,
 }
 
 impl Packed<'_> {
@@ -90,7 +92,8 @@ impl Packed<'_> {
     /// read none where several tokens run decoded, `tl1::runs_decoded`).
     pub fn tables_read(&self, isa: Isa, tokens: usize) -> Option<TableKey> {
         if self.reads_trit_tiles(isa).is_some() {
-            return Some(TableKey::TritOrder);
+            let lookup = tokens == 1 && trit_tiles::runs_on_sums(isa);
+            return Some(if lookup { TableKey::TritSums } else { TableKey::TritOrder });
         }
         let decoded = match self.layout {
             Layout::TL1 => tl1::runs_decoded(isa, tokens),
@@ -127,12 +130,14 @@ impl Tables {
             TableKey::Pairs => tl1::tables_len(k),
             TableKey::Triples { k3 } => tl2::tables_len(k, k3),
             TableKey::TritOrder => trit_tiles::arranged_len(k),
+            TableKey::TritSums => trit_tiles::sums_len(k),
         };
         let mut bytes = vec![0u8; acts.len() / k * per_token];
         bytes.par_chunks_mut(per_token).zip(acts.par_chunks(k)).for_each(|(dst, act)| match key {
             TableKey::Pairs => tl1::tables(act, dst),
             TableKey::Triples { k3 } => tl2::tables(act, k3, dst),
             TableKey::TritOrder => trit_tiles::arrange(act, dst),
+            TableKey::TritSums => trit_tiles::triple_sums(act, dst),
         });
         Tables { key, per_token, bytes }
     }
@@ -203,6 +208,17 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
     assert_eq!((acts.len(), out.len()), (tokens * k, (r1 - r0) * tokens));
     if let Some(tt) = w.reads_trit_tiles(isa) {
         let own;
+        if tokens == 1 && trit_tiles::runs_on_sums(isa) {
+            let table = match a.tables {
+                Some(tables) if tables.key == TableKey::TritSums => tables,
+                _ => {
+                    own = Tables::build(TableKey::TritSums, acts, k);
+                    &own
+                }
+            };
+            trit_tiles::gemv_sums(isa, tt, r0, r1, &table.bytes, out);
+            return;
+        }
         let arranged = match a.tables {
             Some(tables) if tables.key == TableKey::TritOrder => tables,
             _ => {
@@ -323,8 +339,10 @@ mod tests {
             let tt = TritTiles::from_layout(layout, &bytes, m, k, tiles).unwrap();
             let w = Packed { trit_tiles: Some(&tt), ..w };
             let arranged = Tables::build(TableKey::TritOrder, &padded, kp);
+            // One token's triple sums: read where one token runs on them, else ignored.
+            let triple_sums = Tables::build(TableKey::TritSums, &padded, kp);
             for isa in crate::cpu::available() {
-                for given in [None, tables.as_ref(), Some(&arranged)] {
+                for given in [None, tables.as_ref(), Some(&arranged), Some(&triple_sums)] {
                     let mut out = vec![0; m * tokens];
                     let a = Acts { codes: &padded, sums: &sums, tables: given, panel: None };
                     gemm_rows(isa, &w, 0, m, a, &mut out);

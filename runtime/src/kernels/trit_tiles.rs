@@ -84,6 +84,9 @@ pub struct TritTiles {
     rows: usize,
     cols: usize,
     map: ArenaBytes,
+    /// Per row (padded to whole tiles), `SUMS_OFFSET · Σ σ` over its stored triples (σ = ±1 by
+    /// sign bit): what the one-token lookup product ([`gemv_sums`]) adds by reading offset sums.
+    bias: Vec<i32>,
 }
 
 impl std::fmt::Debug for TritTiles {
@@ -96,7 +99,8 @@ impl TritTiles {
     /// Zeroed tiles for `rows × cols`, in `arena` (a model's tiles share one, in call order, so
     /// a token's weights are one stream) or in memory of their own.
     fn zeroed(arena: Option<&TileArena>, rows: usize, cols: usize) -> std::io::Result<TritTiles> {
-        Ok(TritTiles { rows, cols, map: ArenaBytes::take_from(arena, tiles_bytes(rows, cols))? })
+        let map = ArenaBytes::take_from(arena, tiles_bytes(rows, cols))?;
+        Ok(TritTiles { rows, cols, map, bias: Vec::new() })
     }
 
     pub fn rows(&self) -> usize {
@@ -122,6 +126,7 @@ impl TritTiles {
             .par_chunks_mut(stride)
             .zip(codes.par_chunks(TILE_ROWS * k))
             .for_each(|(tile, rows)| pack_tile(rows, k, tile));
+        out.bias = biases(out.bytes(), k);
         Ok(out)
     }
 
@@ -189,8 +194,31 @@ impl TritTiles {
                 panic!("trit tiles come from TL1, TL2 (32-row, 24-column tiles) or TQ1_0 (256-weight blocks)")
             }
         }
+        out.bias = biases(out.bytes(), k);
         Ok(out)
     }
+}
+
+/// `SUMS_OFFSET · Σ σ` for every row of the tiles `bytes` of `k` columns: σ = −1 for each triple
+/// whose sign bit is set, +1 for every other (padding included).
+fn biases(bytes: &[u8], k: usize) -> Vec<i32> {
+    let slots = 8 * groups(k) as i32;
+    bytes
+        .par_chunks_exact(tile_bytes(k))
+        .flat_map_iter(|tile| {
+            let mut negative = [0i32; TILE_ROWS];
+            for g in 0..groups(k) {
+                let (_, signs) = group_at(g);
+                for half in 0..2 {
+                    let bits = u64::from_le_bytes(tile[signs + 8 * half..][..8].try_into().expect("8 bytes"));
+                    for (r, n) in negative.iter_mut().enumerate() {
+                        *n += (bits >> (4 * r) & 15).count_ones() as i32;
+                    }
+                }
+            }
+            negative.map(|n| SUMS_OFFSET * (slots - 2 * n))
+        })
+        .collect()
 }
 
 /// Writes row r's codes from column 24·`first_group` on into a zeroed tile (past the codes'
@@ -368,26 +396,143 @@ pub fn arrange(act: &[i8], out: &mut [u8]) {
     }
 }
 
+/// What every entry of the triple-sums tables carries on top of its sum, so that entries are
+/// unsigned (|Σ| ≤ 3·128) and split into a low byte and a high byte of at most 3.
+const SUMS_OFFSET: i32 = 384;
+/// Bytes of one group's triple-sums tables: per half, 64 low bytes then 64 high bytes.
+const SUMS_GROUP_BYTES: usize = 256;
+/// Tiles read together by the lookup product: they share each group's table loads, which
+/// otherwise outnumber the weights' three to one.
+#[cfg(target_arch = "x86_64")]
+const SUMS_TILES: usize = 4;
+
+/// Bytes of one token's triple-sums tables ([`triple_sums`]).
+pub fn sums_len(k: usize) -> usize {
+    groups(k) * SUMS_GROUP_BYTES
+}
+
+/// Whether one token's products on `isa` read triple-sums tables ([`gemv_sums`]): AVX-512 VNNI
+/// with VBMI, whose 64-entry byte lookup holds a group's four tables of 16.
+/// `TERN_TRIT_SUMS=off` keeps one token on decoded codes, to compare.
+pub fn runs_on_sums(isa: Isa) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("TERN_TRIT_SUMS").as_deref() == Ok("off"));
+    #[cfg(target_arch = "x86_64")]
+    return runs(isa) && x86::has_vbmi() && !off;
+    #[cfg(not(target_arch = "x86_64"))]
+    return {
+        let _ = (isa, off);
+        false
+    };
+}
+
+/// One token's triple-sums tables: for group g, half h and slot s (the triple of columns
+/// 24g + 12h + 3s..), entry 16s + |v| is `SUMS_OFFSET` + Σ_t w_t·a[24g + 12h + 3s + t] for the
+/// digits (w0, w1, w2) of |v| (0 for 14 and 15), its low byte at `256g + 128h + 16s + |v|`
+/// and its high byte 64 further. A triple's product is then one lookup by its stored
+/// magnitude, times its sign.
+pub fn triple_sums(act: &[i8], out: &mut [u8]) {
+    assert_eq!(out.len(), sums_len(act.len()));
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_vbmi() {
+        // SAFETY: AVX-512F/BW/VL and VBMI detected; `out` holds every group's tables.
+        unsafe { x86::triple_sums(act, out) };
+        return;
+    }
+    triple_sums_scalar(act, out);
+}
+
+/// [`triple_sums`] one entry at a time: the reference for the SIMD build.
+fn triple_sums_scalar(act: &[i8], out: &mut [u8]) {
+    for (g, dst) in out.chunks_exact_mut(SUMS_GROUP_BYTES).enumerate() {
+        for h in 0..2 {
+            for s in 0..4 {
+                for m in 0..16 {
+                    let first = GROUP_COLS * g + 12 * h + 3 * s;
+                    let sum: i32 = if m < 14 {
+                        let w = digits(m as i32);
+                        (0..3).map(|t| w[t] * act.get(first + t).copied().unwrap_or(0) as i32).sum()
+                    } else {
+                        0
+                    };
+                    let v = SUMS_OFFSET + sum;
+                    dst[128 * h + 16 * s + m] = v as u8;
+                    dst[128 * h + 64 + 16 * s + m] = (v >> 8) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// `out[r − r0] = Σ_k w[r,k]·q[k]` for rows `r0..r1` (as in [`gemm`]) of one token, from its
+/// [`triple_sums`] `table`: per 384 weights four lookups and four `vpdpbusd` with the signs,
+/// against six of each for decoded codes.
+pub fn gemv_sums(isa: Isa, w: &TritTiles, r0: usize, r1: usize, table: &[u8], out: &mut [i32]) {
+    let k = w.cols;
+    assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
+    assert!(r1.is_multiple_of(TILE_ROWS) || r1 == w.rows);
+    assert_eq!((table.len(), out.len()), (sums_len(k), r1 - r0));
+    let stride = tile_bytes(k);
+    let tile = |i: usize| &w.bytes()[i * stride..][..stride];
+    #[cfg(target_arch = "x86_64")]
+    if runs_on_sums(isa) {
+        let (bytes, end) = (w.bytes(), r1.div_ceil(TILE_ROWS));
+        let mut i = r0 / TILE_ROWS;
+        while i < end {
+            let n = if end - i >= SUMS_TILES { SUMS_TILES } else { 1 };
+            let (tiles, after) =
+                (&bytes[i * stride..], bytes[((i + n) * stride).min(bytes.len())..].as_ptr());
+            let mut put = |j: usize, lanes: [i32; TILE_ROWS]| {
+                let row = (i + j) * TILE_ROWS;
+                let o = &mut out[row - r0..(row + TILE_ROWS).min(r1) - r0];
+                for ((o, v), b) in o.iter_mut().zip(lanes).zip(&w.bias[row..]) {
+                    *o = v - b;
+                }
+            };
+            // SAFETY: AVX-512 VNNI and VBMI detected (runs_on_sums); from `tiles` on, n whole
+            // tiles of `groups(k)` groups, and the table as many groups' tables.
+            if n == SUMS_TILES {
+                let got = unsafe { x86::tiles_sums::<SUMS_TILES>(tiles, stride, groups(k), table, after) };
+                got.into_iter().enumerate().for_each(|(j, lanes)| put(j, lanes));
+            } else {
+                let [lanes] = unsafe { x86::tiles_sums::<1>(tiles, stride, groups(k), table, after) };
+                put(0, lanes);
+            }
+            i += n;
+        }
+        return;
+    }
+    let _ = isa;
+    for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS)) {
+        let bias = &w.bias[i * TILE_ROWS..][..TILE_ROWS];
+        for (r, (o, b)) in o.iter_mut().zip(bias).enumerate() {
+            *o = row_sums_scalar(tile(i), k, r, table) - b;
+        }
+    }
+}
+
+/// Σ σ·(table entry) of row `r` of a tile: the reference for the SIMD lookup pass.
+fn row_sums_scalar(tile: &[u8], k: usize, r: usize, table: &[u8]) -> i32 {
+    let mut sum = 0;
+    for g in 0..groups(k) {
+        let (mags, signs) = group_at(g);
+        for slot in 0..8 {
+            let (s, half) = (slot % 4, slot / 4);
+            let mag = (tile[mags + 4 * r + s] >> (4 * half)) as usize & 15;
+            let bit = 4 * r + s;
+            let negative = tile[signs + 8 * half + bit / 8] >> (bit % 8) & 1 == 1;
+            let at = SUMS_GROUP_BYTES * g + 128 * half + 16 * s + mag;
+            let v = table[at] as i32 + 256 * table[at + 64] as i32;
+            sum += if negative { -v } else { v };
+        }
+    }
+    sum
+}
+
 /// `out[(r − r0)·tokens + t] = Σ_k w[r,k]·q[t,k]` for rows `r0..r1` (`r0` a multiple of 16,
 /// `r1` too or the last row): `acts` the tokens' activations in [`arrange`]'s order, `sums` their
 /// Σq.
 pub fn gemm(isa: Isa, w: &TritTiles, r0: usize, r1: usize, acts: &[u8], sums: &[i32], out: &mut [i32]) {
-    gemm_decoding(isa, true, w, r0, r1, acts, sums, out);
-}
-
-/// [`gemm`], with VBMI's one-token decoding only if `vbmi` (and the CPU has it): the tests run
-/// both decodings.
-#[allow(clippy::too_many_arguments)]
-fn gemm_decoding(
-    isa: Isa,
-    vbmi: bool,
-    w: &TritTiles,
-    r0: usize,
-    r1: usize,
-    acts: &[u8],
-    sums: &[i32],
-    out: &mut [i32],
-) {
     let (k, tokens) = (w.cols, sums.len());
     let per_token = arranged_len(k);
     assert!(r0.is_multiple_of(TILE_ROWS) && r0 <= r1 && r1 <= w.rows);
@@ -404,13 +549,13 @@ fn gemm_decoding(
             let acts = &acts[tok * per_token..(tok + n) * per_token];
             // SAFETY: AVX-512 VNNI was detected (runs); the tile holds `groups(k)` groups and
             // each token `per_token` arranged activations.
-            unsafe { x86::tile(tile(i), groups(k), acts, per_token, n, vbmi) }
+            unsafe { x86::tile(tile(i), groups(k), acts, per_token, n) }
         });
         return;
     }
-    // Only x86-64 has the SIMD tiles and a VBMI decoding to choose.
+    // Only x86-64 has the SIMD tiles.
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (isa, vbmi);
+    let _ = isa;
     for (i, o) in (r0 / TILE_ROWS..r1.div_ceil(TILE_ROWS)).zip(out.chunks_mut(TILE_ROWS * tokens)) {
         for (t, act) in acts.chunks_exact(per_token).enumerate() {
             for r in 0..o.len() / tokens {
@@ -465,24 +610,12 @@ mod x86 {
 
     const CODES: [[u8; 16]; 3] = [codes(0), codes(1), codes(2)];
 
-    /// For VBMI's `vpermb`: entries 0..16 digit t's codes of magnitude m, 16..32 those of −m
-    /// (2 − code); the rest unused.
-    const fn signed_codes(t: usize) -> [u8; 64] {
-        let mut both = [0u8; 64];
-        let mut m = 0;
-        while m < 16 {
-            both[m] = CODES[t][m];
-            both[16 + m] = 2 - CODES[t][m];
-            m += 1;
-        }
-        both
-    }
-
-    const SIGNED_CODES: [[u8; 64]; 3] = [signed_codes(0), signed_codes(1), signed_codes(2)];
-
     /// How far ahead of the block being read its successors are asked for: weights stream from
     /// memory, one tile after another.
     const PREFETCH: usize = 8 * BLOCK_BYTES;
+    /// The same for the lookup product, whose weights are asked for into L2 only, further
+    /// ahead: brought into L1 they pushed out the tables it reads every group.
+    const SUMS_PREFETCH: usize = 32 * BLOCK_BYTES;
 
     /// Σ c·q (codes c = w + 1) for the 16 rows of one tile against `n` tokens (1..=8) of
     /// arranged activations, `per_token` bytes apart: lane r of slot j is row r, token j.
@@ -496,21 +629,13 @@ mod x86 {
         acts: &[u8],
         per_token: usize,
         n: usize,
-        vbmi: bool,
     ) -> [[i32; 16]; 8] {
         assert!(groups.is_multiple_of(BLOCK_GROUPS) && tile.len() >= groups / BLOCK_GROUPS * BLOCK_BYTES);
         assert!((1..=8).contains(&n) && acts.len() >= n * per_token && per_token >= groups * 24);
         let mut out = [[0i32; 16]; 8];
-        let vbmi = vbmi && n == 1 && has_vbmi();
         let sums: [__m512i; 8] = with_pass_len!(n, N => {
-            // SAFETY: the extents asserted above; the features enabled here, VBMI's detected.
-            let got = unsafe {
-                if vbmi {
-                    tile_pass_vbmi::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token)
-                } else {
-                    tile_pass::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token)
-                }
-            };
+            // SAFETY: the extents asserted above; the features enabled here.
+            let got = unsafe { tile_pass::<N>(tile.as_ptr(), groups, acts.as_ptr(), per_token) };
             std::array::from_fn(|j| if j < N { got[j] } else { _mm512_setzero_si512() })
         });
         for (o, v) in out.iter_mut().zip(sums) {
@@ -520,29 +645,195 @@ mod x86 {
         out
     }
 
-    /// Whether this CPU has AVX-512 VBMI's byte permute (`TERN_VBMI=off`: as if not, to compare).
-    fn has_vbmi() -> bool {
+    /// Whether this CPU has AVX-512 VBMI's byte permutes, with the F/BW/VL/VNNI the kernels
+    /// using them also need.
+    pub(super) fn has_vbmi() -> bool {
         static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         *YES.get_or_init(|| {
-            is_x86_feature_detected!("avx512vbmi") && std::env::var("TERN_VBMI").as_deref() != Ok("off")
+            is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vbmi")
         })
     }
 
-    /// [`tile_pass`] with each digit's codes from one `vpermb` of a 32-entry table — codes of
-    /// the positive magnitudes, then of the negative ones — indexed by the magnitude plus 16
-    /// where the sign bit is set: one addition per nibble vector in place of a masked subtract
-    /// per digit, four fewer operations per group of 384 weights, which bound a token's product
-    /// (docs/performance-notes.md, "Trit tiles").
-    #[inline]
+    /// For the triple-sums build, vector j (half j / 2, slots 2·(j % 2) and the next) and digit
+    /// t: entry e's activation index, 12·half + 3·slot + t.
+    const fn sums_index(j: usize, t: usize) -> [u16; 32] {
+        let mut idx = [0u16; 32];
+        let mut e = 0;
+        while e < 32 {
+            idx[e] = (12 * (j / 2) + 3 * (2 * (j % 2) + e / 16) + t) as u16;
+            e += 1;
+        }
+        idx
+    }
+
+    /// The entries (of 32: two slots of 16 magnitudes) whose digit t is `want`; 14 and 15 none.
+    const fn digit_mask(t: usize, want: i32) -> u32 {
+        let mut mask = 0u32;
+        let mut e = 0i32;
+        while e < 32 {
+            let m = e % 16;
+            if m < 14 && digits(m)[t] == want {
+                mask |= 1 << e;
+            }
+            e += 1;
+        }
+        mask
+    }
+
+    const SUMS_INDEX: [[[u16; 32]; 3]; 4] = {
+        let mut all = [[[0u16; 32]; 3]; 4];
+        let mut j = 0;
+        while j < 4 {
+            let mut t = 0;
+            while t < 3 {
+                all[j][t] = sums_index(j, t);
+                t += 1;
+            }
+            j += 1;
+        }
+        all
+    };
+    const PLUS: [u32; 3] = [digit_mask(0, 1), digit_mask(1, 1), digit_mask(2, 1)];
+    const MINUS: [u32; 3] = [digit_mask(0, -1), digit_mask(1, -1), digit_mask(2, -1)];
+
+    /// Byte indices of the low (`odd` false) or high bytes of two vectors of 32 u16, in order.
+    const fn byte_picks(odd: bool) -> [u8; 64] {
+        let mut idx = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            idx[i] = (2 * i + odd as usize) as u8;
+            i += 1;
+        }
+        idx
+    }
+    const LOW_BYTES: [u8; 64] = byte_picks(false);
+    const HIGH_BYTES: [u8; 64] = byte_picks(true);
+
+    /// [`super::triple_sums`] a group at a time: its 24 activations widened to 16 bits, each
+    /// digit's activation moved under its entries by one `vpermw`, added or subtracted under
+    /// the digit's mask, and the 16-bit entries split into their byte tables by `vpermt2b`.
+    ///
+    /// # Safety
+    /// AVX-512F/BW/VL and VBMI; `out.len() == sums_len(act.len())`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi")]
+    pub(super) unsafe fn triple_sums(act: &[i8], out: &mut [u8]) {
+        let k = act.len();
+        assert_eq!(out.len(), super::sums_len(k));
+        // SAFETY (every load and store below): constant tables of their vectors' size; the
+        // masked load reads only act's bytes; each group's 256 bytes lie within `out`.
+        unsafe {
+            let load16 = |v: &[u16; 32]| _mm512_loadu_si512(v.as_ptr() as *const __m512i);
+            let index: [[__m512i; 3]; 4] =
+                std::array::from_fn(|j| std::array::from_fn(|t| load16(&SUMS_INDEX[j][t])));
+            let low = _mm512_loadu_si512(LOW_BYTES.as_ptr() as *const __m512i);
+            let high = _mm512_loadu_si512(HIGH_BYTES.as_ptr() as *const __m512i);
+            let offset = _mm512_set1_epi16(super::SUMS_OFFSET as i16);
+            for (g, dst) in out.chunks_exact_mut(super::SUMS_GROUP_BYTES).enumerate() {
+                let first = super::GROUP_COLS * g;
+                let n = k.saturating_sub(first).min(super::GROUP_COLS);
+                let mask: __mmask32 = (1u32 << n) - 1;
+                let a = _mm256_maskz_loadu_epi8(mask, act.as_ptr().wrapping_add(first.min(k)));
+                let a = _mm512_cvtepi8_epi16(a);
+                let entries: [__m512i; 4] = std::array::from_fn(|j| {
+                    let mut v = offset;
+                    for t in 0..3 {
+                        let at = _mm512_permutexvar_epi16(index[j][t], a);
+                        v = _mm512_mask_add_epi16(v, PLUS[t], v, at);
+                        v = _mm512_mask_sub_epi16(v, MINUS[t], v, at);
+                    }
+                    v
+                });
+                for h in 0..2 {
+                    let (v0, v1) = (entries[2 * h], entries[2 * h + 1]);
+                    let at = dst.as_mut_ptr().add(128 * h);
+                    _mm512_storeu_si512(at as *mut __m512i, _mm512_permutex2var_epi8(v0, low, v1));
+                    _mm512_storeu_si512(at.add(64) as *mut __m512i, _mm512_permutex2var_epi8(v0, high, v1));
+                }
+            }
+        }
+    }
+
+    /// Σ σ·(table entry) for the 16 rows of each of T consecutive tiles (`stride` bytes apart)
+    /// over `groups` groups from where `tiles` starts, from those groups' triple-sums `table`
+    /// (`after`: where the weights read next start, to prefetch): each group's magnitude nibbles, with their slot's
+    /// 16 in bits 4-5, index `vpermb` into the group's low-byte and high-byte tables, and
+    /// `vpdpbusd` adds the four bytes of each row times their signs (±1 from the sign bits).
+    /// The T tiles share each group's table loads.
+    ///
+    /// # Safety
+    /// AVX-512F/BW, VNNI and VBMI; `tiles` holds T tiles of `groups` groups, `table` as many
+    /// groups' tables.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    unsafe fn tile_pass_vbmi<const N: usize>(
-        tile: *const u8,
+    pub(super) unsafe fn tiles_sums<const T: usize>(
+        tiles: &[u8],
+        stride: usize,
         groups: usize,
-        acts: *const u8,
-        per_token: usize,
-    ) -> [__m512i; N] {
-        // SAFETY: the caller's extents; the features enabled here.
-        unsafe { tile_pass_with::<N, true>(tile, groups, acts, per_token) }
+        table: &[u8],
+        after: *const u8,
+    ) -> [[i32; 16]; T] {
+        // The bytes of `groups` groups: a whole tile where `stride` equals it.
+        let chunk = groups / BLOCK_GROUPS * BLOCK_BYTES;
+        assert!(groups.is_multiple_of(BLOCK_GROUPS) && stride >= chunk);
+        assert!(tiles.len() >= (T - 1) * stride + chunk && table.len() >= groups * super::SUMS_GROUP_BYTES);
+        let (tiles, table) = (tiles.as_ptr(), table.as_ptr());
+        let nib = _mm512_set1_epi8(0x0F);
+        // Byte 4r + s of a magnitude vector is slot s: its table's entries start at 16s.
+        let slot = _mm512_set1_epi32(0x3020_1000);
+        let (plus, minus) = (_mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+        // Per tile, sums of low bytes and of high bytes.
+        let mut acc = [[_mm512_setzero_si512(); 2]; T];
+        // SAFETY (every load below): the extents asserted above.
+        unsafe {
+            for g in 0..groups {
+                let (mags, signs) = super::group_at(g);
+                let t = table.add(super::SUMS_GROUP_BYTES * g);
+                let parts: [__m512i; 4] =
+                    std::array::from_fn(|i| _mm512_loadu_si512(t.add(64 * i) as *const __m512i));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let tile = tiles.add(j * stride);
+                    if g % BLOCK_GROUPS == 0 {
+                        // Ahead in this tile, or past its end in the tile read after it.
+                        let ahead = mags + SUMS_PREFETCH;
+                        let at = if ahead < chunk {
+                            tile.wrapping_add(ahead)
+                        } else {
+                            after.wrapping_add(j * stride + ahead - chunk)
+                        };
+                        for line in 0..5 {
+                            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64 * line) as *const i8);
+                        }
+                    }
+                    let x = _mm512_loadu_si512(tile.add(mags) as *const __m512i);
+                    let s = tile.add(signs) as *const u64;
+                    let (s_lo, s_hi) = (s.read_unaligned(), s.add(1).read_unaligned());
+                    let lo = _mm512_ternarylogic_epi32::<0xEA>(x, nib, slot);
+                    let hi = _mm512_ternarylogic_epi32::<0xEA>(_mm512_srli_epi16::<4>(x), nib, slot);
+                    let (sign_lo, sign_hi) = (
+                        _mm512_mask_blend_epi8(s_lo, plus, minus),
+                        _mm512_mask_blend_epi8(s_hi, plus, minus),
+                    );
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_permutexvar_epi8(lo, parts[0]), sign_lo);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_permutexvar_epi8(lo, parts[1]), sign_lo);
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_permutexvar_epi8(hi, parts[2]), sign_hi);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], _mm512_permutexvar_epi8(hi, parts[3]), sign_hi);
+                }
+            }
+        }
+        acc.map(|[low, high]| {
+            let mut out = [0i32; 16];
+            // SAFETY: 16 i32 into a 16-i32 array.
+            unsafe {
+                _mm512_storeu_si512(
+                    out.as_mut_ptr() as *mut __m512i,
+                    _mm512_add_epi32(low, _mm512_slli_epi32::<8>(high)),
+                )
+            };
+            out
+        })
     }
 
     /// The tile against N tokens: the group's six code vectors decoded once, then six
@@ -556,39 +847,6 @@ mod x86 {
         acts: *const u8,
         per_token: usize,
     ) -> [__m512i; N] {
-        // SAFETY: the caller's extents; the features enabled here.
-        unsafe { tile_pass_with::<N, false>(tile, groups, acts, per_token) }
-    }
-
-    /// `v + 16` in the bytes whose bit of `negative` is set, as one masked `vpaddb`: written
-    /// with `asm!` because LLVM turns the intrinsic on bytes below 16 into an OR and a masked
-    /// move, two operations.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw")]
-    unsafe fn with_sign(v: __m512i, negative: u64, sixteen: __m512i) -> __m512i {
-        let mut out = v;
-        // SAFETY: one AVX-512BW instruction on registers; the caller enabled AVX-512BW.
-        unsafe {
-            std::arch::asm!(
-                "vpaddb {out}{{{k}}}, {v}, {s}",
-                out = inout(zmm_reg) out,
-                k = in(kreg) negative,
-                v = in(zmm_reg) v,
-                s = in(zmm_reg) sixteen,
-                options(pure, nomem, nostack),
-            );
-        }
-        out
-    }
-
-    /// The body of [`tile_pass`] (`VBMI`: [`tile_pass_vbmi`]'s decoding), inlined into each.
-    #[inline(always)]
-    unsafe fn tile_pass_with<const N: usize, const VBMI: bool>(
-        tile: *const u8,
-        groups: usize,
-        acts: *const u8,
-        per_token: usize,
-    ) -> [__m512i; N] {
         const ACC: usize = 6;
         // SAFETY (every load below): the caller guarantees `groups` groups of magnitudes and
         // signs at `tile` and N tokens of `per_token` arranged bytes at `acts`.
@@ -596,9 +854,7 @@ mod x86 {
             let table =
                 |t: usize| _mm512_broadcast_i32x4(_mm_loadu_si128(CODES[t].as_ptr() as *const __m128i));
             let tables = [table(0), table(1), table(2)];
-            let signed = |t: usize| _mm512_loadu_si512(SIGNED_CODES[t].as_ptr() as *const __m512i);
-            let signed_tables = if VBMI { [signed(0), signed(1), signed(2)] } else { tables };
-            let (nib, two, sixteen) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(2), _mm512_set1_epi8(16));
+            let (nib, two) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(2));
             let mut acc = [[_mm512_setzero_si512(); ACC]; N];
             for g in 0..groups {
                 let (mags, signs) = super::group_at(g);
@@ -614,18 +870,9 @@ mod x86 {
                 let (s_lo, s_hi) = (s.read_unaligned(), s.add(1).read_unaligned());
                 let lo = _mm512_and_si512(x, nib);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(x), nib);
-                let (lo, hi) = if VBMI {
-                    (with_sign(lo, s_lo, sixteen), with_sign(hi, s_hi, sixteen))
-                } else {
-                    (lo, hi)
-                };
                 let code = |idx: __m512i, t: usize, negative: __mmask64| {
-                    if VBMI {
-                        _mm512_permutexvar_epi8(idx, signed_tables[t])
-                    } else {
-                        let c = _mm512_shuffle_epi8(tables[t], idx);
-                        _mm512_mask_sub_epi8(c, negative, two, c)
-                    }
+                    let c = _mm512_shuffle_epi8(tables[t], idx);
+                    _mm512_mask_sub_epi8(c, negative, two, c)
                 };
                 let codes = [
                     code(lo, 0, s_lo),
@@ -705,12 +952,9 @@ mod tests {
                 let (arr, sums) = arranged(&acts, k);
                 let want = naive(&codes, &acts, m, k, 0, m);
                 for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
-                    // With and without VBMI's decoding (where the CPU has it).
-                    for vbmi in [false, true] {
-                        let mut out = vec![0; m * tokens];
-                        gemm_decoding(isa, vbmi, &w, 0, m, &arr, &sums, &mut out);
-                        assert_eq!(out, want, "{m}x{k}, {tokens} tokens, {}, vbmi {vbmi}", isa.name());
-                    }
+                    let mut out = vec![0; m * tokens];
+                    gemm(isa, &w, 0, m, &arr, &sums, &mut out);
+                    assert_eq!(out, want, "{m}x{k}, {tokens} tokens, {}", isa.name());
                     if m > TILE_ROWS {
                         let mut part = vec![0; (m - TILE_ROWS) * tokens];
                         gemm(isa, &w, TILE_ROWS, m, &arr, &sums, &mut part);
@@ -721,21 +965,75 @@ mod tests {
         }
     }
 
-    /// Every weight +1 (or −1) against activations −128 at the widest row the models have: the
-    /// 32-bit sums at their largest, on every path.
+    /// The triple-sums tables built with SIMD equal the scalar build, entry for entry, on
+    /// lengths that end inside a group and inside a block, with activations at −128 and 127.
+    #[test]
+    fn triple_sums_simd_equals_scalar() {
+        for k in [1usize, 23, 24, 25, 96, 100, 1000, 2560, 6912] {
+            let mut r = stream(k as u64 * 7 + 3);
+            let act: Vec<i8> = (0..k)
+                .map(|i| match i % 7 {
+                    0 => -128,
+                    3 => 127,
+                    _ => r() as i8,
+                })
+                .collect();
+            let mut want = vec![0u8; sums_len(k)];
+            triple_sums_scalar(&act, &mut want);
+            let mut got = vec![0u8; sums_len(k)];
+            triple_sums(&act, &mut got);
+            assert!(got == want, "k {k}");
+        }
+    }
+
+    /// The one-token lookup product, on SIMD and on its scalar twin, equals the naive product,
+    /// over whole matrices and from the second tile on, with activations at their extremes.
+    #[test]
+    fn lookup_product_is_exact() {
+        for (m, k) in [(16usize, 24usize), (32, 256), (67, 512), (5, 40), (48, 2560), (64, 6912), (20, 1000)]
+        {
+            let mut r = stream(m as u64 * 31 + k as u64);
+            let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
+            let w = TritTiles::pack(&codes, m, k).unwrap();
+            for extreme in [None, Some(-128i8), Some(127)] {
+                let act: Vec<i8> = (0..k).map(|_| extreme.unwrap_or(r() as i8)).collect();
+                let mut table = vec![0u8; sums_len(k)];
+                triple_sums(&act, &mut table);
+                let want = naive(&codes, &act, m, k, 0, m);
+                for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
+                    let mut out = vec![0; m];
+                    gemv_sums(isa, &w, 0, m, &table, &mut out);
+                    assert_eq!(out, want, "{m}x{k} {extreme:?} on {}", isa.name());
+                    if m > TILE_ROWS {
+                        let mut part = vec![0; m - TILE_ROWS];
+                        gemv_sums(isa, &w, TILE_ROWS, m, &table, &mut part);
+                        assert_eq!(part, want[TILE_ROWS..], "{m}x{k} from row 16 on {}", isa.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every weight +1 (or −1) against activations −128 (or 127) at the widest row the models
+    /// have: the 32-bit sums at their largest, and every triple sum at an end of its range, on
+    /// every path.
     #[test]
     fn sums_at_the_extremes() {
         let (m, k) = (16usize, 6912usize);
-        let acts = vec![-128i8; k];
-        let (arr, sums) = arranged(&acts, k);
-        for sign in [1i8, -1] {
-            let w = TritTiles::pack(&vec![sign; m * k], m, k).unwrap();
-            for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
-                for vbmi in [false, true] {
+        for a in [-128i8, 127] {
+            let acts = vec![a; k];
+            let (arr, sums) = arranged(&acts, k);
+            let mut table = vec![0u8; sums_len(k)];
+            triple_sums(&acts, &mut table);
+            for sign in [1i8, -1] {
+                let w = TritTiles::pack(&vec![sign; m * k], m, k).unwrap();
+                let want = a as i32 * sign as i32 * k as i32;
+                for isa in [Isa::Scalar].into_iter().chain(crate::cpu::available()) {
                     let mut out = vec![0; m];
-                    gemm_decoding(isa, vbmi, &w, 0, m, &arr, &sums, &mut out);
-                    let want = -128 * sign as i32 * k as i32;
-                    assert!(out.iter().all(|&v| v == want), "{sign} on {}, vbmi {vbmi}", isa.name());
+                    gemm(isa, &w, 0, m, &arr, &sums, &mut out);
+                    assert!(out.iter().all(|&v| v == want), "{a} × {sign} on {}", isa.name());
+                    gemv_sums(isa, &w, 0, m, &table, &mut out);
+                    assert!(out.iter().all(|&v| v == want), "{a} × {sign} by triple sums on {}", isa.name());
                 }
             }
         }
