@@ -15,12 +15,15 @@
 //! their magnitudes, then their signs: 320 bytes, one forward stream per tile, which the
 //! memory prefetchers follow far better than separate planes of magnitudes and signs.
 //!
-//! The kernels read a token's activations in the matching order ([`arrange`]): for group g, half
-//! h and digit t, the four bytes `a[24g + 12h + 3s + t]`, s = 0..4. They compute Σ c·q with the
-//! codes c = w + 1 and the caller's Σq subtracted, as the 2-bit kernels do.
+//! The decoding kernels ([`gemm`]) read the tokens' activations in the matching order
+//! ([`arrange`]): for group g, half h and digit t, the four bytes `a[24g + 12h + 3s + t]`,
+//! s = 0..4. They compute Σ c·q with the codes c = w + 1 and the caller's Σq subtracted, as the
+//! 2-bit kernels do. One token, where the CPU has VBMI, is instead looked up ([`gemv_sums`]): per
+//! input, each triple of activations' sums for the 14 magnitudes ([`triple_sums`]); per group, a
+//! `vpermb` by the stored magnitudes into them and `vpdpbusd` with the signs, with no decoding.
 //!
-//! Variants: scalar (the reference, decoding each triple), AVX-512 VNNI; exact, tested against
-//! each other and against the naive product.
+//! Variants: scalar (the references, one per product, reading each stored triple), AVX-512 VNNI
+//! (with VBMI for the lookup); exact, tested against each other and against the naive product.
 
 use crate::cpu::Isa;
 use crate::pages::{ArenaBytes, TileArena};
