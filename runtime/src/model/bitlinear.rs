@@ -232,7 +232,7 @@ impl Session<'_> {
             // VNNI GEMV reads it as four quarter streams), which streams at least as well as runs
             // of 16-row bands of the matrix's quarters; TQ2_0 too, whose GEMV reads four quarter
             // streams on Intel; and trit tiles' lookup product, whose four streams start cold in
-            // every call (docs/performance-notes.md, "Row chunks").
+            // every call (docs/performance-notes.md, "Row chunks", "Trit tiles").
             m.rows.div_ceil(threads).next_multiple_of(group).min(m.rows)
         } else if layouts::wants_long_calls(isa, w.layout, tokens) {
             // The AVX2 lookup GEMM builds its tables once per call, so short calls spend much of
