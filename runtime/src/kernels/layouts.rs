@@ -106,6 +106,16 @@ impl Packed<'_> {
         self.table_key()
     }
 
+    /// Whether one token's product on `isa` runs best with each thread taking one unbroken part
+    /// of the matrix in one call rather than short chunks: I2_S, whose VNNI GEMV reads four
+    /// quarter streams (at least as well as runs of 16-row bands of the quarters); TQ2_0, whose
+    /// GEMV reads four quarter streams on Intel; and trit tiles' lookup product, whose four
+    /// streams start cold in every call (docs/performance-notes.md, "Row chunks", "Trit tiles").
+    pub fn generates_in_one_part(&self, isa: Isa) -> bool {
+        matches!(self.layout, Layout::I2S | Layout::TQ2_0)
+            || self.tables_read(isa, 1) == Some(TableKey::TritSums)
+    }
+
     /// The tables this matrix's kernels read, if any.
     pub fn table_key(&self) -> Option<TableKey> {
         match (self.layout, self.tiles) {
@@ -194,6 +204,20 @@ pub fn wants_long_calls(isa: Isa, layout: Layout, tokens: usize) -> bool {
     false
 }
 
+/// The caller's tables when they are of kind `key`, else tables of that kind built into `own`.
+fn given_or_built<'t>(
+    given: Option<&'t Tables>,
+    key: TableKey,
+    acts: &[i8],
+    k: usize,
+    own: &'t mut Option<Tables>,
+) -> &'t Tables {
+    match given {
+        Some(tables) if tables.key == key => tables,
+        _ => own.insert(Tables::build(key, acts, k)),
+    }
+}
+
 /// `out[(r − r0)·tokens + t] = Σ_k t[r,k]·q[t,k]` for rows `r0..r1` (multiples of the row group).
 pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut [i32]) {
     let (acts, sums) = (a.codes, a.sums);
@@ -207,26 +231,14 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
     );
     assert_eq!((acts.len(), out.len()), (tokens * k, (r1 - r0) * tokens));
     if let Some(tt) = w.reads_trit_tiles(isa) {
-        let own;
-        if tokens == 1 && trit_tiles::runs_on_sums(isa) {
-            let table = match a.tables {
-                Some(tables) if tables.key == TableKey::TritSums => tables,
-                _ => {
-                    own = Tables::build(TableKey::TritSums, acts, k);
-                    &own
-                }
-            };
-            trit_tiles::gemv_sums(isa, tt, r0, r1, &table.bytes, out);
-            return;
+        let mut own = None;
+        let key = w.tables_read(isa, tokens).expect("trit tiles read their tokens' tables");
+        let tables = given_or_built(a.tables, key, acts, k, &mut own);
+        if key == TableKey::TritSums {
+            trit_tiles::gemv_sums(isa, tt, r0, r1, &tables.bytes, out);
+        } else {
+            trit_tiles::gemm(isa, tt, r0, r1, &tables.bytes, sums, out);
         }
-        let arranged = match a.tables {
-            Some(tables) if tables.key == TableKey::TritOrder => tables,
-            _ => {
-                own = Tables::build(TableKey::TritOrder, acts, k);
-                &own
-            }
-        };
-        trit_tiles::gemm(isa, tt, r0, r1, &arranged.bytes, sums, out);
         return;
     }
     if let Some(it) = w.reads_i2s_tiles(isa) {
@@ -268,14 +280,8 @@ pub fn gemm_rows(isa: Isa, w: &Packed, r0: usize, r1: usize, a: Acts, out: &mut 
         Layout::TL1 | Layout::TL2 => {
             let t = w.tiles.expect("tiled layouts carry tiles");
             let key = w.table_key().expect("tiled layouts read tables");
-            let own;
-            let tables = match a.tables {
-                Some(tables) if tables.key == key => tables,
-                _ => {
-                    own = Tables::build(key, acts, k);
-                    &own
-                }
-            };
+            let mut own = None;
+            let tables = given_or_built(a.tables, key, acts, k, &mut own);
             let mut acc = vec![0i32; t.rows];
             // Row block outer, token inner: the block's weights stay in cache across tokens.
             for i0 in r0 / t.rows..r1.div_ceil(t.rows) {

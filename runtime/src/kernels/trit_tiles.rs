@@ -418,15 +418,17 @@ pub fn sums_len(k: usize) -> usize {
 /// with VBMI, whose 64-entry byte lookup holds a group's four tables of 16.
 /// `TERN_TRIT_SUMS=off` keeps one token on decoded codes, to compare.
 pub fn runs_on_sums(isa: Isa) -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let off = *OFF.get_or_init(|| std::env::var("TERN_TRIT_SUMS").as_deref() == Ok("off"));
     #[cfg(target_arch = "x86_64")]
-    return runs(isa) && x86::has_vbmi() && !off;
+    {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off = *OFF.get_or_init(|| std::env::var("TERN_TRIT_SUMS").as_deref() == Ok("off"));
+        runs(isa) && x86::has_vbmi() && !off
+    }
     #[cfg(not(target_arch = "x86_64"))]
-    return {
-        let _ = (isa, off);
+    {
+        let _ = isa;
         false
-    };
+    }
 }
 
 /// One token's triple-sums tables: for group g, half h and slot s (the triple of columns
@@ -939,16 +941,25 @@ mod tests {
         (out, acts.chunks_exact(k).map(|a| a.iter().map(|&q| q as i32).sum()).collect())
     }
 
+    /// Shapes with partial tiles, groups and blocks, and the models' row lengths.
+    const SHAPES: [(usize, usize); 7] =
+        [(16, 24), (32, 256), (67, 512), (5, 40), (48, 2560), (64, 6912), (20, 1000)];
+
+    /// Random codes of an `m × k` matrix and their tiles, with the stream that drew them.
+    fn random_tiles(m: usize, k: usize, seed: u64) -> (impl FnMut() -> u64, Vec<i8>, TritTiles) {
+        let mut r = stream(seed);
+        let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
+        let w = TritTiles::pack(&codes, m, k).unwrap();
+        (r, codes, w)
+    }
+
     /// The scalar reference and every instruction set equal the naive product of the codes, on
     /// shapes with padded rows and columns and for 1 to 17 tokens (passes of 8 and partial
     /// ones), over the whole matrix and a range of tiles.
     #[test]
     fn every_path_computes_the_exact_product() {
-        for (m, k) in [(16usize, 24usize), (32, 256), (67, 512), (5, 40), (48, 2560), (64, 6912), (20, 1000)]
-        {
-            let mut r = stream(m as u64 * 1009 + k as u64);
-            let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
-            let w = TritTiles::pack(&codes, m, k).unwrap();
+        for (m, k) in SHAPES {
+            let (mut r, codes, w) = random_tiles(m, k, m as u64 * 1009 + k as u64);
             for tokens in [1usize, 2, 3, 8, 9, 17] {
                 let acts: Vec<i8> =
                     (0..tokens * k).map(|i| if i % 13 == 0 { -128 } else { r() as i8 }).collect();
@@ -993,11 +1004,8 @@ mod tests {
     /// over whole matrices and from the second tile on, with activations at their extremes.
     #[test]
     fn lookup_product_is_exact() {
-        for (m, k) in [(16usize, 24usize), (32, 256), (67, 512), (5, 40), (48, 2560), (64, 6912), (20, 1000)]
-        {
-            let mut r = stream(m as u64 * 31 + k as u64);
-            let codes: Vec<i8> = (0..m * k).map(|_| (r() % 3) as i8 - 1).collect();
-            let w = TritTiles::pack(&codes, m, k).unwrap();
+        for (m, k) in SHAPES {
+            let (mut r, codes, w) = random_tiles(m, k, m as u64 * 31 + k as u64);
             for extreme in [None, Some(-128i8), Some(127)] {
                 let act: Vec<i8> = (0..k).map(|_| extreme.unwrap_or(r() as i8)).collect();
                 let mut table = vec![0u8; sums_len(k)];

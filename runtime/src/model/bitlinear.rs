@@ -224,15 +224,8 @@ impl Session<'_> {
         let threads = if tokens == 1 { self.team.threads() } else { rayon::current_num_threads() };
         let chunk_rows = if threads == 1 && tokens == 1 {
             m.rows
-        } else if tokens == 1
-            && (matches!(w.layout, Layout::I2S | Layout::TQ2_0)
-                || w.tables_read(isa, 1) == Some(layouts::TableKey::TritSums))
-        {
-            // Generating, each thread takes one unbroken part of an I2_S matrix in one call (the
-            // VNNI GEMV reads it as four quarter streams), which streams at least as well as runs
-            // of 16-row bands of the matrix's quarters; TQ2_0 too, whose GEMV reads four quarter
-            // streams on Intel; and trit tiles' lookup product, whose four streams start cold in
-            // every call (docs/performance-notes.md, "Row chunks", "Trit tiles").
+        } else if tokens == 1 && w.generates_in_one_part(isa) {
+            // Generating, each thread takes one unbroken part of the matrix in one call.
             m.rows.div_ceil(threads).next_multiple_of(group).min(m.rows)
         } else if layouts::wants_long_calls(isa, w.layout, tokens) {
             // The AVX2 lookup GEMM builds its tables once per call, so short calls spend much of
