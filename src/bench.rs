@@ -33,9 +33,10 @@ use tern_runtime::pages::mapped_file_pages;
 /// after the runs instead.
 ///
 /// --profile runs one prompt (unless -p 0), one generation and one of each --batch per thread
-/// count with timers on every operation and prints where a token's time goes in each; for generation also the rate
-/// at which the ternary matmuls and the output head stream their weights, and with --roofline
-/// the read bandwidth measured around that run to set them against. --kv-type f16 halves the KV cache (and changes the logits).
+/// count with timers on every operation and prints where a token's time goes in each; for
+/// generation also the rate at which the ternary matmuls and the output head stream their
+/// weights, and with --roofline the read bandwidth measured around that run to set them
+/// against. --kv-type f16 halves the KV cache (and changes the logits).
 ///
 /// Environment, to compare paths on one machine (the results are the same bits either way):
 /// TERN_KERNEL=scalar|avx2|avx512vnni|neon forces an instruction set; TERN_AMX=off runs prompts
@@ -44,8 +45,8 @@ use tern_runtime::pages::mapped_file_pages;
 /// each generating thread reads (default: 4 on Intel, 1 elsewhere); TERN_TRIT_TILES=off runs
 /// TL1, TL2 and TQ1_0 from the file's bytes where AVX-512 VNNI would repack them into trit tiles;
 /// TERN_TRIT_SUMS=off generates from trit tiles by decoding their codes rather than by looking
-/// up triple sums (AVX-512 VBMI); TERN_I2S_TILES=off runs I2_S and TQ2_0 from the file's bytes where AVX-512 VNNI (without
-/// AMX) would repack them into tiles of 16 rows.
+/// up triple sums (AVX-512 VBMI); TERN_I2S_TILES=off runs I2_S and TQ2_0 from the file's bytes
+/// where AVX-512 VNNI (without AMX) would repack them into tiles of 16 rows.
 ///
 /// Examples:
 ///   tern bench model-i2_s.gguf -p 128 -n 64 -t 1,2 -r 3

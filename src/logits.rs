@@ -9,8 +9,9 @@ use tern_runtime::reference::Reference;
 ///
 /// MODEL is a GGUF file (run by tern's runtime) or a Hugging Face checkpoint folder (run by
 /// tern's f32 reference forward, transformers' semantics), so two engines' outputs can be
-/// compared position by position. Writes the f32 logits [T, vocab] as a little-endian NumPy .npy file (format 1.0)
-/// with --out, prints the top 5 per position as JSON with --json, or as text otherwise.
+/// compared position by position. Writes the f32 logits [T, vocab] as a little-endian NumPy
+/// .npy file (format 1.0) with --out, prints the top 5 per position as JSON with --json, or as
+/// text otherwise.
 ///
 /// Example:
 ///   tern logits bitnet-b1.58-2B-4T-bf16 --tokens 128000,791,6864 --out logits.npy
