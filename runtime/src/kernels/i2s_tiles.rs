@@ -31,6 +31,9 @@ const BLOCK_BYTES: usize = 32 * TILE_ROWS;
 /// Tokens one pass of the VNNI kernel takes: four accumulators each stay in registers.
 #[cfg(target_arch = "x86_64")]
 const PASS: usize = 4;
+/// How many blocks ahead a pass of several tokens asks for a tile's weights (4 KiB).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_BLOCKS: usize = 8;
 
 /// Whether `isa` runs products from I2_S tiles on this CPU: AVX-512 VNNI.
 pub fn runs(isa: Isa) -> bool {
@@ -191,7 +194,7 @@ fn row_scalar(tile: &[u8], r: usize, act: &[i8]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, BLOCK_BYTES, PASS};
+    use super::{BLOCK, BLOCK_BYTES, PASS, PREFETCH_BLOCKS};
     use std::arch::x86_64::*;
 
     /// Σ c·q for the 16 rows of one tile against `n` tokens (1..=4) of `blocks · 128`
@@ -242,10 +245,18 @@ mod x86 {
         let masks = [0xc0u8, 0x30, 0x0c, 0x03].map(|m| _mm512_set1_epi8(m as i8));
         let mut acc = [[[_mm512_setzero_si512(); 4]; 2]; N];
         for b in 0..blocks {
+            if N >= 2 {
+                // Several tokens read each block for longer than the hardware prefetcher waits
+                // for: asked for ahead, the weights arrive before they are needed.
+                for line in 0..BLOCK_BYTES / 64 {
+                    let ahead = tile.wrapping_add(BLOCK_BYTES * (b + PREFETCH_BLOCKS) + 64 * line);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+            }
             for g in 0..8 {
                 // SAFETY: block b's group g lies inside the tile and its activations inside
-                // every token's (the caller's extents). No prefetch: the tiles are one forward
-                // stream, which the hardware prefetcher follows.
+                // every token's (the caller's extents). One token streams as fast without a
+                // prefetch (the hardware prefetcher follows).
                 unsafe {
                     let v = _mm512_loadu_si512(tile.add(BLOCK_BYTES * b + 64 * g) as *const __m512i);
                     let codes = masks.map(|m| _mm512_and_si512(v, m));
