@@ -664,29 +664,25 @@ mod x86 {
     }
 
     /// For the triple-sums build, vector j (half j / 2, slots 2·(j % 2) and the next) and digit
-    /// t: entry e's activation index, 12·half + 3·slot + t.
+    /// t: for each entry e, the lane of (activations, their negations) that digit t of e's
+    /// magnitude adds: activation 12·half + 3·slot + t where the digit is 1, its negation
+    /// (32 lanes on) where it is −1, and lane 31 (always 0: a group has 24 activations) where
+    /// it is 0, as for magnitudes 14 and 15.
     const fn sums_index(j: usize, t: usize) -> [u16; 32] {
         let mut idx = [0u16; 32];
         let mut e = 0;
         while e < 32 {
-            idx[e] = (12 * (j / 2) + 3 * (2 * (j % 2) + e / 16) + t) as u16;
+            let m = (e % 16) as i32;
+            let lane = (12 * (j / 2) + 3 * (2 * (j % 2) + e / 16) + t) as u16;
+            let digit = if m < 14 { digits(m)[t] } else { 0 };
+            idx[e] = match digit {
+                1 => lane,
+                -1 => 32 + lane,
+                _ => 31,
+            };
             e += 1;
         }
         idx
-    }
-
-    /// The entries (of 32: two slots of 16 magnitudes) whose digit t is `want`; 14 and 15 none.
-    const fn digit_mask(t: usize, want: i32) -> u32 {
-        let mut mask = 0u32;
-        let mut e = 0i32;
-        while e < 32 {
-            let m = e % 16;
-            if m < 14 && digits(m)[t] == want {
-                mask |= 1 << e;
-            }
-            e += 1;
-        }
-        mask
     }
 
     const SUMS_INDEX: [[[u16; 32]; 3]; 4] = {
@@ -702,8 +698,6 @@ mod x86 {
         }
         all
     };
-    const PLUS: [u32; 3] = [digit_mask(0, 1), digit_mask(1, 1), digit_mask(2, 1)];
-    const MINUS: [u32; 3] = [digit_mask(0, -1), digit_mask(1, -1), digit_mask(2, -1)];
 
     /// Byte indices of the low (`odd` false) or high bytes of two vectors of 32 u16, in order.
     const fn byte_picks(odd: bool) -> [u8; 64] {
@@ -718,9 +712,10 @@ mod x86 {
     const LOW_BYTES: [u8; 64] = byte_picks(false);
     const HIGH_BYTES: [u8; 64] = byte_picks(true);
 
-    /// [`super::triple_sums`] a group at a time: its 24 activations widened to 16 bits, each
-    /// digit's activation moved under its entries by one `vpermw`, added or subtracted under
-    /// the digit's mask, and the 16-bit entries split into their byte tables by `vpermt2b`.
+    /// [`super::triple_sums`] a group at a time: its 24 activations widened to 16 bits and
+    /// negated, each digit's term (the activation, its negation or 0) moved under its entries
+    /// by one `vpermt2w` and added, and the 16-bit entries split into their byte tables by
+    /// `vpermt2b`.
     ///
     /// # Safety
     /// AVX-512F/BW/VL and VBMI; `out.len() == sums_len(act.len())`.
@@ -743,14 +738,11 @@ mod x86 {
                 let mask: __mmask32 = (1u32 << n) - 1;
                 let a = _mm256_maskz_loadu_epi8(mask, act.as_ptr().wrapping_add(first.min(k)));
                 let a = _mm512_cvtepi8_epi16(a);
+                let negated = _mm512_sub_epi16(_mm512_setzero_si512(), a);
                 let entries: [__m512i; 4] = std::array::from_fn(|j| {
-                    let mut v = offset;
-                    for t in 0..3 {
-                        let at = _mm512_permutexvar_epi16(index[j][t], a);
-                        v = _mm512_mask_add_epi16(v, PLUS[t], v, at);
-                        v = _mm512_mask_sub_epi16(v, MINUS[t], v, at);
-                    }
-                    v
+                    index[j].iter().fold(offset, |v, &digit| {
+                        _mm512_add_epi16(v, _mm512_permutex2var_epi16(a, digit, negated))
+                    })
                 });
                 for h in 0..2 {
                     let (v0, v1) = (entries[2 * h], entries[2 * h + 1]);
