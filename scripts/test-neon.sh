@@ -18,4 +18,4 @@ if ! have_tools || ! rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
-cargo test --release -p tern-runtime --target aarch64-unknown-linux-gnu --lib kernels
+cargo test --profile neon-test -p tern-runtime --target aarch64-unknown-linux-gnu --lib kernels
