@@ -82,10 +82,11 @@ pub fn selected() -> Isa {
 
 /// How many weight streams each thread of a one-token matmul keeps in flight: 4 (rows taken in
 /// lock step from four far-apart places, each with a short software prefetch) or 1 (one forward
-/// stream). An Intel core streams much faster through four, while on AMD four head streams were
-/// slower than one (docs/performance-notes.md, "Four quarter streams"), so the choice follows
-/// the CPU's vendor: 4 on Intel, 1 elsewhere. `TERN_STREAMS=1|4` overrides it (to measure either
-/// way); the bits are the same.
+/// stream). Intel cores and AMD cores without AVX-512 (Zen 3) stream much faster through four,
+/// while on an AMD core with AVX-512 (Zen 4) four head streams were slower than one
+/// (docs/performance-notes.md, "Four quarter streams"), so 1 there and on other architectures,
+/// 4 on other x86. `TERN_STREAMS=1|4` overrides it (to measure either way); the bits are the
+/// same.
 pub fn weight_streams() -> usize {
     static CHOICE: OnceLock<usize> = OnceLock::new();
     *CHOICE.get_or_init(|| match std::env::var("TERN_STREAMS").ok().as_deref() {
@@ -100,7 +101,14 @@ pub fn weight_streams() -> usize {
 }
 
 fn default_weight_streams() -> usize {
-    if cpu_vendor().as_deref() == Some("GenuineIntel") { 4 } else { 1 }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let amd_avx512 =
+            cpu_vendor().as_deref() == Some("AuthenticAMD") && is_x86_feature_detected!("avx512f");
+        if amd_avx512 { 1 } else { 4 }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    1
 }
 
 /// The CPUID vendor string (x86-64), e.g. "GenuineIntel" or "AuthenticAMD".
