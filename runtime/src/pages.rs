@@ -113,6 +113,12 @@ pub struct ArenaBytes {
     len: usize,
 }
 
+impl std::fmt::Debug for ArenaBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArenaBytes({} bytes)", self.len)
+    }
+}
+
 impl ArenaBytes {
     /// The next `len` bytes of `arena`, or, without one, a range in an arena of its own.
     pub fn take_from(arena: Option<&TileArena>, len: usize) -> std::io::Result<ArenaBytes> {

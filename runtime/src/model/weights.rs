@@ -8,10 +8,11 @@
 
 use super::config::ModelConfig;
 use crate::kernels::head::{self, HeadTiles};
+use crate::kernels::i2s_rows;
 use crate::kernels::i2s_tiles::{self, I2sTiles};
 use crate::kernels::layouts::Packed;
 use crate::kernels::trit_tiles::{self, TritTiles};
-use crate::pages::TileArena;
+use crate::pages::{ArenaBytes, TileArena};
 use crate::{Result, RuntimeError};
 use std::path::Path;
 use std::sync::Arc;
@@ -48,9 +49,10 @@ pub struct TernaryMatrix {
     pub size: usize,
     /// β: W ≈ β · t.
     pub scale: f32,
-    /// I2_S bytes packed at load, for projections the file stores as floats (see
-    /// `Loader::float_projection`); None: the bytes are the file's, at `offset`.
-    pub packed_at_load: Option<Arc<[u8]>>,
+    /// I2_S bytes packed at load (`layout` is then I2_S): for projections the file stores as
+    /// floats (see `Loader::float_projection`), and for TL1, TL2 and TQ1_0 matrices where the
+    /// CPU runs I2_S faster (`i2s_rows::wanted`); None: the bytes are the file's, at `offset`.
+    pub packed_at_load: Option<Arc<ArenaBytes>>,
     /// The weights repacked at load where the selected kernels read TL1, TL2 and TQ1_0 so
     /// (`trit_tiles::wanted`).
     pub trit_tiles: Option<Arc<TritTiles>>,
@@ -121,9 +123,12 @@ impl Model {
         // Tiles the kernels read (I2_S tiles, trit tiles) share one arena in call order, reserved
         // for the larger of the two forms of every matrix.
         let isa = crate::cpu::selected();
-        let repacks = [Layout::I2S, Layout::TQ2_0, Layout::TL1, Layout::TL2, Layout::TQ1_0]
-            .into_iter()
-            .any(|layout| i2s_tiles::wanted(isa, layout) || trit_tiles::wanted(isa, layout));
+        let repacks =
+            [Layout::I2S, Layout::TQ2_0, Layout::TL1, Layout::TL2, Layout::TQ1_0].into_iter().any(|layout| {
+                i2s_tiles::wanted(isa, layout)
+                    || trit_tiles::wanted(isa, layout)
+                    || i2s_rows::wanted(isa, layout)
+            });
         let arena = if repacks {
             let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
             let shapes = [(q_dim, c.hidden), (kv_dim, c.hidden), (kv_dim, c.hidden), (c.hidden, q_dim)];
@@ -195,7 +200,7 @@ impl Model {
     /// A matrix's bytes with what the kernels need to read them.
     pub fn packed<'a>(&'a self, m: &'a TernaryMatrix) -> Packed<'a> {
         let bytes = match &m.packed_at_load {
-            Some(b) => b,
+            Some(b) => b.as_slice(),
             None => self.bytes(m.offset, m.size),
         };
         Packed {
@@ -343,7 +348,10 @@ impl Loader<'_> {
         if !beta.is_finite() {
             return Err(self.err(&t.name, format!("scale is {beta}")));
         }
-        let bytes: Arc<[u8]> = i2s::pack(&codes, rows, cols, beta).into();
+        let packed = i2s::pack(&codes, rows, cols, beta);
+        let mut bytes = ArenaBytes::take_from(None, packed.len())
+            .map_err(|e| self.err(&t.name, format!("no memory for its I2_S rows: {e}")))?;
+        bytes.as_mut_slice().copy_from_slice(&packed);
         Ok(TernaryMatrix {
             name: t.name.clone(),
             layout: Layout::I2S,
@@ -351,9 +359,9 @@ impl Loader<'_> {
             cols,
             tiles: None,
             offset: t.offset as usize,
-            size: bytes.len(),
+            size: packed.len(),
             scale: beta,
-            packed_at_load: Some(bytes),
+            packed_at_load: Some(Arc::new(bytes)),
             trit_tiles: None,
             i2s_tiles: None,
         })
@@ -459,6 +467,25 @@ impl Loader<'_> {
             .then(|| I2sTiles::from_layout_in(arena, layout, data, rows, cols))
             .transpose()
             .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
+        if i2s_rows::wanted(isa, layout) {
+            let bytes = i2s_rows::from_layout_in(arena, layout, data, rows, cols, tiles, scale)
+                .map_err(|e| self.err(name, format!("no memory for its I2_S rows: {e}")))?;
+            // The kernels read only the I2_S rows now: the file's copy need not stay resident.
+            self.file.release(t.offset as usize, t.size as usize);
+            return Ok(TernaryMatrix {
+                name: name.to_string(),
+                layout: Layout::I2S,
+                rows,
+                cols,
+                tiles: None,
+                offset: t.offset as usize,
+                size: bytes.as_slice().len(),
+                scale,
+                packed_at_load: Some(Arc::new(bytes)),
+                trit_tiles: None,
+                i2s_tiles: None,
+            });
+        }
         if trit_tiles.is_some() || i2s_tiles.is_some() {
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);

@@ -1,0 +1,102 @@
+//! I2_S rows at load: TL1, TL2 and TQ1_0 matrices rewritten as I2_S's own rows where the CPU
+//! runs AVX2 without trit tiles (no AVX-512). There every product is bound by the core's vector
+//! operations, not by memory: I2_S's AVX2 kernels take 13 operations per 128 weights, while
+//! those layouts' own AVX2 kernels take more per weight than their sixth fewer bytes can repay
+//! (docs/kernels.md, "I2_S rows at load"). The codes come through the trit tiles' repacks, the
+//! fast decoders of all three layouts; the matrix is then an I2_S matrix to every kernel, in the
+//! model's tile arena (2 MiB pages, the matrices one forward stream in call order).
+
+use crate::cpu::Isa;
+use crate::kernels::trit_tiles::{self, TritTiles};
+use crate::pages::{ArenaBytes, TileArena};
+use rayon::prelude::*;
+use tern_formats::tiles::Tiles;
+use tern_formats::{Layout, i2s};
+
+/// Whether matrices of `layout` are rewritten as I2_S rows for `isa`: TL1, TL2 and TQ1_0 on
+/// AVX2 (also when forced on an AVX-512 CPU with `TERN_KERNEL=avx2`). `TERN_I2S_ROWS=off` keeps
+/// them on their own bytes and kernels, to compare.
+pub fn wanted(isa: Isa, layout: Layout) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("TERN_I2S_ROWS").as_deref() == Ok("off"));
+    cfg!(target_arch = "x86_64")
+        && isa == Isa::Avx2
+        && isa.supported()
+        && matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0)
+        && !trit_tiles::wanted(isa, layout)
+        && !off
+}
+
+/// The I2_S tensor (`i2s::tensor_bytes(m, k)`: rows, then the tail holding β = `scale`) of a
+/// TL1, TL2 or TQ1_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`), in the next
+/// bytes of `arena` where given; 16 rows at a time on every thread.
+pub fn from_layout_in(
+    arena: Option<&TileArena>,
+    layout: Layout,
+    bytes: &[u8],
+    m: usize,
+    k: usize,
+    tiles: Option<Tiles>,
+    scale: f32,
+) -> std::io::Result<ArenaBytes> {
+    let trits = TritTiles::from_layout(layout, bytes, m, k, tiles)?;
+    let mut out = ArenaBytes::take_from(arena, i2s::tensor_bytes(m, k))?;
+    let rb = i2s::row_bytes(k);
+    let (body, tail) = out.as_mut_slice().split_at_mut(m * rb);
+    tail[..4].copy_from_slice(&scale.to_le_bytes());
+    body.par_chunks_mut(trit_tiles::TILE_ROWS * rb).enumerate().for_each(|(i, dst)| {
+        // Padded to whole blocks with weights 0, as `i2s::pack_row` pads.
+        let mut codes = vec![0i8; 4 * rb];
+        for (r, row) in dst.chunks_exact_mut(rb).enumerate() {
+            trits.row_codes(i * trit_tiles::TILE_ROWS + r, &mut codes[..k]);
+            pack_row(&codes, row);
+        }
+    });
+    Ok(out)
+}
+
+/// `i2s::pack_row` for a row padded to whole blocks: straight loops the compiler vectorises
+/// (the general one took most of a model's load).
+fn pack_row(codes: &[i8], dst: &mut [u8]) {
+    let code = |w: i8| (w + 1) as u8;
+    for (block, out) in codes.chunks_exact(i2s::BLOCK).zip(dst.chunks_exact_mut(i2s::BLOCK_BYTES)) {
+        for (p, byte) in out.iter_mut().enumerate() {
+            *byte = code(block[p]) << 6
+                | code(block[32 + p]) << 4
+                | code(block[64 + p]) << 2
+                | code(block[96 + p]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::xorshift;
+
+    /// The rows equal `formats::i2s`'s packing of the codes `formats` unpacks from each layout's
+    /// bytes (an independent decoder), on shapes with rows left after the last tile of 16, TL2's
+    /// pair tail and TQ1_0's several blocks.
+    #[test]
+    fn rows_equal_i2s_packing_of_the_unpacked_codes() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        for (layout, m, k) in [
+            (Layout::TL1, 64, 256),
+            (Layout::TL1, 96, 384),
+            (Layout::TL2, 64, 288),
+            (Layout::TL2, 32, 256),
+            (Layout::TL2, 96, 480),
+            (Layout::TQ1_0, 37, 512),
+            (Layout::TQ1_0, 16, 256),
+        ] {
+            let codes: Vec<i8> = (0..m * k).map(|_| (next() % 3) as i8 - 1).collect();
+            let tiles = layout.fit(m, k).expect("a shape the layout takes");
+            let bytes = layout.pack(&codes, m, k, 0.25, tiles);
+            let (unpacked, _) = layout.unpack(&bytes, m, k, tiles).expect("unpacks");
+            assert_eq!(unpacked, codes, "{} {m}x{k}: the formats round trip", layout.name());
+            let want = i2s::pack(&unpacked, m, k, 0.25);
+            let got = from_layout_in(None, layout, &bytes, m, k, tiles, 0.25).expect("memory");
+            assert_eq!(got.as_slice(), &want[..], "{} {m}x{k}", layout.name());
+        }
+    }
+}
