@@ -1,20 +1,22 @@
-//! I2_S rows at load: TL1, TL2 and TQ1_0 matrices rewritten as I2_S's own rows where the CPU
-//! runs AVX2 without trit tiles (no AVX-512). There every product is bound by the core's vector
-//! operations, not by memory: I2_S's AVX2 kernels take 13 operations per 128 weights, while
-//! those layouts' own AVX2 kernels take more per weight than their sixth fewer bytes can repay
-//! (docs/kernels.md, "I2_S rows at load"). The codes come through the trit tiles' repacks, the
-//! fast decoders of all three layouts; the matrix is then an I2_S matrix to every kernel, in the
-//! model's tile arena (2 MiB pages, the matrices one forward stream in call order).
+//! I2_S rows at load: TL1, TL2, TQ1_0 and TQ2_0 matrices rewritten as I2_S's own rows where the
+//! CPU runs AVX2 without trit tiles (no AVX-512). There every product is bound by the core's
+//! vector operations, not by memory: I2_S's AVX2 kernels take 13 operations per 128 weights and
+//! have the fastest prompt GEMM (the lookup GEMM), while the other layouts' own AVX2 kernels take
+//! more per weight than the 1.67-bit ones' sixth fewer bytes can repay (docs/kernels.md, "I2_S
+//! rows at load"). TL1, TL2 and TQ1_0 codes come through the trit tiles' repacks, the fast
+//! decoders of those layouts, TQ2_0's from its blocks (one β per tensor, which the loader
+//! checks); the matrix is then an I2_S matrix to every kernel, in the model's tile arena (2 MiB
+//! pages, the matrices one forward stream in call order).
 
 use crate::cpu::Isa;
 use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::pages::{ArenaBytes, TileArena};
 use rayon::prelude::*;
 use tern_formats::tiles::Tiles;
-use tern_formats::{Layout, i2s};
+use tern_formats::{Layout, i2s, tq2_0};
 
-/// Whether matrices of `layout` are rewritten as I2_S rows for `isa`: TL1, TL2 and TQ1_0 on
-/// AVX2 (also when forced on an AVX-512 CPU with `TERN_KERNEL=avx2`). `TERN_I2S_ROWS=off` keeps
+/// Whether matrices of `layout` are rewritten as I2_S rows for `isa`: TL1, TL2, TQ1_0 and TQ2_0
+/// on AVX2 (also when forced on an AVX-512 CPU with `TERN_KERNEL=avx2`). `TERN_I2S_ROWS=off` keeps
 /// them on their own bytes and kernels, to compare.
 pub fn wanted(isa: Isa, layout: Layout) -> bool {
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -22,14 +24,15 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
     cfg!(target_arch = "x86_64")
         && isa == Isa::Avx2
         && isa.supported()
-        && matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0)
+        && matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0 | Layout::TQ2_0)
         && !trit_tiles::wanted(isa, layout)
         && !off
 }
 
 /// The I2_S tensor (`i2s::tensor_bytes(m, k)`: rows, then the tail holding β = `scale`) of a
-/// TL1, TL2 or TQ1_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`), in the next
-/// bytes of `arena` where given; 16 rows at a time on every thread.
+/// TL1, TL2, TQ1_0 or TQ2_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`; TQ2_0
+/// validated: no code 3), in the next bytes of `arena` where given; 16 rows at a time on every
+/// thread.
 pub fn from_layout_in(
     arena: Option<&TileArena>,
     layout: Layout,
@@ -39,7 +42,11 @@ pub fn from_layout_in(
     tiles: Option<Tiles>,
     scale: f32,
 ) -> std::io::Result<ArenaBytes> {
-    let trits = TritTiles::from_layout(layout, bytes, m, k, tiles)?;
+    let trits = match layout {
+        Layout::TQ2_0 => None,
+        _ => Some(TritTiles::from_layout(layout, bytes, m, k, tiles)?),
+    };
+    let tq2_row = k / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
     let mut out = ArenaBytes::take_from(arena, i2s::tensor_bytes(m, k))?;
     let rb = i2s::row_bytes(k);
     let (body, tail) = out.as_mut_slice().split_at_mut(m * rb);
@@ -48,7 +55,17 @@ pub fn from_layout_in(
         // Padded to whole blocks with weights 0, as `i2s::pack_row` pads.
         let mut codes = vec![0i8; 4 * rb];
         for (r, row) in dst.chunks_exact_mut(rb).enumerate() {
-            trits.row_codes(i * trit_tiles::TILE_ROWS + r, &mut codes[..k]);
+            let r = i * trit_tiles::TILE_ROWS + r;
+            match &trits {
+                Some(trits) => trits.row_codes(r, &mut codes[..k]),
+                None => {
+                    let src = bytes[r * tq2_row..][..tq2_row].chunks_exact(tq2_0::BLOCK_BYTES);
+                    for (block, out) in src.zip(codes.chunks_exact_mut(tq2_0::BLOCK)) {
+                        // Cannot fail: the loader has rejected code 3 (`Layout::validate`).
+                        let _ = tq2_0::decode_block(block, out);
+                    }
+                }
+            }
             pack_row(&codes, row);
         }
     });
@@ -88,6 +105,8 @@ mod tests {
             (Layout::TL2, 96, 480),
             (Layout::TQ1_0, 37, 512),
             (Layout::TQ1_0, 16, 256),
+            (Layout::TQ2_0, 37, 512),
+            (Layout::TQ2_0, 16, 256),
         ] {
             let codes: Vec<i8> = (0..m * k).map(|_| (next() % 3) as i8 - 1).collect();
             let tiles = layout.fit(m, k).expect("a shape the layout takes");
