@@ -284,7 +284,9 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// How many block pairs ahead a batch asks for a Q4_0 tile's codes (9 KiB).
+    /// How many block pairs ahead a kernel asks for a tile's codes (9 KiB of Q4_0, 17 of Q8_0):
+    /// on VNNI a Q4_0 batch of four or more positions, on AVX2 every pass where one stream alone
+    /// is slow.
     const PREFETCH_PAIRS: usize = 16;
 
     /// Four activation bytes at `x` in every 32-bit lane.
@@ -405,12 +407,18 @@ mod x86 {
     ) {
         // SAFETY: the caller's promise.
         unsafe {
-            match (q4, acts.len()) {
-                (true, 1) => tile_avx2_n::<true, 1>(tile, blocks, acts, out),
-                (true, 2) => tile_avx2_n::<true, 2>(tile, blocks, acts, out),
-                (false, 1) => tile_avx2_n::<false, 1>(tile, blocks, acts, out),
-                (false, 2) => tile_avx2_n::<false, 2>(tile, blocks, acts, out),
-                (_, n) => unreachable!("{n} positions in one pass"),
+            // Where one stream alone waits on memory (the CPUs that read four weight streams),
+            // the tiles are asked for ahead (docs/performance-notes.md, "Quantised heads").
+            match (q4, acts.len(), crate::cpu::weight_streams() == 4) {
+                (true, 1, true) => tile_avx2_n::<true, 1, true>(tile, blocks, acts, out),
+                (true, 2, true) => tile_avx2_n::<true, 2, true>(tile, blocks, acts, out),
+                (false, 1, true) => tile_avx2_n::<false, 1, true>(tile, blocks, acts, out),
+                (false, 2, true) => tile_avx2_n::<false, 2, true>(tile, blocks, acts, out),
+                (true, 1, false) => tile_avx2_n::<true, 1, false>(tile, blocks, acts, out),
+                (true, 2, false) => tile_avx2_n::<true, 2, false>(tile, blocks, acts, out),
+                (false, 1, false) => tile_avx2_n::<false, 1, false>(tile, blocks, acts, out),
+                (false, 2, false) => tile_avx2_n::<false, 2, false>(tile, blocks, acts, out),
+                (_, n, _) => unreachable!("{n} positions in one pass"),
             }
         }
     }
@@ -419,7 +427,7 @@ mod x86 {
     // registers, which iterators over them can defeat.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_avx2_n<const Q4: bool, const P: usize>(
+    unsafe fn tile_avx2_n<const Q4: bool, const P: usize, const AHEAD: bool>(
         tile: &[u8],
         blocks: usize,
         acts: &[HeadActs],
@@ -436,10 +444,7 @@ mod x86 {
             // SAFETY (block): the block's scales and codes lie inside the tile (asserted above),
             // its activations inside every acts[p].
             unsafe {
-                if Q4 && P >= 4 && b % 2 == 0 {
-                    // Four or more positions dwell on each Q4_0 pair longer than the hardware
-                    // prefetcher waits for: asked for ahead, the codes arrive before they are
-                    // needed (measured no help to Q8_0's larger pairs, nor to fewer positions).
+                if AHEAD && b % 2 == 0 {
                     let ahead = t.wrapping_add(scales + PREFETCH_PAIRS * pair_bytes(Q4));
                     for line in 0..pair_bytes(Q4) / 64 {
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
