@@ -3,17 +3,17 @@
 //! vector operations, not by memory: I2_S's AVX2 kernels take 13 operations per 128 weights and
 //! have the fastest prompt GEMM (the lookup GEMM), while the other layouts' own AVX2 kernels take
 //! more per weight than the 1.67-bit ones' sixth fewer bytes can repay (docs/kernels.md, "I2_S
-//! rows at load"). TL1, TL2 and TQ1_0 codes come through the trit tiles' repacks, the fast
-//! decoders of those layouts, TQ2_0's from its blocks (one β per tensor, which the loader
-//! checks); the matrix is then an I2_S matrix to every kernel, in the model's tile arena (2 MiB
-//! pages, the matrices one forward stream in call order).
+//! rows at load"). TL1's and TQ1_0's codes come from the trit tiles' table decoders, TL2's
+//! through its trit tiles; TQ2_0's bytes are I2_S's with each byte's codes reversed (one β per
+//! tensor, which the loader checks). The matrix is then an I2_S matrix to every kernel, in the
+//! model's tile arena (2 MiB pages, the matrices one forward stream in call order).
 
 use crate::cpu::Isa;
 use crate::kernels::trit_tiles::{self, TritTiles};
 use crate::pages::{ArenaBytes, TileArena};
 use rayon::prelude::*;
 use tern_formats::tiles::Tiles;
-use tern_formats::{Layout, i2s, tq2_0};
+use tern_formats::{Layout, i2s, tq1_0, tq2_0};
 
 /// Whether matrices of `layout` are rewritten as I2_S rows for `isa`: TL1, TL2, TQ1_0 and TQ2_0
 /// on AVX2 (also when forced on an AVX-512 CPU with `TERN_KERNEL=avx2`). `TERN_I2S_ROWS=off` keeps
@@ -30,8 +30,8 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
 }
 
 /// The I2_S tensor (`i2s::tensor_bytes(m, k)`: rows, then the tail holding β = `scale`) of a
-/// TL1, TL2, TQ1_0 or TQ2_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`; TQ2_0
-/// validated: no code 3), in the next bytes of `arena` where given; 16 rows at a time on every
+/// TL1, TL2, TQ1_0 or TQ2_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`, TQ2_0
+/// validated: no code 3, which would stay code 3), in the next bytes of `arena` where given; 16 rows at a time on every
 /// thread.
 pub fn from_layout_in(
     arena: Option<&TileArena>,
@@ -42,28 +42,59 @@ pub fn from_layout_in(
     tiles: Option<Tiles>,
     scale: f32,
 ) -> std::io::Result<ArenaBytes> {
+    // Where the codes come from: TL1 and TQ1_0 by their tables a row block or a row at a time,
+    // TL2 through its trit tiles (which move its nibbles rather than decode them), TQ2_0 by block.
     let trits = match layout {
-        Layout::TQ2_0 => None,
-        _ => Some(TritTiles::from_layout(layout, bytes, m, k, tiles)?),
+        Layout::TL2 => Some(TritTiles::from_layout(layout, bytes, m, k, tiles)?),
+        _ => None,
     };
-    let tq2_row = k / tq2_0::BLOCK * tq2_0::BLOCK_BYTES;
+    let (quads, digits) = match layout {
+        Layout::TL1 => (trit_tiles::tl1_quads(), Vec::new()),
+        Layout::TQ1_0 => (Vec::new(), trit_tiles::tq1_0_digits()),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let tl1_tiles = tiles.filter(|_| layout == Layout::TL1);
+    let task_rows = tl1_tiles.map_or(trit_tiles::TILE_ROWS, |t| t.rows);
+    let src_row = match layout {
+        Layout::TQ1_0 => k / tq1_0::BLOCK * tq1_0::BLOCK_BYTES,
+        _ => k / tq2_0::BLOCK * tq2_0::BLOCK_BYTES,
+    };
     let mut out = ArenaBytes::take_from(arena, i2s::tensor_bytes(m, k))?;
     let rb = i2s::row_bytes(k);
     let (body, tail) = out.as_mut_slice().split_at_mut(m * rb);
     tail[..4].copy_from_slice(&scale.to_le_bytes());
-    body.par_chunks_mut(trit_tiles::TILE_ROWS * rb).enumerate().for_each(|(i, dst)| {
+    body.par_chunks_mut(task_rows * rb).enumerate().for_each(|(i, dst)| {
+        // A TL1 row block's codes, decoded together (its bytes interleave the block's rows).
+        let mut block_codes = vec![0i8; if tl1_tiles.is_some() { task_rows * k } else { 0 }];
+        if let Some(t) = tl1_tiles {
+            trit_tiles::decode_tl1_block(&quads, bytes, k, t, i, &mut block_codes);
+        }
         // Padded to whole blocks with weights 0, as `i2s::pack_row` pads.
         let mut codes = vec![0i8; 4 * rb];
-        for (r, row) in dst.chunks_exact_mut(rb).enumerate() {
-            let r = i * trit_tiles::TILE_ROWS + r;
-            match &trits {
-                Some(trits) => trits.row_codes(r, &mut codes[..k]),
-                None => {
-                    let src = bytes[r * tq2_row..][..tq2_row].chunks_exact(tq2_0::BLOCK_BYTES);
-                    for (block, out) in src.zip(codes.chunks_exact_mut(tq2_0::BLOCK)) {
-                        // Cannot fail: the loader has rejected code 3 (`Layout::validate`).
-                        let _ = tq2_0::decode_block(block, out);
+        for (j, row) in dst.chunks_exact_mut(rb).enumerate() {
+            let r = i * task_rows + j;
+            match layout {
+                Layout::TL1 => codes[..k].copy_from_slice(&block_codes[j * k..][..k]),
+                Layout::TL2 => {
+                    trits.as_ref().expect("TL2 goes through trit tiles").row_codes(r, &mut codes[..k])
+                }
+                Layout::TQ1_0 => {
+                    let blocks = bytes[r * src_row..][..src_row].chunks_exact(tq1_0::BLOCK_BYTES);
+                    for (block, out) in blocks.zip(codes.chunks_exact_mut(tq1_0::BLOCK)) {
+                        trit_tiles::decode_tq1_0(&digits, block, out);
                     }
+                }
+                _ => {
+                    // TQ2_0's half-block of 128 weights is I2_S's block with the four 2-bit
+                    // codes of each byte in reverse order (weight m + 32l in bits 2l, against
+                    // bits 6 − 2l), the same codes c = w + 1.
+                    let blocks = bytes[r * src_row..][..src_row].chunks_exact(tq2_0::BLOCK_BYTES);
+                    for (block, out) in blocks.zip(row.chunks_exact_mut(2 * i2s::BLOCK_BYTES)) {
+                        for (o, &b) in out.iter_mut().zip(&block[..2 * i2s::BLOCK_BYTES]) {
+                            *o = b >> 6 | (b >> 2 & 0x0C) | (b << 2 & 0x30) | b << 6;
+                        }
+                    }
+                    continue;
                 }
             }
             pack_row(&codes, row);

@@ -389,7 +389,7 @@ fn from_tl2_block(bytes: &[u8], m: usize, k: usize, t: Tiles, i0: usize, dst: &m
 /// The four codes of every TL1 byte: pair indices 3·w0 + w1 + 4 in the high nibble (columns c,
 /// c + 1) and the low one (c + 2, c + 3). Indices above 8 decode as some pair; the loader has
 /// rejected them already (`formats::tl1::validate`).
-fn tl1_quads() -> Vec<[i8; 4]> {
+pub(crate) fn tl1_quads() -> Vec<[i8; 4]> {
     (0..=255u8)
         .map(|b| {
             let (hi, lo) = ((b >> 4) as i8, (b & 15) as i8);
@@ -400,7 +400,14 @@ fn tl1_quads() -> Vec<[i8; 4]> {
 
 /// Row block i0 of a TL1 tensor (`formats::tl1`: each byte four consecutive weights of one row)
 /// into `BM × k` codes, a byte at a time by table.
-fn decode_tl1_block(quads: &[[i8; 4]], bytes: &[u8], k: usize, t: Tiles, i0: usize, out: &mut [i8]) {
+pub(crate) fn decode_tl1_block(
+    quads: &[[i8; 4]],
+    bytes: &[u8],
+    k: usize,
+    t: Tiles,
+    i0: usize,
+    out: &mut [i8],
+) {
     let base = i0 * t.rows;
     tl1::for_each_byte_of_block(k, t, i0, &mut |i, row, col| {
         out[(row - base) * k + col..][..4].copy_from_slice(&quads[bytes[i] as usize]);
@@ -408,7 +415,7 @@ fn decode_tl1_block(quads: &[[i8; 4]], bytes: &[u8], k: usize, t: Tiles, i0: usi
 }
 
 /// The five codes of every TQ1_0 byte, digit n at index n (`formats::tq1_0::decode_block`).
-fn tq1_0_digits() -> Vec<[i8; 5]> {
+pub(crate) fn tq1_0_digits() -> Vec<[i8; 5]> {
     (0..256u16)
         .map(|b| {
             let mut pow = 1u16;
@@ -422,7 +429,7 @@ fn tq1_0_digits() -> Vec<[i8; 5]> {
 }
 
 /// One TQ1_0 block's 256 codes by table, in the format's own order (`tq1_0::groups`).
-fn decode_tq1_0(digits: &[[i8; 5]], block: &[u8], out: &mut [i8]) {
+pub(crate) fn decode_tq1_0(digits: &[[i8; 5]], block: &[u8], out: &mut [i8]) {
     for (byte, first, stride, count) in tq1_0::groups() {
         for (n, &w) in digits[block[byte] as usize][..count].iter().enumerate() {
             out[first + stride * n] = w;
