@@ -30,9 +30,9 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
 }
 
 /// The I2_S tensor (`i2s::tensor_bytes(m, k)`: rows, then the tail holding β = `scale`) of a
-/// TL1, TL2, TQ1_0 or TQ2_0 matrix's file bytes (`m × k`, TL1 and TL2 with their `tiles`, TQ2_0
-/// validated: no code 3, which would stay code 3), in the next bytes of `arena` where given; 16 rows at a time on every
-/// thread.
+/// TL1, TL2, TQ1_0 or TQ2_0 matrix's file bytes (`m × k`; TL1 and TL2 with their `tiles`; TQ2_0
+/// validated, since a code 3 would stay one), in the next bytes of `arena` where given; 16 rows
+/// (TL1: a row block) at a time on every thread.
 pub fn from_layout_in(
     arena: Option<&TileArena>,
     layout: Layout,
