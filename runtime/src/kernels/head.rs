@@ -409,16 +409,13 @@ mod x86 {
         unsafe {
             // Where one stream alone waits on memory (the CPUs that read four weight streams),
             // the tiles are asked for ahead (docs/performance-notes.md, "Quantised heads").
-            match (q4, acts.len(), crate::cpu::weight_streams() == 4) {
-                (true, 1, true) => tile_avx2_n::<true, 1, true>(tile, blocks, acts, out),
-                (true, 2, true) => tile_avx2_n::<true, 2, true>(tile, blocks, acts, out),
-                (false, 1, true) => tile_avx2_n::<false, 1, true>(tile, blocks, acts, out),
-                (false, 2, true) => tile_avx2_n::<false, 2, true>(tile, blocks, acts, out),
-                (true, 1, false) => tile_avx2_n::<true, 1, false>(tile, blocks, acts, out),
-                (true, 2, false) => tile_avx2_n::<true, 2, false>(tile, blocks, acts, out),
-                (false, 1, false) => tile_avx2_n::<false, 1, false>(tile, blocks, acts, out),
-                (false, 2, false) => tile_avx2_n::<false, 2, false>(tile, blocks, acts, out),
-                (_, n, _) => unreachable!("{n} positions in one pass"),
+            let ahead = crate::cpu::weight_streams() == 4;
+            match (q4, acts.len()) {
+                (true, 1) => tile_avx2_n::<true, 1>(tile, blocks, acts, ahead, out),
+                (true, 2) => tile_avx2_n::<true, 2>(tile, blocks, acts, ahead, out),
+                (false, 1) => tile_avx2_n::<false, 1>(tile, blocks, acts, ahead, out),
+                (false, 2) => tile_avx2_n::<false, 2>(tile, blocks, acts, ahead, out),
+                (_, n) => unreachable!("{n} positions in one pass"),
             }
         }
     }
@@ -427,10 +424,11 @@ mod x86 {
     // registers, which iterators over them can defeat.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile_avx2_n<const Q4: bool, const P: usize, const AHEAD: bool>(
+    unsafe fn tile_avx2_n<const Q4: bool, const P: usize>(
         tile: &[u8],
         blocks: usize,
         acts: &[HeadActs],
+        ahead: bool,
         out: &mut [[f32; TILE_ROWS]],
     ) {
         assert!(tile.len() >= blocks.div_ceil(2) * pair_bytes(Q4) && acts.len() == P && out.len() == P);
@@ -444,10 +442,10 @@ mod x86 {
             // SAFETY (block): the block's scales and codes lie inside the tile (asserted above),
             // its activations inside every acts[p].
             unsafe {
-                if AHEAD && b % 2 == 0 {
-                    let ahead = t.wrapping_add(scales + PREFETCH_PAIRS * pair_bytes(Q4));
+                if ahead && b % 2 == 0 {
+                    let at = t.wrapping_add(scales + PREFETCH_PAIRS * pair_bytes(Q4));
                     for line in 0..pair_bytes(Q4) / 64 {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line) as *const i8);
                     }
                 }
                 let c = t.add(codes);

@@ -25,7 +25,6 @@ pub fn wanted(isa: Isa, layout: Layout) -> bool {
         && isa == Isa::Avx2
         && isa.supported()
         && matches!(layout, Layout::TL1 | Layout::TL2 | Layout::TQ1_0 | Layout::TQ2_0)
-        && !trit_tiles::wanted(isa, layout)
         && !off
 }
 

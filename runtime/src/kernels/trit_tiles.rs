@@ -200,9 +200,7 @@ impl TritTiles {
         out.bias = biases(out.bytes(), k);
         Ok(out)
     }
-}
 
-impl TritTiles {
     /// Row `r`'s `cols` codes (each −1, 0 or 1), decoded from its tile.
     pub fn row_codes(&self, r: usize, out: &mut [i8]) {
         // Index: sign bit · 16 + magnitude; 14 and 15 are no triple: weights 0, as every kernel
@@ -224,34 +222,27 @@ impl TritTiles {
         assert!(r < self.rows && out.len() == k);
         let tile = &self.bytes()[r / TILE_ROWS * tile_bytes(k)..][..tile_bytes(k)];
         let r = r % TILE_ROWS;
-        let whole = k / GROUP_COLS;
-        for (g, out) in out.chunks_exact_mut(GROUP_COLS).enumerate() {
+        // A group's 24 codes: per slot s, the low nibble's triple (columns 3s..) and the high
+        // nibble's (12 + 3s..), each signed by its bit.
+        let group = |g: usize, out: &mut [i8; GROUP_COLS]| {
             let (mags, signs) = group_at(g);
-            let nibbles: [u8; 4] = tile[mags + 4 * r..][..4].try_into().expect("4 bytes");
             let sign = |half: usize| (tile[signs + 8 * half + r / 2] >> (4 * (r % 2))) as usize;
             let (low, high) = (sign(0), sign(1));
-            for (s, &m) in nibbles.iter().enumerate() {
-                let lo = &TRIPLES[16 * (low >> s & 1) + (m & 15) as usize];
-                let hi = &TRIPLES[16 * (high >> s & 1) + (m >> 4) as usize];
-                out[3 * s..3 * s + 3].copy_from_slice(lo);
-                out[12 + 3 * s..15 + 3 * s].copy_from_slice(hi);
+            for (s, &m) in tile[mags + 4 * r..][..4].iter().enumerate() {
+                out[3 * s..3 * s + 3].copy_from_slice(&TRIPLES[16 * (low >> s & 1) + (m & 15) as usize]);
+                out[12 + 3 * s..15 + 3 * s]
+                    .copy_from_slice(&TRIPLES[16 * (high >> s & 1) + (m >> 4) as usize]);
             }
+        };
+        let mut whole = out.chunks_exact_mut(GROUP_COLS);
+        for (g, out) in (&mut whole).enumerate() {
+            group(g, out.try_into().expect("24 codes"));
         }
-        for g in whole..groups(k) {
-            let (mags, signs) = group_at(g);
-            for slot in 0..8 {
-                let (s, half) = (slot % 4, slot / 4);
-                let first = GROUP_COLS * g + 12 * half + 3 * s;
-                if first >= k {
-                    continue;
-                }
-                let mag = (tile[mags + 4 * r + s] >> (4 * half)) as usize & 15;
-                let bit = 4 * r + s;
-                let negative = (tile[signs + 8 * half + bit / 8] >> (bit % 8) & 1) as usize;
-                let triple = &TRIPLES[16 * negative + mag];
-                let n = (k - first).min(3);
-                out[first..first + n].copy_from_slice(&triple[..n]);
-            }
+        let rest = whole.into_remainder();
+        if !rest.is_empty() {
+            let mut last = [0i8; GROUP_COLS];
+            group(k / GROUP_COLS, &mut last);
+            rest.copy_from_slice(&last[..rest.len()]);
         }
     }
 }

@@ -50,8 +50,8 @@ pub struct TernaryMatrix {
     /// β: W ≈ β · t.
     pub scale: f32,
     /// I2_S bytes packed at load (`layout` is then I2_S): for projections the file stores as
-    /// floats (see `Loader::float_projection`), and for TL1, TL2 and TQ1_0 matrices where the
-    /// CPU runs I2_S faster (`i2s_rows::wanted`); None: the bytes are the file's, at `offset`.
+    /// floats (see `Loader::float_projection`), and for TL1, TL2, TQ1_0 and TQ2_0 matrices where
+    /// the CPU runs I2_S faster (`i2s_rows::wanted`); None: the bytes are the file's, at `offset`.
     pub packed_at_load: Option<Arc<ArenaBytes>>,
     /// The weights repacked at load where the selected kernels read TL1, TL2 and TQ1_0 so
     /// (`trit_tiles::wanted`).
@@ -62,6 +62,31 @@ pub struct TernaryMatrix {
 }
 
 impl TernaryMatrix {
+    /// A matrix whose weights were packed at load into the I2_S tensor `bytes`; `offset` is
+    /// where the file stores it.
+    fn packed_at_load(
+        name: &str,
+        rows: usize,
+        cols: usize,
+        offset: usize,
+        scale: f32,
+        bytes: ArenaBytes,
+    ) -> Self {
+        TernaryMatrix {
+            name: name.to_string(),
+            layout: Layout::I2S,
+            rows,
+            cols,
+            tiles: None,
+            offset,
+            size: bytes.as_slice().len(),
+            scale,
+            packed_at_load: Some(Arc::new(bytes)),
+            trit_tiles: None,
+            i2s_tiles: None,
+        }
+    }
+
     /// Activations per row the kernels read (I2_S pads rows to whole 128-weight blocks).
     pub fn padded_cols(&self) -> usize {
         match self.layout {
@@ -352,19 +377,7 @@ impl Loader<'_> {
         let mut bytes = ArenaBytes::take_from(None, packed.len())
             .map_err(|e| self.err(&t.name, format!("no memory for its I2_S rows: {e}")))?;
         bytes.as_mut_slice().copy_from_slice(&packed);
-        Ok(TernaryMatrix {
-            name: t.name.clone(),
-            layout: Layout::I2S,
-            rows,
-            cols,
-            tiles: None,
-            offset: t.offset as usize,
-            size: packed.len(),
-            scale: beta,
-            packed_at_load: Some(Arc::new(bytes)),
-            trit_tiles: None,
-            i2s_tiles: None,
-        })
+        Ok(TernaryMatrix::packed_at_load(&t.name, rows, cols, t.offset as usize, beta, bytes))
     }
 
     fn ternary(&self, name: &str, rows: usize, cols: usize) -> Result<TernaryMatrix> {
@@ -459,6 +472,13 @@ impl Loader<'_> {
         }
         let isa = crate::cpu::selected();
         let arena = self.arena.as_ref();
+        if i2s_rows::wanted(isa, layout) {
+            let bytes = i2s_rows::from_layout_in(arena, layout, data, rows, cols, tiles, scale)
+                .map_err(|e| self.err(name, format!("no memory for its I2_S rows: {e}")))?;
+            // The kernels read only the I2_S rows now: the file's copy need not stay resident.
+            self.file.release(t.offset as usize, t.size as usize);
+            return Ok(TernaryMatrix::packed_at_load(name, rows, cols, t.offset as usize, scale, bytes));
+        }
         let trit_tiles = trit_tiles::wanted(isa, layout)
             .then(|| TritTiles::from_layout_in(arena, layout, data, rows, cols, tiles))
             .transpose()
@@ -467,25 +487,6 @@ impl Loader<'_> {
             .then(|| I2sTiles::from_layout_in(arena, layout, data, rows, cols))
             .transpose()
             .map_err(|e| self.err(name, format!("no memory for its I2_S tiles: {e}")))?;
-        if i2s_rows::wanted(isa, layout) {
-            let bytes = i2s_rows::from_layout_in(arena, layout, data, rows, cols, tiles, scale)
-                .map_err(|e| self.err(name, format!("no memory for its I2_S rows: {e}")))?;
-            // The kernels read only the I2_S rows now: the file's copy need not stay resident.
-            self.file.release(t.offset as usize, t.size as usize);
-            return Ok(TernaryMatrix {
-                name: name.to_string(),
-                layout: Layout::I2S,
-                rows,
-                cols,
-                tiles: None,
-                offset: t.offset as usize,
-                size: bytes.as_slice().len(),
-                scale,
-                packed_at_load: Some(Arc::new(bytes)),
-                trit_tiles: None,
-                i2s_tiles: None,
-            });
-        }
         if trit_tiles.is_some() || i2s_tiles.is_some() {
             // The kernels read only the tiles now: the file's copy need not stay resident.
             self.file.release(t.offset as usize, t.size as usize);
