@@ -1,5 +1,6 @@
 //! The output head as multiply-accumulates per second on one thread: 64 rows that stay in cache,
-//! then 32768 rows streaming from memory; best of five runs (docs/performance-notes.md, "F16
+//! then 128256 rows (2B-4T's vocabulary, more than an L3 holds) streaming from memory; best of
+//! five runs (docs/performance-notes.md, "F16
 //! head", "Quantised heads"). F16 rows against several positions at once (sequences decoding
 //! together), or a Q4_0/Q8_0 head's tiles (8 positions for F16 unless told, 1 for Q4_0/Q8_0).
 //!
@@ -25,7 +26,7 @@ fn main() {
         Some(_) => std::env::args().nth(2).map_or(1, |p| p.parse().expect("POSITIONS")),
         None => arg.parse().expect("POSITIONS, q4_0 or q8_0"),
     };
-    for rows in [64usize, 32768] {
+    for rows in [64usize, 128256] {
         let row_bytes = match integer {
             Some(ty) => head::block_bytes(ty).unwrap() * cols / 32,
             None => cols * 2,

@@ -212,13 +212,71 @@ impl Kernel {
 /// Rows `first..first + out.len() / n` of the head against the `n` positions of `acts`:
 /// `out[(r - first) · n + p]` for row r and position p. `first` is a multiple of 16.
 pub fn dot_rows(kernel: Kernel, tiles: &HeadTiles, first: usize, acts: &[HeadActs], out: &mut [f32]) {
+    dot_rows_streams(kernel, tiles, first, acts, out, crate::cpu::weight_streams() == 4);
+}
+
+/// [`dot_rows`], with AVX2 reading four tiles at once for one position if `four_streams` (what a
+/// CPU that wants four weight streams reads fastest: docs/performance-notes.md, "Quantised
+/// heads"); the same bits either way.
+fn dot_rows_streams(
+    kernel: Kernel,
+    tiles: &HeadTiles,
+    first: usize,
+    acts: &[HeadActs],
+    out: &mut [f32],
+    four_streams: bool,
+) {
     let n = acts.len();
     assert!(n > 0 && out.len().is_multiple_of(n), "one result per row and position");
     let count = out.len() / n;
     assert!(first.is_multiple_of(TILE_ROWS) && first + count <= tiles.rows, "rows outside the head");
     assert!(acts.iter().all(|a| a.blocks() == tiles.blocks), "head rows and activations differ in length");
+    let put = |t: usize, p0: usize, got: &[[f32; TILE_ROWS]], out: &mut [f32]| {
+        for r in 0..TILE_ROWS {
+            let row = t * TILE_ROWS + r;
+            if row >= first + count {
+                break;
+            }
+            for (p, g) in got.iter().enumerate() {
+                out[(row - first) * n + p0 + p] = g[r];
+            }
+        }
+    };
+    let (start, end) = (first / TILE_ROWS, (first + count).div_ceil(TILE_ROWS));
+    #[cfg(target_arch = "x86_64")]
+    let next = if kernel.0 == Variant::Avx2 && n == 1 && four_streams {
+        // Four streams: the i-th tile of each quarter of the range together.
+        let quarter = (end - start) / 4;
+        for i in 0..quarter {
+            let at = [0, 1, 2, 3].map(|q| start + q * quarter + i);
+            let mut got = [[0f32; TILE_ROWS]; 4];
+            let [g0, g1, g2, g3] = &mut got;
+            // SAFETY: `Kernel::for_isa` chose AVX2 after detecting it and F16C; each tile holds
+            // `tiles.blocks` blocks, as the position's activations do.
+            unsafe {
+                x86::tiles4_avx2(
+                    tiles.q4,
+                    at.map(|t| tiles.tile(t)),
+                    tiles.blocks,
+                    &acts[0],
+                    [g0, g1, g2, g3],
+                )
+            };
+            for (t, g) in at.into_iter().zip(&got) {
+                put(t, 0, std::slice::from_ref(g), out);
+            }
+        }
+        start + 4 * quarter
+    } else {
+        start
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let next = {
+        let _ = four_streams;
+        start
+    };
     let mut got = [[0f32; TILE_ROWS]; MAX_PASS];
-    for t in first / TILE_ROWS..(first + count).div_ceil(TILE_ROWS) {
+    for t in next..end {
         let tile = tiles.tile(t);
         let mut p0 = 0;
         while p0 < n {
@@ -236,15 +294,7 @@ pub fn dot_rows(kernel: Kernel, tiles: &HeadTiles, first: usize, acts: &[HeadAct
                 Variant::Neon => arm::tile_neon(tiles.q4, tile, tiles.blocks, &a[0], &mut g[0]),
                 Variant::Scalar => tile_scalar(tiles.q4, tile, tiles.blocks, a, g),
             }
-            for r in 0..TILE_ROWS {
-                let row = t * TILE_ROWS + r;
-                if row >= first + count {
-                    break;
-                }
-                for (p, g) in got[..pass].iter().enumerate() {
-                    out[(row - first) * n + p0 + p] = g[r];
-                }
-            }
+            put(t, p0, &got[..pass], out);
             p0 += pass;
         }
     }
@@ -285,8 +335,9 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// How many block pairs ahead a kernel asks for a tile's codes (9 KiB of Q4_0, 17 of Q8_0):
-    /// on VNNI a Q4_0 batch of four or more positions, on AVX2 every pass where one stream alone
-    /// is slow.
+    /// on VNNI a Q4_0 batch of four or more positions, on AVX2 every one-tile pass where one
+    /// stream alone is slow (two positions, or the last tiles of a range; one position reads four
+    /// tiles at once there, unprefetched: [`tiles4_avx2`]).
     const PREFETCH_PAIRS: usize = 16;
 
     /// Four activation bytes at `x` in every 32-bit lane.
@@ -420,9 +471,6 @@ mod x86 {
         }
     }
 
-    // Indexed loops over positions and halves: the accumulators are arrays the compiler keeps in
-    // registers, which iterators over them can defeat.
-    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_avx2_n<const Q4: bool, const P: usize>(
         tile: &[u8],
@@ -433,65 +481,139 @@ mod x86 {
     ) {
         assert!(tile.len() >= blocks.div_ceil(2) * pair_bytes(Q4) && acts.len() == P && out.len() == P);
         let mut acc = [[_mm256_setzero_ps(); 2]; P];
-        let x: [*const i8; P] = std::array::from_fn(|p| acts[p].q.as_ptr());
-        let (nibble, ones, top) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1), _mm256_set1_epi8(-128));
-        let t = tile.as_ptr();
         for b in 0..blocks {
-            let (scales, codes) = block_at(Q4, b);
-            let mut sums = [[_mm256_setzero_si256(); 2]; P];
-            // SAFETY (block): the block's scales and codes lie inside the tile (asserted above),
-            // its activations inside every acts[p].
+            // SAFETY: block b lies inside the tile (asserted above) and inside every acts[p].
             unsafe {
-                if ahead && b % 2 == 0 {
-                    let at = t.wrapping_add(scales + PREFETCH_PAIRS * pair_bytes(Q4));
-                    for line in 0..pair_bytes(Q4) / 64 {
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line) as *const i8);
-                    }
+                block_avx2::<Q4, P>(tile.as_ptr(), b, acts, if ahead { PREFETCH_PAIRS } else { 0 }, &mut acc)
+            };
+        }
+        for p in 0..P {
+            store_avx2(acc[p], &mut out[p]);
+        }
+    }
+
+    /// [`tile_avx2`] for one position against four tiles in lock step, block by block: four
+    /// forward streams, which a core that wants four weight streams (`cpu::weight_streams`) reads
+    /// faster than one (docs/performance-notes.md, "Quantised heads"). Same arithmetic per row.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; every tile holds `blocks` blocks, as `act` does.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tiles4_avx2(
+        q4: bool,
+        tiles: [&[u8]; 4],
+        blocks: usize,
+        act: &HeadActs,
+        out: [&mut [f32; TILE_ROWS]; 4],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if q4 {
+                tiles4_avx2_n::<true>(tiles, blocks, act, out)
+            } else {
+                tiles4_avx2_n::<false>(tiles, blocks, act, out)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tiles4_avx2_n<const Q4: bool>(
+        tiles: [&[u8]; 4],
+        blocks: usize,
+        act: &HeadActs,
+        out: [&mut [f32; TILE_ROWS]; 4],
+    ) {
+        assert!(tiles.iter().all(|t| t.len() >= blocks.div_ceil(2) * pair_bytes(Q4)));
+        let acts = std::slice::from_ref(act);
+        let mut acc = [[[_mm256_setzero_ps(); 2]; 1]; 4];
+        for b in 0..blocks {
+            for (tile, acc) in tiles.iter().zip(acc.iter_mut()) {
+                // SAFETY: block b lies inside every tile (asserted above) and inside act.
+                unsafe { block_avx2::<Q4, 1>(tile.as_ptr(), b, acts, 0, acc) };
+            }
+        }
+        for (acc, out) in acc.into_iter().zip(out) {
+            store_avx2(acc[0], out);
+        }
+    }
+
+    /// A tile's 16 sums from their two halves of eight.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn store_avx2(acc: [__m256; 2], out: &mut [f32; TILE_ROWS]) {
+        // SAFETY: out holds 16 f32.
+        unsafe {
+            _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
+        }
+    }
+
+    /// Block `b` of the tile at `t` against `P` positions, into `acc` (rows 0-7, 8-15 of each).
+    /// Always inlined into its AVX2 callers (a `target_feature` function cannot be
+    /// `inline(always)`, and a call per block would cost more than the block).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; block `b` lies inside the tile at `t` and inside
+    /// every `acts[p]`, `acts.len() == P`.
+    // Indexed loops over positions and halves: the accumulators are arrays the compiler keeps in
+    // registers, which iterators over them can defeat.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn block_avx2<const Q4: bool, const P: usize>(
+        t: *const u8,
+        b: usize,
+        acts: &[HeadActs],
+        ahead: usize,
+        acc: &mut [[__m256; 2]; P],
+    ) {
+        let x: [*const i8; P] = std::array::from_fn(|p| acts[p].q.as_ptr());
+        let (scales, codes) = block_at(Q4, b);
+        // SAFETY: the caller's promise.
+        unsafe {
+            let (nibble, ones, top) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi16(1), _mm256_set1_epi8(-128));
+            let mut sums = [[_mm256_setzero_si256(); 2]; P];
+            if ahead > 0 && b.is_multiple_of(2) {
+                let at = t.wrapping_add(scales + ahead * pair_bytes(Q4));
+                for line in 0..pair_bytes(Q4) / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64 * line) as *const i8);
                 }
-                let c = t.add(codes);
-                for g in 0..if Q4 { 4 } else { 8 } {
-                    for h in 0..2 {
-                        let v = _mm256_loadu_si256(c.add(64 * g + 32 * h) as *const __m256i);
-                        if Q4 {
-                            let low = _mm256_and_si256(v, nibble);
-                            let high = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
-                            for p in 0..P {
-                                let xp = x[p].add(32 * b + 4 * g);
-                                let l = _mm256_maddubs_epi16(low, _mm256_set1_epi32(quad(xp)));
-                                let u = _mm256_maddubs_epi16(high, _mm256_set1_epi32(quad(xp.add(16))));
-                                sums[p][h] = _mm256_add_epi16(sums[p][h], _mm256_add_epi16(l, u));
-                            }
-                        } else {
-                            let w = _mm256_xor_si256(v, top);
-                            let magnitude = _mm256_abs_epi8(w);
-                            for p in 0..P {
-                                let xp = _mm256_set1_epi32(quad(x[p].add(32 * b + 4 * g)));
-                                let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xp, w));
-                                sums[p][h] = _mm256_add_epi32(sums[p][h], _mm256_madd_epi16(pairs, ones));
-                            }
+            }
+            let c = t.add(codes);
+            for g in 0..if Q4 { 4 } else { 8 } {
+                for h in 0..2 {
+                    let v = _mm256_loadu_si256(c.add(64 * g + 32 * h) as *const __m256i);
+                    if Q4 {
+                        let low = _mm256_and_si256(v, nibble);
+                        let high = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
+                        for p in 0..P {
+                            let xp = x[p].add(32 * b + 4 * g);
+                            let l = _mm256_maddubs_epi16(low, _mm256_set1_epi32(quad(xp)));
+                            let u = _mm256_maddubs_epi16(high, _mm256_set1_epi32(quad(xp.add(16))));
+                            sums[p][h] = _mm256_add_epi16(sums[p][h], _mm256_add_epi16(l, u));
+                        }
+                    } else {
+                        let w = _mm256_xor_si256(v, top);
+                        let magnitude = _mm256_abs_epi8(w);
+                        for p in 0..P {
+                            let xp = _mm256_set1_epi32(quad(x[p].add(32 * b + 4 * g)));
+                            let pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xp, w));
+                            sums[p][h] = _mm256_add_epi32(sums[p][h], _mm256_madd_epi16(pairs, ones));
                         }
                     }
                 }
-                for h in 0..2 {
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(scales + 16 * h) as *const __m128i));
-                    for p in 0..P {
-                        let sum = if Q4 {
-                            let offset = _mm256_set1_epi32(code_offset(true, acts[p].sums[b]));
-                            _mm256_add_epi32(_mm256_madd_epi16(sums[p][h], ones), offset)
-                        } else {
-                            sums[p][h]
-                        };
-                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(acts[p].d[b]));
-                        acc[p][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc[p][h]);
-                    }
-                }
             }
-        }
-        for p in 0..P {
-            // SAFETY: out[p] holds 16 f32.
-            unsafe {
-                _mm256_storeu_ps(out[p].as_mut_ptr(), acc[p][0]);
-                _mm256_storeu_ps(out[p].as_mut_ptr().add(8), acc[p][1]);
+            for h in 0..2 {
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(t.add(scales + 16 * h) as *const __m128i));
+                for p in 0..P {
+                    let sum = if Q4 {
+                        let offset = _mm256_set1_epi32(code_offset(true, acts[p].sums[b]));
+                        _mm256_add_epi32(_mm256_madd_epi16(sums[p][h], ones), offset)
+                    } else {
+                        sums[p][h]
+                    };
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(acts[p].d[b]));
+                    acc[p][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc[p][h]);
+                }
             }
         }
     }
@@ -633,12 +755,15 @@ mod tests {
 
     /// Every kernel this CPU runs gives the bits of the scalar twin, and the twin gives the
     /// bits of the file-row reference, on awkward shapes: partial tiles, odd block counts,
-    /// one to nine positions, a start past the first tile.
+    /// one to nine positions, a start past the first tile, tiles one at a time and (AVX2, one
+    /// position, four tiles or more) four at once.
     #[test]
     fn every_kernel_matches_the_file_rows_bit_for_bit() {
         let mut seed = 7;
         for ty in [TensorType::Q4_0, TensorType::Q8_0] {
-            for (rows, cols) in [(1, 32), (15, 64), (16, 96), (17, 160), (40, 2560), (33, 320)] {
+            for (rows, cols) in
+                [(1, 32), (15, 64), (16, 96), (17, 160), (40, 2560), (33, 320), (70, 96), (137, 160)]
+            {
                 for n in [1, 2, 3, 8, 9] {
                     let (bytes, acts) = case(ty, rows, cols, n, &mut seed);
                     let tiles = HeadTiles::pack(ty, &bytes, rows, cols).unwrap();
@@ -647,15 +772,15 @@ mod tests {
                         .flat_map(|r| acts.iter().map(move |a| (r, a)))
                         .map(|(r, a)| dot_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], a))
                         .collect();
-                    for kernel in kernels() {
+                    for (kernel, four) in kernels().into_iter().flat_map(|k| [(k, false), (k, true)]) {
                         for first in [0, 16].into_iter().filter(|&f| f < rows) {
                             let mut got = vec![f32::NAN; (rows - first) * n];
-                            dot_rows(kernel, &tiles, first, &acts, &mut got);
+                            dot_rows_streams(kernel, &tiles, first, &acts, &mut got, four);
                             for (i, (g, w)) in got.iter().zip(&want[first * n..]).enumerate() {
                                 assert_eq!(
                                     g.to_bits(),
                                     w.to_bits(),
-                                    "{ty} {kernel:?} {rows}x{cols} n={n} first={first}: row {} position {}",
+                                    "{ty} {kernel:?} (four streams: {four}) {rows}x{cols} n={n} first={first}: row {} position {}",
                                     first + i / n,
                                     i % n
                                 );
