@@ -330,12 +330,23 @@ impl Plan {
             );
         }
         // TQ blocks carry an f16 scale; tern's runtime uses the exact f32 β, written here, so every
-        // layout computes the same numbers. Needs β before the header: one extra read pass.
-        for e in &entries {
-            if let Source::Ternary { hf, layout: Some(Layout::TQ1_0 | Layout::TQ2_0), .. } = &e.source {
-                let beta = crate::weights::beta(ckpt, hf, model.quant)?;
-                metadata.set(format!("tern.scale.{}", e.spec.name), Value::F32(beta));
-            }
+        // layout computes the same numbers. Needs β before the header: one extra read pass, a
+        // tensor per thread (each β is its own tensor's, so the order does not matter).
+        let tq: Vec<(&str, &str)> = entries
+            .iter()
+            .filter_map(|e| match &e.source {
+                Source::Ternary { hf, layout: Some(Layout::TQ1_0 | Layout::TQ2_0), .. } => {
+                    Some((e.spec.name.as_str(), hf.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        let betas: Vec<f32> = tq
+            .par_iter()
+            .map(|(_, hf)| crate::weights::beta(ckpt, hf, model.quant))
+            .collect::<Result<_>>()?;
+        for ((name, _), beta) in tq.iter().zip(betas) {
+            metadata.set(format!("tern.scale.{name}"), Value::F32(beta));
         }
         tokenizer::add_tokenizer(&ckpt.dir, model.vocab, model.bos, &model.eos, &mut metadata)?;
         let notes = engine_notes(model.gguf_arch(), options.output);

@@ -126,15 +126,31 @@ impl SafetensorsFile {
         Ok(values)
     }
 
-    /// [`to_f32`](Self::to_f32) into a reused buffer (cleared first): converting tensor after
-    /// tensor then costs no fresh allocation — and no page faults — per tensor.
+    /// [`to_f32`](Self::to_f32) into a reused buffer (its old contents replaced): converting
+    /// tensor after tensor then costs no fresh allocation — and no page faults — per tensor. The
+    /// values are decoded straight into the buffer, a piece at a time, each piece's pages let go
+    /// after as in [`for_each_f32_chunk`](Self::for_each_f32_chunk).
     pub fn to_f32_into(&self, t: &StTensor, values: &mut Vec<f32>) -> Result<()> {
-        values.clear();
-        values.reserve(t.elements());
-        self.for_each_f32_chunk(t, 1 << 20, |chunk| {
-            values.extend_from_slice(chunk);
-            Ok(())
-        })
+        let width = self.float_width(t)?;
+        let n = t.elements();
+        // Grown only when too short, so a reused buffer is not zeroed again.
+        if values.len() < n {
+            values.resize(n, 0.0);
+        }
+        values.truncate(n);
+        let piece = 1 << 20;
+        for (i, out) in values.chunks_mut(piece).enumerate() {
+            let first = i * piece;
+            self.decode_finite_into(
+                t,
+                &self.data(t)[first * width..(first + out.len()) * width],
+                first,
+                out,
+            )?;
+            #[cfg(unix)]
+            self.release_pages(t.start + first * width, t.start + (first + out.len()) * width, false);
+        }
+        Ok(())
     }
 
     /// Decodes a float tensor (BF16, F16, F32) to f32 `chunk` elements at a time and hands each
@@ -190,23 +206,39 @@ impl SafetensorsFile {
     /// `bytes` of `t` (whose first element is element `first` of the tensor) as f32, every value
     /// finite.
     fn decode_finite(&self, t: &StTensor, bytes: &[u8], first: usize) -> Result<Vec<f32>> {
-        let values: Vec<f32> = match t.dtype {
-            Dtype::F32 => {
-                bytes.par_chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-            }
-            Dtype::BF16 => {
-                bytes.par_chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            _ => bytes.par_chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        let mut values = vec![0f32; bytes.len() / self.float_width(t)?];
+        self.decode_finite_into(t, bytes, first, &mut values)?;
+        Ok(values)
+    }
+
+    /// Decodes `bytes` (elements `first..` of float tensor `t`) into `out`, on every thread,
+    /// refusing the first value that is not finite.
+    fn decode_finite_into(&self, t: &StTensor, bytes: &[u8], first: usize, out: &mut [f32]) -> Result<()> {
+        const SPAN: usize = 1 << 14;
+        let width = self.float_width(t)?;
+        debug_assert_eq!(bytes.len(), out.len() * width);
+        let decode = |b: &[u8]| match t.dtype {
+            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Dtype::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            _ => f16::from_le_bytes([b[0], b[1]]).to_f32(),
         };
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(FormatError::tensor(
+        // Spans of values per task: one task per value would cost more than the decoding.
+        let bad = out.par_chunks_mut(SPAN).zip(bytes.par_chunks(SPAN * width)).enumerate().find_map_first(
+            |(i, (o, b))| {
+                for (v, b) in o.iter_mut().zip(b.chunks_exact(width)) {
+                    *v = decode(b);
+                }
+                o.iter().position(|v| !v.is_finite()).map(|j| (i * SPAN + j, o[j]))
+            },
+        );
+        match bad {
+            Some((i, v)) => Err(FormatError::tensor(
                 &self.path,
                 &t.name,
-                format!("value #{} is {} (weights must be finite)", first + i, values[i]),
-            ));
+                format!("value #{} is {} (weights must be finite)", first + i, v),
+            )),
+            None => Ok(()),
         }
-        Ok(values)
     }
 
     #[cfg(unix)]
@@ -233,5 +265,62 @@ impl SafetensorsFile {
                 self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bf16 tensor `name` of `values` in a fresh file under the system temp directory.
+    fn bf16_file(tag: &str, values: &[f32]) -> (PathBuf, SafetensorsFile) {
+        let bytes: Vec<u8> = values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::BF16, vec![values.len()], &bytes).unwrap();
+        let path = std::env::temp_dir().join(format!("tern-st-{tag}-{}.safetensors", std::process::id()));
+        safetensors::serialize_to_file([("w", view)], None, &path).unwrap();
+        let file = SafetensorsFile::open(&path).unwrap();
+        (path, file)
+    }
+
+    /// Decoding in pieces on every thread, into a reused buffer longer than the tensor, gives each
+    /// value's own conversion; the first non-finite value is the one named, even pieces later.
+    #[test]
+    fn pieces_decode_exactly_and_name_the_first_bad_value() {
+        let n = 3 * (1 << 20) + 5;
+        let values: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) / 64.0).collect();
+        let (path, file) = bf16_file("ok", &values);
+        let t = file.get("w").unwrap().clone();
+        let mut buffer = vec![7.0f32; n + 100];
+        file.to_f32_into(&t, &mut buffer).unwrap();
+        assert_eq!(buffer.len(), n);
+        assert!(
+            buffer
+                .iter()
+                .zip(&values)
+                .all(|(got, want)| got.to_bits() == bf16::from_f32(*want).to_f32().to_bits())
+        );
+        std::fs::remove_file(path).unwrap();
+
+        let mut bad = values.clone();
+        let first = (1 << 20) + 20_000;
+        bad[first] = f32::NAN;
+        bad[first + 3] = f32::INFINITY;
+        bad[n - 1] = f32::NAN;
+        let (path, file) = bf16_file("bad", &bad);
+        let t = file.get("w").unwrap().clone();
+        let err = file.to_f32_into(&t, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains(&format!("value #{first} is NaN")), "{err}");
+        let err = file.to_f32(&t).unwrap_err().to_string();
+        assert!(err.contains(&format!("value #{first} is NaN")), "{err}");
+        let mut pieces = 0;
+        let err = file
+            .for_each_f32_chunk(&t, 1 << 20, |_| {
+                pieces += 1;
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("value #{first} is NaN")) && pieces == 1, "{err}");
+        std::fs::remove_file(path).unwrap();
     }
 }

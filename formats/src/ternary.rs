@@ -79,8 +79,16 @@ pub fn ternarise_one(w: f32, inv: f32) -> i8 {
 
 /// Ternarises a whole tensor with its per-tensor β; returns the codes in {-1, 0, 1}.
 pub fn ternarise(values: &[f32], beta: f32) -> Vec<i8> {
+    use rayon::prelude::*;
     let inv = weight_inverse_scale(beta);
-    values.iter().map(|&w| ternarise_one(w, inv)).collect()
+    let mut codes = vec![0i8; values.len()];
+    // Spans per task on every thread: each weight alone, so any split gives the same codes.
+    codes.par_chunks_mut(1 << 14).zip(values.par_chunks(1 << 14)).for_each(|(c, v)| {
+        for (c, &w) in c.iter_mut().zip(v) {
+            *c = ternarise_one(w, inv);
+        }
+    });
+    codes
 }
 
 /// Per-token activation scale `s = 127 / max(absmax, 1e-5)`, computed as torch computes it:

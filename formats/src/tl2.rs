@@ -146,31 +146,46 @@ fn triple_digits(v: u8) -> [i8; 3] {
 }
 
 pub fn pack(codes: &[i8], m: usize, k: usize, scale: f32, t: Tiles) -> Vec<u8> {
+    use rayon::prelude::*;
     assert_eq!(codes.len(), m * k);
     let off = scale_offset(m, k);
-    let mut out = vec![0u8; off + 32];
     let w = |r: usize, c: usize| codes[r * k + c] as i32;
     let triple = |r: usize, c: usize| 9 * w(r, c) + 3 * w(r, c + 1) + w(r, c + 2);
     let pair = |r: usize, c: usize| (3 * w(r, c) + w(r, c + 1) + 4) as u8;
-    let mut bytes = std::mem::take(&mut out);
-    {
-        let cell = std::cell::RefCell::new(&mut bytes);
-        walk(
-            m,
-            k,
-            t,
-            0..m / t.rows,
-            |i, r, c| {
-                cell.borrow_mut()[i] =
-                    (triple(r, c).unsigned_abs() as u8) << 4 | triple(r, c + 3).unsigned_abs() as u8
-            },
-            |i, bit, r, c| {
-                if triple(r, c) < 0 {
-                    cell.borrow_mut()[i] |= 1 << bit;
-                }
-            },
-            |i, r, c| cell.borrow_mut()[i] = pair(r, c) << 4 | pair(r, c + 2),
-        );
+    // Row block i0 owns one run of each plane (see `walk`), so the blocks pack on every thread,
+    // each into its own three runs, copied into place after.
+    let (k3, k2) = (k - k % t.cols, k % t.cols);
+    let lens = [t.rows * k3 / 6, t.rows * k3 / 24, t.rows * k2 / 4];
+    let plane_starts = [0, m * k3 / 6, m * k3 / 6 + m * k3 / 24];
+    let start = |i0: usize, plane: usize| plane_starts[plane] + i0 * lens[plane];
+    let runs: Vec<[Vec<u8>; 3]> = (0..m / t.rows)
+        .into_par_iter()
+        .map(|i0| {
+            let runs = std::cell::RefCell::new(lens.map(|n| vec![0u8; n]));
+            walk(
+                m,
+                k,
+                t,
+                i0..i0 + 1,
+                |i, r, c| {
+                    runs.borrow_mut()[0][i - start(i0, 0)] =
+                        (triple(r, c).unsigned_abs() as u8) << 4 | triple(r, c + 3).unsigned_abs() as u8
+                },
+                |i, bit, r, c| {
+                    if triple(r, c) < 0 {
+                        runs.borrow_mut()[1][i - start(i0, 1)] |= 1 << bit;
+                    }
+                },
+                |i, r, c| runs.borrow_mut()[2][i - start(i0, 2)] = pair(r, c) << 4 | pair(r, c + 2),
+            );
+            runs.into_inner()
+        })
+        .collect();
+    let mut bytes = vec![0u8; off + 32];
+    for (i0, block) in runs.iter().enumerate() {
+        for (plane, run) in block.iter().enumerate() {
+            bytes[start(i0, plane)..][..run.len()].copy_from_slice(run);
+        }
     }
     bytes[off..off + 4].copy_from_slice(&scale.to_le_bytes());
     bytes

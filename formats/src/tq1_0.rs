@@ -31,15 +31,21 @@ pub fn groups() -> impl Iterator<Item = (usize, usize, usize, usize)> {
 pub fn pack(codes: &[i8], m: usize, k: usize, scale: f32) -> Vec<u8> {
     assert!(codes.len() == m * k && k.is_multiple_of(BLOCK), "TQ1_0 needs rows of whole 256-weight blocks");
     let mut out = vec![0u8; tensor_bytes(m, k)];
-    for (block, dst) in codes.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
-        for (byte, first, stride, digits) in groups() {
-            let mut v: u32 = (0..digits).fold(0, |v, n| v * 3 + (block[first + stride * n] + 1) as u32);
-            v *= 3u32.pow(5 - digits as u32);
-            dst[byte] = (v * 256).div_ceil(243) as u8;
+    // Blocks are independent: packed on every thread, a run of them per task.
+    let run = |(src, dst): (&[i8], &mut [u8])| {
+        for (block, dst) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+            for (byte, first, stride, digits) in groups() {
+                let mut v: u32 = (0..digits).fold(0, |v, n| v * 3 + (block[first + stride * n] + 1) as u32);
+                v *= 3u32.pow(5 - digits as u32);
+                dst[byte] = (v * 256).div_ceil(243) as u8;
+            }
+            let d = if block.iter().any(|&t| t != 0) { f16::from_f32(scale) } else { f16::ZERO };
+            dst[52..54].copy_from_slice(&d.to_le_bytes());
         }
-        let d = if block.iter().any(|&t| t != 0) { f16::from_f32(scale) } else { f16::ZERO };
-        dst[52..54].copy_from_slice(&d.to_le_bytes());
-    }
+    };
+    use rayon::prelude::*;
+    const RUN: usize = 64;
+    codes.par_chunks(RUN * BLOCK).zip(out.par_chunks_mut(RUN * BLOCK_BYTES)).for_each(run);
     out
 }
 

@@ -20,16 +20,22 @@ pub fn tensor_bytes(m: usize, k: usize) -> usize {
 pub fn pack(codes: &[i8], m: usize, k: usize, scale: f32) -> Vec<u8> {
     assert!(codes.len() == m * k && k.is_multiple_of(BLOCK), "TQ2_0 needs rows of whole 256-weight blocks");
     let mut out = vec![0u8; tensor_bytes(m, k)];
-    for (block, dst) in codes.chunks_exact(BLOCK).zip(out.chunks_exact_mut(BLOCK_BYTES)) {
-        for h in 0..2 {
-            for mm in 0..32 {
-                dst[32 * h + mm] =
-                    (0..4).map(|l| ((block[128 * h + mm + 32 * l] + 1) as u8) << (2 * l)).sum();
+    // Blocks are independent: packed on every thread, a run of them per task.
+    let run = |(src, dst): (&[i8], &mut [u8])| {
+        for (block, dst) in src.chunks_exact(BLOCK).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
+            for h in 0..2 {
+                for mm in 0..32 {
+                    dst[32 * h + mm] =
+                        (0..4).map(|l| ((block[128 * h + mm + 32 * l] + 1) as u8) << (2 * l)).sum();
+                }
             }
+            let d = if block.iter().any(|&t| t != 0) { f16::from_f32(scale) } else { f16::ZERO };
+            dst[64..66].copy_from_slice(&d.to_le_bytes());
         }
-        let d = if block.iter().any(|&t| t != 0) { f16::from_f32(scale) } else { f16::ZERO };
-        dst[64..66].copy_from_slice(&d.to_le_bytes());
-    }
+    };
+    use rayon::prelude::*;
+    const RUN: usize = 64;
+    codes.par_chunks(RUN * BLOCK).zip(out.par_chunks_mut(RUN * BLOCK_BYTES)).for_each(run);
     out
 }
 
