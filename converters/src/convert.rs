@@ -341,10 +341,10 @@ impl Plan {
                 _ => None,
             })
             .collect();
-        let betas: Vec<f32> = tq
-            .par_iter()
-            .map(|(_, hf)| crate::weights::beta(ckpt, hf, model.quant))
-            .collect::<Result<_>>()?;
+        let betas: Vec<Result<f32>> =
+            tq.par_iter().map(|(_, hf)| crate::weights::beta(ckpt, hf, model.quant)).collect();
+        // The first failure in file order, as a serial pass would report it.
+        let betas = betas.into_iter().collect::<Result<Vec<f32>>>()?;
         for ((name, _), beta) in tq.iter().zip(betas) {
             metadata.set(format!("tern.scale.{name}"), Value::F32(beta));
         }

@@ -133,7 +133,7 @@ impl SafetensorsFile {
     pub fn to_f32_into(&self, t: &StTensor, values: &mut Vec<f32>) -> Result<()> {
         let width = self.float_width(t)?;
         let n = t.elements();
-        // Grown only when too short, so a reused buffer is not zeroed again.
+        // Zero-filled only past the buffer's current length: a reused buffer is not cleared first.
         if values.len() < n {
             values.resize(n, 0.0);
         }

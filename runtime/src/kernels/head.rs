@@ -230,7 +230,12 @@ fn dot_rows_streams(
     assert!(n > 0 && out.len().is_multiple_of(n), "one result per row and position");
     let count = out.len() / n;
     assert!(first.is_multiple_of(TILE_ROWS) && first + count <= tiles.rows, "rows outside the head");
-    assert!(acts.iter().all(|a| a.blocks() == tiles.blocks), "head rows and activations differ in length");
+    assert!(
+        acts.iter().all(|a| a.blocks() == tiles.blocks
+            && a.q.len() == 32 * tiles.blocks
+            && a.sums.len() == tiles.blocks),
+        "head rows and activations differ in length"
+    );
     let put = |t: usize, p0: usize, got: &[[f32; TILE_ROWS]], out: &mut [f32]| {
         for r in 0..TILE_ROWS {
             let row = t * TILE_ROWS + r;
