@@ -101,6 +101,8 @@ pub struct Reference {
     arithmetic: Arithmetic,
     pub final_norm: Norm,
     rope: Rope,
+    /// Master weights' f32 values while a streamed layer loads, kept from layer to layer.
+    scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 fn load_norm(ckpt: &HfCheckpoint, name: &str, eps: f64) -> Result<Norm> {
@@ -110,25 +112,24 @@ fn load_norm(ckpt: &HfCheckpoint, name: &str, eps: f64) -> Result<Norm> {
     Ok(Norm { weight: Tensor::from_vec(values, n, &Device::Cpu)?, eps })
 }
 
-/// Layer `l`'s weights from the checkpoint.
-fn load_layer(ckpt: &HfCheckpoint, spec: &ModelSpec, l: usize, arithmetic: Arithmetic) -> Result<Layer> {
+/// Layer `l`'s weights from the checkpoint; `scratch` holds master weights' f32 values on the way
+/// and is kept for the next layer (a fresh buffer each layer paid a page fault per 4 KiB).
+fn load_layer(
+    ckpt: &HfCheckpoint,
+    spec: &ModelSpec,
+    l: usize,
+    arithmetic: Arithmetic,
+    scratch: &mut Vec<f32>,
+) -> Result<Layer> {
     let eps = spec.rms_eps as f64;
     let fam = spec.family.traits();
     let name = |s: &str| format!("model.layers.{l}.{s}.weight");
-    let mut scratch = Vec::new();
     let proj = PROJECTIONS
         .iter()
         .map(|&p| {
             let (rows, cols) = spec.projection_shape(p);
-            let layer = BitLinear::load(
-                ckpt,
-                &spec.hf_projection(l, p),
-                rows,
-                cols,
-                spec.quant,
-                arithmetic,
-                &mut scratch,
-            );
+            let layer =
+                BitLinear::load(ckpt, &spec.hf_projection(l, p), rows, cols, spec.quant, arithmetic, scratch);
             // The projection's source pages are not needed again soon.
             #[cfg(unix)]
             for n in ckpt_names_of(spec, l, p) {
@@ -186,7 +187,10 @@ impl Reference {
             let n = HEAD_CHUNK_ROWS.min(spec.vocab - start);
             chunks.push(head.narrow(0, start, n)?.t()?);
         }
-        r.layers = (0..spec.layers).map(|l| load_layer(&ckpt, spec, l, arithmetic)).collect::<Result<_>>()?;
+        let mut scratch = Vec::new();
+        r.layers = (0..spec.layers)
+            .map(|l| load_layer(&ckpt, spec, l, arithmetic, &mut scratch))
+            .collect::<Result<_>>()?;
         r.embed = Some(embed);
         r.head_chunks = chunks;
         Ok(r)
@@ -217,6 +221,7 @@ impl Reference {
             ckpt: Some(ckpt),
             arithmetic,
             spec,
+            scratch: Default::default(),
         })
     }
 
@@ -225,7 +230,13 @@ impl Reference {
         match (&self.ckpt, self.layers.get(l)) {
             (_, Some(layer)) => Ok(std::borrow::Cow::Borrowed(layer)),
             (Some(ckpt), None) if l < self.spec.layers => {
-                Ok(std::borrow::Cow::Owned(load_layer(ckpt, &self.spec, l, self.arithmetic)?))
+                let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                let layer = load_layer(ckpt, &self.spec, l, self.arithmetic, &mut scratch)?;
+                if l + 1 == self.spec.layers {
+                    // The head comes next, and the buffer is not needed for it.
+                    *scratch = Vec::new();
+                }
+                Ok(std::borrow::Cow::Owned(layer))
             }
             _ => Err(RuntimeError::Input(format!("layer {l} is past the model's {}", self.spec.layers))),
         }
