@@ -28,30 +28,55 @@ pub fn tensor_bytes(rows: usize, cols: usize) -> usize {
 
 /// Packs ternary `codes` (row-major `[rows, cols]`, values in {-1,0,1}) with scale β.
 pub fn pack(codes: &[i8], rows: usize, cols: usize, scale: f32) -> Vec<u8> {
-    assert_eq!(codes.len(), rows * cols, "codes do not match the shape");
-    let rb = row_bytes(cols);
     let mut out = vec![0u8; tensor_bytes(rows, cols)];
-    let (body, tail) = out.split_at_mut(rows * rb);
+    pack_into(codes, rows, cols, scale, &mut out);
+    out
+}
+
+/// [`pack`] into `out`, which holds `tensor_bytes(rows, cols)` bytes (a buffer the caller owns,
+/// e.g. one of a model's arena), every row on its own thread task.
+pub fn pack_into(codes: &[i8], rows: usize, cols: usize, scale: f32, out: &mut [u8]) {
     use rayon::prelude::*;
+    assert_eq!(codes.len(), rows * cols, "codes do not match the shape");
+    assert_eq!(out.len(), tensor_bytes(rows, cols), "the output does not match the shape");
+    let rb = row_bytes(cols);
+    let (body, tail) = out.split_at_mut(rows * rb);
     body.par_chunks_mut(rb.max(1))
         .zip(codes.par_chunks(cols.max(1)))
         .for_each(|(dst, row)| pack_row(row, dst));
+    tail.fill(0);
     tail[..4].copy_from_slice(&scale.to_le_bytes());
-    out
 }
 
 /// One row's codes (values in {-1,0,1}) into its `row_bytes(row.len())` bytes, padding weights 0.
 pub fn pack_row(row: &[i8], dst: &mut [u8]) {
-    // Padding weights are 0, i.e. code 1.
-    let code = |i: usize| -> u8 { row.get(i).map_or(1, |&t| (t + 1) as u8) };
-    for (b, block) in dst.chunks_exact_mut(BLOCK_BYTES).enumerate() {
-        let base = b * BLOCK;
-        for (p, byte) in block.iter_mut().enumerate() {
-            *byte = code(base + p) << 6
-                | code(base + 32 + p) << 4
-                | code(base + 64 + p) << 2
-                | code(base + 96 + p);
-        }
+    // Whole blocks straight from the row (loops the compiler vectorises; a bounds check per
+    // weight made this most of a model's load), then the last, partial block from a copy padded
+    // with weights 0.
+    let mut blocks = row.chunks_exact(BLOCK);
+    let mut out = dst.chunks_exact_mut(BLOCK_BYTES);
+    for (block, out) in (&mut blocks).zip(&mut out) {
+        pack_block(block, out);
+    }
+    let rest = blocks.remainder();
+    if let (false, Some(out)) = (rest.is_empty(), out.next()) {
+        let mut block = [0i8; BLOCK];
+        block[..rest.len()].copy_from_slice(rest);
+        pack_block(&block, out);
+    }
+    // Any whole blocks of padding beyond: weights 0, code 1 in every field.
+    out.for_each(|b| b.fill(0b0101_0101));
+}
+
+/// One block of 128 codes into its 32 bytes: four 32-code pieces zipped, so no index is checked.
+#[inline]
+fn pack_block(block: &[i8], out: &mut [u8]) {
+    let code = |w: i8| (w + 1) as u8;
+    let (q0, rest) = block.split_at(32);
+    let (q1, rest) = rest.split_at(32);
+    let (q2, q3) = rest.split_at(32);
+    for ((((byte, &a), &b), &c), &d) in out.iter_mut().zip(q0).zip(q1).zip(q2).zip(q3) {
+        *byte = code(a) << 6 | code(b) << 4 | code(c) << 2 | code(d);
     }
 }
 

@@ -68,15 +68,12 @@ pub fn from_layout_in(
         if let Some(t) = tl1_tiles {
             trit_tiles::decode_tl1_block(&quads, bytes, k, t, i, &mut block_codes);
         }
-        // Padded to whole blocks with weights 0, as `i2s::pack_row` pads.
-        let mut codes = vec![0i8; 4 * rb];
+        let mut codes = vec![0i8; k];
         for (j, row) in dst.chunks_exact_mut(rb).enumerate() {
             let r = i * task_rows + j;
             match layout {
-                Layout::TL1 => codes[..k].copy_from_slice(&block_codes[j * k..][..k]),
-                Layout::TL2 => {
-                    trits.as_ref().expect("TL2 goes through trit tiles").row_codes(r, &mut codes[..k])
-                }
+                Layout::TL1 => codes.copy_from_slice(&block_codes[j * k..][..k]),
+                Layout::TL2 => trits.as_ref().expect("TL2 goes through trit tiles").row_codes(r, &mut codes),
                 Layout::TQ1_0 => {
                     let blocks = bytes[r * src_row..][..src_row].chunks_exact(tq1_0::BLOCK_BYTES);
                     for (block, out) in blocks.zip(codes.chunks_exact_mut(tq1_0::BLOCK)) {
@@ -96,24 +93,10 @@ pub fn from_layout_in(
                     continue;
                 }
             }
-            pack_row(&codes, row);
+            i2s::pack_row(&codes, row);
         }
     });
     Ok(out)
-}
-
-/// `i2s::pack_row` for a row padded to whole blocks: straight loops the compiler vectorises
-/// (the general one took most of a model's load).
-fn pack_row(codes: &[i8], dst: &mut [u8]) {
-    let code = |w: i8| (w + 1) as u8;
-    for (block, out) in codes.chunks_exact(i2s::BLOCK).zip(dst.chunks_exact_mut(i2s::BLOCK_BYTES)) {
-        for (p, byte) in out.iter_mut().enumerate() {
-            *byte = code(block[p]) << 6
-                | code(block[32 + p]) << 4
-                | code(block[64 + p]) << 2
-                | code(block[96 + p]);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! - [`float`]: f16/f32 row dots for the lm_head and embeddings.
 //! - [`head`]: a Q8_0 / Q4_0 output head, repacked at load into tiles of 16 rows.
 //! - [`i2s_tiles`]: I2_S repacked at load into tiles of 16 rows for the AVX-512 VNNI kernels.
-//! - [`i2s_rows`]: TL1, TL2 and TQ1_0 rewritten at load as I2_S rows for the AVX2 kernels.
+//! - [`i2s_rows`]: TL1, TL2, TQ1_0 and TQ2_0 rewritten at load as I2_S rows for the AVX2 kernels.
 //! - [`trit_tiles`]: TL1, TL2 and TQ1_0 repacked at load for the AVX-512 VNNI kernels.
 
 /// Rows `r0..r1` of a product read from tiles of 16 rows (one 32-bit lane per row) against

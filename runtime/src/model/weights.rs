@@ -373,10 +373,9 @@ impl Loader<'_> {
         if !beta.is_finite() {
             return Err(self.err(&t.name, format!("scale is {beta}")));
         }
-        let packed = i2s::pack(&codes, rows, cols, beta);
-        let mut bytes = ArenaBytes::take_from(None, packed.len())
+        let mut bytes = ArenaBytes::take_from(None, i2s::tensor_bytes(rows, cols))
             .map_err(|e| self.err(&t.name, format!("no memory for its I2_S rows: {e}")))?;
-        bytes.as_mut_slice().copy_from_slice(&packed);
+        i2s::pack_into(&codes, rows, cols, beta, bytes.as_mut_slice());
         Ok(TernaryMatrix::packed_at_load(&t.name, rows, cols, t.offset as usize, beta, bytes))
     }
 
